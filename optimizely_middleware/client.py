@@ -1,0 +1,102 @@
+"""Building an Optimizely client that keeps events on the request's thread.
+
+Usage::
+
+    from optimizely_middleware import RequestScopedEventDispatcher, create_client
+
+    dispatcher = RequestScopedEventDispatcher()
+    client = create_client(dispatcher, datafile=datafile_json)    # or sdk_key="..."
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from optimizely import optimizely
+from optimizely.event.event_processor import BatchEventProcessor, ForwardingEventProcessor
+from optimizely.logger import adapt_logger
+from optimizely.notification_center import NotificationCenter
+
+from optimizely_middleware.dispatcher import BATCH_PROCESSOR_HINT, RequestScopedEventDispatcher
+from optimizely_middleware.errors import WiringWarning
+
+__all__ = ["check_client", "create_client"]
+
+
+def create_client(
+    dispatcher: RequestScopedEventDispatcher,
+    datafile: str | None = None,
+    *,
+    sdk_key: str | None = None,
+    **optimizely_kwargs: Any,
+) -> optimizely.Optimizely:
+    """Build an ``Optimizely`` client wired to ``dispatcher`` the right way.
+
+    The SDK's default ``BatchEventProcessor`` calls the dispatcher from its own
+    thread, where no request is visible. This uses a ``ForwardingEventProcessor``
+    that shares the client's notification centre, so events stay on the
+    request's thread and ``LOG_EVENT`` listeners still fire. Every other keyword
+    (``logger``, ``user_profile_service``, ``default_decide_options``, ...) goes
+    to ``Optimizely`` unchanged.
+
+    Example::
+
+        client = create_client(dispatcher, sdk_key="YOUR_SDK_KEY")
+        user = client.create_user_context("user-1", {"plan": "pro"})
+        decision = user.decide("new_checkout")
+    """
+    if datafile is None and sdk_key is None:
+        raise TypeError("create_client() needs a datafile or an sdk_key")
+    for name in ("event_processor", "event_dispatcher", "event_processor_options"):
+        if name in optimizely_kwargs:
+            raise TypeError(
+                f"create_client() sets {name} itself; pass the dispatcher as its first argument"
+            )
+    notification_center = optimizely_kwargs.pop("notification_center", None)
+    if notification_center is None:
+        notification_center = NotificationCenter(adapt_logger(optimizely_kwargs.get("logger")))
+    processor = ForwardingEventProcessor(
+        dispatcher,
+        logger=optimizely_kwargs.get("logger"),
+        notification_center=notification_center,
+    )
+    return optimizely.Optimizely(
+        datafile=datafile,
+        sdk_key=sdk_key,
+        event_dispatcher=dispatcher,
+        event_processor=processor,
+        notification_center=notification_center,
+        **optimizely_kwargs,
+    )
+
+
+def check_client(client: optimizely.Optimizely, dispatcher: RequestScopedEventDispatcher) -> bool:
+    """Warn (:class:`WiringWarning`) if ``client`` would bypass request scopes.
+
+    Returns True when the client forwards events to ``dispatcher`` on the
+    calling thread. Middleware and extensions call this when given a client.
+    """
+    processor = getattr(client, "event_processor", None)
+    if isinstance(processor, BatchEventProcessor):
+        message = BATCH_PROCESSOR_HINT
+    elif not isinstance(processor, ForwardingEventProcessor):
+        message = (
+            f"The Optimizely client uses {type(processor).__name__} as its event "
+            "processor; request scoping needs a ForwardingEventProcessor. " + BATCH_PROCESSOR_HINT
+        )
+    elif processor.event_dispatcher is not dispatcher:
+        message = (
+            "The Optimizely client forwards its events to a different dispatcher than "
+            "the one given to the middleware, so they are not held per request."
+        )
+    elif processor.notification_center is not client.notification_center:
+        message = (
+            "The client's ForwardingEventProcessor has its own notification centre, so "
+            "the client's LOG_EVENT listeners never fire. Pass the same "
+            "notification_center to both, or use create_client()."
+        )
+    else:
+        return True
+    warnings.warn(message, WiringWarning, stacklevel=2)
+    return False

@@ -1,0 +1,324 @@
+"""The SDK-facing event dispatcher that holds events until the request is over.
+
+Usage::
+
+    from optimizely_middleware import RequestScopedEventDispatcher, create_client
+
+    dispatcher = RequestScopedEventDispatcher()
+    client = create_client(dispatcher, datafile=datafile_json)
+
+    with dispatcher.request_scope():
+        client.create_user_context("user-1").decide("new_checkout")
+    # the decision event is handed to the sender here, not before
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections import Counter
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
+from optimizely_middleware.scope import RequestScope, ScopeVar
+from optimizely_middleware.sink import EventSink
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from optimizely.event.log_event import LogEvent
+
+__all__ = ["FailedRequestPolicy", "OutsideScopePolicy", "RequestScopedEventDispatcher"]
+
+logger = logging.getLogger("optimizely_middleware")
+
+OutsideScopePolicy = Literal["send", "drop", "raise"]
+FailedRequestPolicy = Literal["keep", "discard"]
+
+# The SDK's BatchEventProcessor runs dispatch_event on a thread of this name.
+SDK_EVENT_THREAD_NAME = "EventThread"
+
+BATCH_PROCESSOR_HINT = (
+    "The Optimizely client calls dispatch_event from a thread that sees no request "
+    "scope, so events are not tied to requests. This happens when the client was "
+    "built with Optimizely(datafile, event_dispatcher=dispatcher), which adds the "
+    "SDK's BatchEventProcessor. Build it with "
+    "optimizely_middleware.create_client(dispatcher, datafile=...) instead, or pass "
+    "event_processor=ForwardingEventProcessor(dispatcher, notification_center=nc) "
+    "together with notification_center=nc."
+)
+
+
+class RequestScopedEventDispatcher:
+    """Collects the events of each request and hands them over when it ends.
+
+    Pass it to the SDK as the event dispatcher (through :func:`create_client`,
+    which wires the SDK so events stay on the request's thread), and mount
+    :class:`OptimizelyWSGIMiddleware` or :class:`OptimizelyASGIMiddleware`
+    with it. ``dispatch_event`` only appends to the current request's scope:
+    O(1), no I/O. When the request is over, the events go to ``sender`` with
+    one non-blocking call.
+
+    Options:
+
+    * ``outside_scope``: what to do with an event that arrives outside any
+      request (a CLI script, a background job): ``"send"`` it at once
+      (default), ``"drop"`` it (counted, logged) or ``"raise"``
+      :class:`EventOutsideScopeError`.
+    * ``failed_requests``: ``"keep"`` (default) or ``"discard"`` the events
+      of a request that raised or answered with a 5xx status.
+    * ``max_events_per_request``: a cap that protects memory; events past it
+      are counted as dropped and logged once per request.
+
+    Example::
+
+        dispatcher = RequestScopedEventDispatcher(failed_requests="discard")
+        client = create_client(dispatcher, datafile=datafile_json)
+        app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)
+    """
+
+    def __init__(
+        self,
+        sender: EventSink | None = None,
+        *,
+        outside_scope: OutsideScopePolicy = "send",
+        failed_requests: FailedRequestPolicy = "keep",
+        max_events_per_request: int = 1000,
+    ) -> None:
+        if outside_scope not in ("send", "drop", "raise"):
+            raise ValueError(f"outside_scope must be 'send', 'drop' or 'raise', not {outside_scope!r}")
+        if failed_requests not in ("keep", "discard"):
+            raise ValueError(f"failed_requests must be 'keep' or 'discard', not {failed_requests!r}")
+        if max_events_per_request < 1:
+            raise ValueError("max_events_per_request must be at least 1")
+        if sender is None:
+            from optimizely_middleware.sender import EventSender
+
+            sender = EventSender()
+        self.sender: EventSink = sender
+        self.outside_scope: OutsideScopePolicy = outside_scope
+        self.failed_requests: FailedRequestPolicy = failed_requests
+        self.max_events_per_request = max_events_per_request
+        self._scope_var = ScopeVar(f"optimizely_middleware.scope.{id(self):x}")
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._open_scopes = 0
+        self._warned: set[str] = set()
+
+    # -- the SDK-facing side -------------------------------------------------
+
+    def dispatch_event(self, event: LogEvent) -> None:
+        """Collect ``event`` into the current request's scope (called by the SDK)."""
+        scope = self._scope_var.get()
+        if scope is not None:
+            added = scope.add(event)
+            if added:
+                return
+            if added is False:
+                self._note_overflow(scope)
+                return
+        self._dispatch_outside_scope(event)
+
+    def _dispatch_outside_scope(self, event: LogEvent) -> None:
+        self._check_wiring()
+        if self.outside_scope == "send":
+            self._count("outside_scope_sent", 1)
+            self._submit([event])
+        elif self.outside_scope == "drop":
+            self._drop("outside_scope", 1)
+            self._log_once(
+                "outside_scope",
+                "An Optimizely event arrived outside any request scope and was dropped "
+                "(outside_scope='drop'); further drops are counted in stats() only.",
+            )
+        else:
+            self._count("outside_scope_raised", 1)
+            raise EventOutsideScopeError(
+                "An Optimizely event was dispatched outside any request scope "
+                "(outside_scope='raise'). Wrap the code in dispatcher.request_scope() "
+                "or serve it through the middleware."
+            )
+
+    def _check_wiring(self) -> None:
+        thread_name = threading.current_thread().name
+        if thread_name == SDK_EVENT_THREAD_NAME:
+            self._warn_once("event_thread", BATCH_PROCESSOR_HINT)
+        elif self._open_scopes > 0:
+            self._warn_once(
+                "unscoped_while_serving",
+                "An Optimizely event arrived outside any request scope while requests "
+                f"are being served (thread {thread_name!r}). If it belongs to a request, "
+                "the thread does not carry the request's context: run it with "
+                "contextvars.copy_context().run(...). " + BATCH_PROCESSOR_HINT,
+            )
+
+    def _note_overflow(self, scope: RequestScope) -> None:
+        if scope.overflowed == 1:
+            logger.warning(
+                "A request produced more than max_events_per_request=%d Optimizely "
+                "events; the rest of its events are dropped and counted in stats().",
+                self.max_events_per_request,
+            )
+
+    # -- the adapter-facing side --------------------------------------------
+
+    def current_scope(self) -> RequestScope | None:
+        """The open scope of the current request, or None."""
+        return self._scope_var.get()
+
+    def open_scope(self) -> RequestScope:
+        """Create a scope for a new request. Activate it with :meth:`activate`."""
+        with self._lock:
+            self._open_scopes += 1
+        return RequestScope(self.max_events_per_request)
+
+    def activate(self, scope: RequestScope) -> AbstractContextManager[RequestScope]:
+        """Make ``scope`` current for a block (the app call, one body chunk, ...)."""
+        return self._scope_var.activate(scope)
+
+    def close_scope(self, scope: RequestScope, *, failed: bool = False) -> None:
+        """End a request: hand its events to the sender once (idempotent).
+
+        ``failed`` marks a request that raised or answered with a 5xx status;
+        with ``failed_requests="discard"`` its events are counted and dropped.
+        """
+        events = scope.close()
+        if events is None:
+            return
+        failed = failed or scope.failed
+        with self._lock:
+            self._open_scopes -= 1
+            self._counts["requests"] += 1
+            if failed:
+                self._counts["failed_requests"] += 1
+            self._counts["collected"] += len(events)
+            if scope.overflowed:
+                self._dropped["request_cap"] += scope.overflowed
+        if not events:
+            return
+        if failed and self.failed_requests == "discard":
+            self._drop("failed_request", len(events))
+            logger.info("Discarded %d Optimizely events of a failed request.", len(events))
+            return
+        self._submit(events)
+
+    def request_scope(self) -> ScopeBlock:
+        """A ``with`` / ``async with`` block that is one request.
+
+        Inside an already open scope of this dispatcher the block joins it, so
+        nested use (middleware plus a view decorator) hands events over once.
+        """
+        return ScopeBlock(self)
+
+    # -- delivery ------------------------------------------------------------
+
+    def _submit(self, events: list[LogEvent]) -> None:
+        try:
+            self.sender.submit(events)
+        except Exception as exc:
+            self._drop("sender_error", len(events))
+            logger.error(
+                "The event sender raised %s while taking %d events; they are dropped.",
+                type(exc).__name__,
+                len(events),
+            )
+            return
+        self._count("handed_over", len(events))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event handed over so far is delivered or has failed."""
+        return self.sender.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and stop the sender. Closing twice is harmless."""
+        self.sender.close(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this dispatcher merged with those of its sender.
+
+        ``dropped`` maps each reason to a count, from both the dispatcher
+        (``request_cap``, ``failed_request``, ``outside_scope``, ...) and the
+        sender (``queue_full``, ``retries_exhausted``, ...).
+        """
+        sender_stats = dict(self.sender.stats())
+        with self._lock:
+            counts = dict(self._counts)
+            dropped = Counter(self._dropped)
+            open_scopes = self._open_scopes
+        dropped.update(sender_stats.pop("dropped", {}) or {})
+        merged: dict[str, Any] = {
+            "requests": counts.get("requests", 0),
+            "failed_requests": counts.get("failed_requests", 0),
+            "open_scopes": open_scopes,
+            "collected": counts.get("collected", 0),
+            "handed_over": counts.get("handed_over", 0),
+            "outside_scope_sent": counts.get("outside_scope_sent", 0),
+        }
+        merged.update(sender_stats)
+        merged["dropped"] = dict(dropped)
+        return merged
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _count(self, key: str, n: int) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _drop(self, reason: str, n: int) -> None:
+        with self._lock:
+            self._dropped[reason] += n
+
+    def _log_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+            warnings.warn(message, WiringWarning, stacklevel=4)
+
+
+class ScopeBlock:
+    """``with`` / ``async with`` block returned by ``request_scope()``."""
+
+    __slots__ = ("_activation", "_dispatcher", "_scope")
+
+    def __init__(self, dispatcher: RequestScopedEventDispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._scope: RequestScope | None = None
+        self._activation: AbstractContextManager[RequestScope] | None = None
+
+    def __enter__(self) -> RequestScope:
+        current = self._dispatcher.current_scope()
+        if current is not None:
+            return current
+        self._scope = self._dispatcher.open_scope()
+        self._activation = self._dispatcher.activate(self._scope)
+        return self._activation.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._scope is None or self._activation is None:
+            return
+        self._activation.__exit__(exc_type, exc, tb)
+        self._dispatcher.close_scope(self._scope, failed=exc_type is not None)
+
+    async def __aenter__(self) -> RequestScope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)

@@ -1,0 +1,105 @@
+"""The per-request container of events and the ContextVar that holds it.
+
+A :class:`RequestScope` is created when a request starts and set in a
+:class:`ScopeVar` before the app runs. It is a mutable object, so copies of the
+context made by thread pools (Starlette's sync endpoints, ``anyio.to_thread``,
+``contextvars.copy_context().run``) still add to the same request.
+
+Adapters rarely touch this module directly; they use the dispatcher's
+``open_scope`` / ``activate`` / ``close_scope`` or ``request_scope()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optimizely.event.log_event import LogEvent
+
+__all__ = ["RequestScope", "ScopeVar"]
+
+
+class RequestScope:
+    """The events one request produced, until the request is over.
+
+    ``add`` is O(1) and thread-safe; ``close`` returns the collected events
+    exactly once, so a scope can never be handed over twice.
+    """
+
+    __slots__ = ("_closed", "_events", "_lock", "failed", "max_events", "overflowed")
+
+    def __init__(self, max_events: int = 1000) -> None:
+        self.max_events = max_events
+        self.failed = False
+        self.overflowed = 0
+        self._events: list[LogEvent] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, event: LogEvent) -> bool | None:
+        """Collect ``event``.
+
+        Returns True when collected, False when the per-request cap was hit
+        (the event is not kept) and None when the scope is already closed.
+        """
+        with self._lock:
+            if self._closed:
+                return None
+            if len(self._events) >= self.max_events:
+                self.overflowed += 1
+                return False
+            self._events.append(event)
+            return True
+
+    def mark_failed(self) -> None:
+        """Record that the request failed (an exception or a 5xx status)."""
+        self.failed = True
+
+    def close(self) -> list[LogEvent] | None:
+        """Close the scope; return its events the first time, None after."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            events, self._events = self._events, []
+            return events
+
+
+class ScopeVar:
+    """A ContextVar holding the active :class:`RequestScope` of one dispatcher."""
+
+    __slots__ = ("_var",)
+
+    def __init__(self, name: str) -> None:
+        self._var: ContextVar[RequestScope | None] = ContextVar(name, default=None)
+
+    def get(self) -> RequestScope | None:
+        """The active, still open scope in this context, if any."""
+        scope = self._var.get()
+        if scope is None or scope.closed:
+            return None
+        return scope
+
+    @contextmanager
+    def activate(self, scope: RequestScope) -> Iterator[RequestScope]:
+        """Make ``scope`` the active one for the duration of the block.
+
+        The previous value is restored on exit, so nothing leaks into whatever
+        runs next on the same thread or task.
+        """
+        token = self._var.set(scope)
+        try:
+            yield scope
+        finally:
+            self._var.reset(token)

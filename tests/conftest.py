@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.event_endpoint import EventEndpoint
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def datafile() -> str:
+    """A small real v4 datafile: experiment ``headline_test``, flag
+    ``new_checkout`` (rule ``new_checkout_test``), events ``purchase`` and
+    ``add_to_cart``."""
+    return (DATA / "datafile.json").read_text()
+
+
+@pytest.fixture
+def event_endpoint() -> Iterator[EventEndpoint]:
+    """A real HTTP event endpoint on 127.0.0.1 that records every POST."""
+    endpoint = EventEndpoint().start()
+    yield endpoint
+    endpoint.stop()
