@@ -1,0 +1,1 @@
+"""pytest plugin for asserting on the Optimizely events a request sends."""
