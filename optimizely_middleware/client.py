@@ -55,7 +55,8 @@ def create_client(
             )
     notification_center = optimizely_kwargs.pop("notification_center", None)
     if notification_center is None:
-        notification_center = NotificationCenter(adapt_logger(optimizely_kwargs.get("logger")))
+        sdk_logger = optimizely_kwargs.get("logger")
+        notification_center = NotificationCenter(adapt_logger(sdk_logger) if sdk_logger else None)
     processor = ForwardingEventProcessor(
         dispatcher,
         logger=optimizely_kwargs.get("logger"),

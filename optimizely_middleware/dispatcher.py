@@ -18,6 +18,7 @@ import logging
 import threading
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,14 +29,38 @@ from optimizely_middleware.sink import EventSink
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from optimizely.event.log_event import LogEvent
+    from optimizely.event_builder import Event
 
-__all__ = ["FailedRequestPolicy", "OutsideScopePolicy", "RequestScopedEventDispatcher"]
+__all__ = [
+    "FailedRequestPolicy",
+    "OutsideScopePolicy",
+    "RequestEndListener",
+    "RequestScopedEventDispatcher",
+    "add_request_end_listener",
+    "remove_request_end_listener",
+]
 
 logger = logging.getLogger("optimizely_middleware")
 
 OutsideScopePolicy = Literal["send", "drop", "raise"]
 FailedRequestPolicy = Literal["keep", "discard"]
+
+# Called with (dispatcher, events, failed) each time a request scope closes.
+RequestEndListener = Callable[["RequestScopedEventDispatcher", "list[Event]", bool], None]
+_request_end_listeners: list[RequestEndListener] = []
+
+
+def add_request_end_listener(listener: RequestEndListener) -> None:
+    """Call ``listener(dispatcher, events, failed)`` whenever any request scope
+    of any dispatcher in the process closes (used by the testing kit to group
+    events per request). Listeners run on the request's thread: keep them O(1)."""
+    _request_end_listeners.append(listener)
+
+
+def remove_request_end_listener(listener: RequestEndListener) -> None:
+    """Undo :func:`add_request_end_listener`."""
+    _request_end_listeners.remove(listener)
+
 
 # The SDK's BatchEventProcessor runs dispatch_event on a thread of this name.
 SDK_EVENT_THREAD_NAME = "EventThread"
@@ -88,9 +113,13 @@ class RequestScopedEventDispatcher:
         max_events_per_request: int = 1000,
     ) -> None:
         if outside_scope not in ("send", "drop", "raise"):
-            raise ValueError(f"outside_scope must be 'send', 'drop' or 'raise', not {outside_scope!r}")
+            raise ValueError(
+                f"outside_scope must be 'send', 'drop' or 'raise', not {outside_scope!r}"
+            )
         if failed_requests not in ("keep", "discard"):
-            raise ValueError(f"failed_requests must be 'keep' or 'discard', not {failed_requests!r}")
+            raise ValueError(
+                f"failed_requests must be 'keep' or 'discard', not {failed_requests!r}"
+            )
         if max_events_per_request < 1:
             raise ValueError("max_events_per_request must be at least 1")
         if sender is None:
@@ -110,7 +139,7 @@ class RequestScopedEventDispatcher:
 
     # -- the SDK-facing side -------------------------------------------------
 
-    def dispatch_event(self, event: LogEvent) -> None:
+    def dispatch_event(self, event: Event) -> None:
         """Collect ``event`` into the current request's scope (called by the SDK)."""
         scope = self._scope_var.get()
         if scope is not None:
@@ -122,7 +151,7 @@ class RequestScopedEventDispatcher:
                 return
         self._dispatch_outside_scope(event)
 
-    def _dispatch_outside_scope(self, event: LogEvent) -> None:
+    def _dispatch_outside_scope(self, event: Event) -> None:
         self._check_wiring()
         if self.outside_scope == "send":
             self._count("outside_scope_sent", 1)
@@ -197,6 +226,11 @@ class RequestScopedEventDispatcher:
             self._counts["collected"] += len(events)
             if scope.overflowed:
                 self._dropped["request_cap"] += scope.overflowed
+        for listener in _request_end_listeners:
+            try:
+                listener(self, events, failed)
+            except Exception:
+                logger.exception("A request-end listener raised; ignored.")
         if not events:
             return
         if failed and self.failed_requests == "discard":
@@ -215,7 +249,7 @@ class RequestScopedEventDispatcher:
 
     # -- delivery ------------------------------------------------------------
 
-    def _submit(self, events: list[LogEvent]) -> None:
+    def _submit(self, events: list[Event]) -> None:
         try:
             self.sender.submit(events)
         except Exception as exc:

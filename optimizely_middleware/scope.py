@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from optimizely.event.log_event import LogEvent
+    from optimizely.event_builder import Event
 
 __all__ = ["RequestScope", "ScopeVar"]
 
@@ -36,7 +36,7 @@ class RequestScope:
         self.max_events = max_events
         self.failed = False
         self.overflowed = 0
-        self._events: list[LogEvent] = []
+        self._events: list[Event] = []
         self._closed = False
         self._lock = threading.Lock()
 
@@ -47,7 +47,7 @@ class RequestScope:
     def __len__(self) -> int:
         return len(self._events)
 
-    def add(self, event: LogEvent) -> bool | None:
+    def add(self, event: Event) -> bool | None:
         """Collect ``event``.
 
         Returns True when collected, False when the per-request cap was hit
@@ -66,7 +66,7 @@ class RequestScope:
         """Record that the request failed (an exception or a 5xx status)."""
         self.failed = True
 
-    def close(self) -> list[LogEvent] | None:
+    def close(self) -> list[Event] | None:
         """Close the scope; return its events the first time, None after."""
         with self._lock:
             if self._closed:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from optimizely_middleware.transport import RequestsTransport, Transport, serialize
 
 if TYPE_CHECKING:
-    from optimizely.event.log_event import LogEvent
+    from optimizely.event_builder import Event
 
 __all__ = ["EventSender"]
 
@@ -30,7 +30,7 @@ class EventSender:
     def __init__(self, endpoint: str | None = None, *, transport: Transport | None = None) -> None:
         self.endpoint = endpoint
         self._transport = transport or RequestsTransport()
-        self._queue: deque[list[LogEvent]] = deque()
+        self._queue: deque[list[Event]] = deque()
         self._cond = threading.Condition()
         self._submitted = 0
         self._done = 0
@@ -40,7 +40,7 @@ class EventSender:
         self._dropped: Counter[str] = Counter()
         self._last_error: str | None = None
 
-    def submit(self, events: Sequence[LogEvent]) -> None:
+    def submit(self, events: Sequence[Event]) -> None:
         with self._cond:
             if self._closed:
                 self._dropped["closed"] += len(events)
@@ -68,7 +68,7 @@ class EventSender:
                 self._done += len(batch)
                 self._cond.notify_all()
 
-    def _send(self, event: LogEvent) -> None:
+    def _send(self, event: Event) -> None:
         try:
             body = serialize(event.params)
             headers = dict(event.headers or {})

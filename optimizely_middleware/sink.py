@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from optimizely.event.log_event import LogEvent
+    from optimizely.event_builder import Event
 
 __all__ = ["EventSink"]
 
@@ -19,7 +19,7 @@ class EventSink(Protocol):
     default. ``submit`` must be O(1) per event, never block and never raise.
     """
 
-    def submit(self, events: Sequence[LogEvent]) -> None: ...
+    def submit(self, events: Sequence[Event]) -> None: ...
 
     def flush(self, timeout: float | None = None) -> bool: ...
 
