@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 from optimizely import optimizely
+from optimizely.config_manager import PollingConfigManager
 from optimizely.event.event_processor import BatchEventProcessor, ForwardingEventProcessor
 from optimizely.logger import adapt_logger
 from optimizely.notification_center import NotificationCenter
@@ -29,6 +30,9 @@ def create_client(
     datafile: str | None = None,
     *,
     sdk_key: str | None = None,
+    url_template: str | None = None,
+    update_interval: float | None = None,
+    blocking_timeout: int | None = None,
     **optimizely_kwargs: Any,
 ) -> optimizely.Optimizely:
     """Build an ``Optimizely`` client wired to ``dispatcher`` the right way.
@@ -39,6 +43,11 @@ def create_client(
     request's thread and ``LOG_EVENT`` listeners still fire. Every other keyword
     (``logger``, ``user_profile_service``, ``default_decide_options``, ...) goes
     to ``Optimizely`` unchanged.
+
+    With ``sdk_key`` the datafile is polled as the SDK does it by default;
+    ``url_template`` (e.g. a datafile proxy), ``update_interval`` and
+    ``blocking_timeout`` set up that polling (``datafile`` then serves until
+    the first fetch).
 
     Example::
 
@@ -57,6 +66,20 @@ def create_client(
     if notification_center is None:
         sdk_logger = optimizely_kwargs.get("logger")
         notification_center = NotificationCenter(adapt_logger(sdk_logger) if sdk_logger else None)
+    if sdk_key is not None and (url_template or update_interval or blocking_timeout):
+        if "config_manager" in optimizely_kwargs:
+            raise TypeError("pass either config_manager or the polling options, not both")
+        optimizely_kwargs["config_manager"] = PollingConfigManager(
+            sdk_key=sdk_key,
+            datafile=datafile,
+            url_template=url_template,
+            update_interval=update_interval,
+            blocking_timeout=blocking_timeout,
+            logger=optimizely_kwargs.get("logger"),
+            error_handler=optimizely_kwargs.get("error_handler"),
+            notification_center=notification_center,
+            skip_json_validation=optimizely_kwargs.get("skip_json_validation", False),
+        )
     processor = ForwardingEventProcessor(
         dispatcher,
         logger=optimizely_kwargs.get("logger"),
