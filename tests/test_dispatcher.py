@@ -333,3 +333,16 @@ def test_unscoped_event_while_requests_are_served_warns(
         with pytest.warns(WiringWarning, match="copy_context"):
             thread.start()
             thread.join()
+
+
+def test_a_datafile_without_events_tracks_nothing_and_does_not_crash(datafile: str) -> None:
+    data = json.loads(datafile)
+    data["events"] = []
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink)
+    client = create_client(dispatcher, datafile=json.dumps(data))
+    with dispatcher.request_scope():
+        client.track("purchase", "user-19")  # unknown event key: the SDK logs and skips it
+        client.create_user_context("user-19").decide("new_checkout")
+    assert [len(b) for b in sink.batches] == [1]
+    assert "decisions" in sink.batches[0][0].params["visitors"][0]["snapshots"][0]
