@@ -1,0 +1,357 @@
+"""The local event endpoint: as a library with the real SDK and sender, and as a command."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+import requests
+
+from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
+from optimizely_middleware.devserver import (
+    DevServer,
+    ReceivedPost,
+    describe_conversion,
+    describe_decision,
+    format_post,
+)
+
+WAIT = 20.0
+
+
+@pytest.fixture
+def devserver() -> Iterator[DevServer]:
+    server = DevServer(port=0, output=io.StringIO()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def send_request_events(server: DevServer, datafile: str) -> RequestScopedEventDispatcher:
+    """One request's worth of real SDK events, sent by the real sender to ``server``."""
+    dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=server.url))
+    client = create_client(dispatcher, datafile=datafile)
+    with dispatcher.request_scope():
+        user = client.create_user_context("user-1", {"plan": "pro"})
+        user.decide("new_checkout")
+        client.activate("headline_test", "user-2")
+        user.track_event("purchase", {"revenue": 4200, "value": 42.5, "category": "shoes"})
+    assert dispatcher.flush(WAIT)
+    return dispatcher
+
+
+def test_prints_decisions_and_conversions_from_the_real_sdk(
+    devserver: DevServer, datafile: str
+) -> None:
+    dispatcher = send_request_events(devserver, datafile)
+    try:
+        assert devserver.wait_for_visitors(3, WAIT)
+        assert dispatcher.stats()["delivered_events"] == 3
+    finally:
+        dispatcher.close(WAIT)
+
+    assert all(post.status == 204 and post.path == "/v1/events" for post in devserver.posts)
+    assert [v["visitor_id"] for v in devserver.visitors()] == ["user-1", "user-2", "user-1"]
+    assert all(post.problems == [] for post in devserver.posts)
+
+    assert isinstance(devserver.output, io.StringIO)
+    text = devserver.output.getvalue()
+    assert text.count("POST /v1/events  1 visitor(s), 1 event(s)") == 3
+    assert "-> 204 No Content" in text
+    assert "visitor 'user-1'  plan='pro'" in text
+    assert "decision    new_checkout: new_checkout_test (feature-test) -> on" in text
+    assert "decision    headline_test (experiment) -> bold" in text
+    assert "conversion  purchase  revenue=4200 value=42.5 tags={'category': 'shoes'}" in text
+    # The impression marker the SDK puts beside a decision is not a conversion.
+    assert "campaign_activated" not in text
+
+
+def test_answers_204_with_no_body(devserver: DevServer) -> None:
+    response = requests.post(devserver.url, json={"visitors": []}, timeout=WAIT)
+    assert response.status_code == 204
+    assert response.content == b""
+    assert devserver.wait_for_posts(1, WAIT)
+
+
+def test_accepts_any_path(devserver: DevServer) -> None:
+    url = devserver.url.replace("/v1/events", "/proxy/logx/v1/events")
+    assert requests.post(url, json={}, timeout=WAIT).status_code == 204
+    assert devserver.posts[0].path == "/proxy/logx/v1/events"
+
+
+def test_simulated_failure_status_is_answered_and_recorded(devserver: DevServer) -> None:
+    devserver.status = 503
+    response = requests.post(devserver.url, json={"visitors": []}, timeout=WAIT)
+    assert response.status_code == 503
+    (post,) = devserver.posts
+    assert not post.accepted
+    assert devserver.visitors() == []
+    assert isinstance(devserver.output, io.StringIO)
+    assert "-> 503 Service Unavailable" in devserver.output.getvalue()
+
+
+def test_sender_sees_the_simulated_failure(datafile: str) -> None:
+    with DevServer(port=0, status=400) as server:
+        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=server.url))
+        client = create_client(dispatcher, datafile=datafile)
+        with dispatcher.request_scope():
+            client.create_user_context("user-1").decide("new_checkout")
+        try:
+            assert dispatcher.flush(WAIT)
+            stats = dispatcher.stats()
+        finally:
+            dispatcher.close(WAIT)
+        assert server.wait_for_posts(1, WAIT)
+    assert stats["delivered_events"] == 0
+    assert sum(stats["dropped"].values()) == 1
+    assert "400" in str(stats["last_error"])
+
+
+def test_delay_holds_the_answer(devserver: DevServer) -> None:
+    devserver.delay = 2.0
+    # The answer cannot come before the delay; the client gives up well before it.
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(devserver.url, json={}, timeout=(WAIT, 0.5))
+    assert devserver.wait_for_posts(1, WAIT)
+
+
+def test_body_that_is_not_json_is_answered_400(devserver: DevServer) -> None:
+    response = requests.post(devserver.url, data=b"not json", timeout=WAIT)
+    assert response.status_code == 400
+    (post,) = devserver.posts
+    assert post.payload is None
+    assert post.problems == ["the body is not JSON"]
+    assert isinstance(devserver.output, io.StringIO)
+    assert "! the body is not JSON" in devserver.output.getvalue()
+
+
+def test_malformed_payload_is_flagged(devserver: DevServer) -> None:
+    response = requests.post(devserver.url, json={"visitors": [{}]}, timeout=WAIT)
+    assert response.status_code == 204  # like Optimizely's endpoint: stored, not validated
+    (post,) = devserver.posts
+    assert "account_id: missing" in post.problems
+    assert isinstance(devserver.output, io.StringIO)
+    assert "! account_id: missing" in devserver.output.getvalue()
+
+
+def test_get_explains_where_to_post(devserver: DevServer) -> None:
+    response = requests.get(devserver.url, timeout=WAIT)
+    assert response.status_code == 200
+    assert devserver.url in response.text
+
+
+def test_json_output_is_one_parsable_line_per_post(datafile: str) -> None:
+    out = io.StringIO()
+    with DevServer(port=0, output=out, output_format="json") as server:
+        send_request_events(server, datafile).close(WAIT)
+        assert server.wait_for_visitors(3, WAIT)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert {r["status"] for r in records} == {204}
+    assert records[0]["payload"]["visitors"][0]["visitor_id"] == "user-1"
+
+
+def test_quiet_output_has_no_user_data(datafile: str) -> None:
+    out = io.StringIO()
+    with DevServer(port=0, output=out, output_format="quiet") as server:
+        send_request_events(server, datafile).close(WAIT)
+        assert server.wait_for_visitors(3, WAIT)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert "user-1" not in out.getvalue()
+    assert all("1 visitor(s)" in line for line in lines)
+
+
+def test_decision_without_metadata_falls_back_to_ids() -> None:
+    decision = {"campaign_id": "1", "experiment_id": "40001", "variation_id": "60002"}
+    assert describe_decision(decision) == "experiment 40001 -> variation 60002"
+
+
+def test_flag_that_is_off_is_marked() -> None:
+    decision = {
+        "experiment_id": "40003",
+        "variation_id": "60005",
+        "metadata": {
+            "flag_key": "new_checkout",
+            "rule_key": "default-rollout-80001",
+            "rule_type": "rollout",
+            "variation_key": "off",
+            "enabled": False,
+        },
+    }
+    assert describe_decision(decision) == (
+        "new_checkout: default-rollout-80001 (rollout) -> off  [flag off]"
+    )
+
+
+def test_conversion_without_revenue() -> None:
+    assert describe_conversion({"key": "add_to_cart"}) == "add_to_cart"
+    assert describe_conversion({"key": "add_to_cart", "tags": {"sku": "a1"}}) == (
+        "add_to_cart  tags={'sku': 'a1'}"
+    )
+
+
+def test_format_post_counts_visitors_in_a_batch() -> None:
+    visitor = {"visitor_id": "u", "attributes": [], "snapshots": [{"events": [{"key": "k"}]}]}
+    post = ReceivedPost(
+        path="/v1/events",
+        headers={},
+        body=b"{}",
+        status=204,
+        received_at=0.0,
+        wall_time=0.0,
+        payload={"visitors": [visitor, dict(visitor, visitor_id="v")]},
+    )
+    text = format_post(post)
+    assert "2 visitor(s), 2 event(s)" in text
+    assert "visitor 'u'" in text and "visitor 'v'" in text
+
+
+def test_rejects_invalid_options() -> None:
+    with pytest.raises(ValueError, match="status"):
+        DevServer(status=42)
+    with pytest.raises(ValueError, match="delay"):
+        DevServer(delay=-1)
+
+
+# -- the command ------------------------------------------------------------------
+
+
+class Command:
+    """``python -m optimizely_middleware.devserver`` as a subprocess."""
+
+    def __init__(self, *args: str) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "optimizely_middleware.devserver", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=Path(__file__).parent.parent,
+        )
+        self.stdout = self._reader(self.process.stdout)
+        self.stderr = self._reader(self.process.stderr)
+
+    @staticmethod
+    def _reader(stream: IO[str] | None) -> queue.Queue[str]:
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            assert stream is not None
+            for line in stream:
+                lines.put(line.rstrip("\n"))
+
+        threading.Thread(target=pump, daemon=True).start()
+        return lines
+
+    def read_until(self, lines: queue.Queue[str], text: str) -> list[str]:
+        seen: list[str] = []
+        while True:
+            try:
+                line = lines.get(timeout=WAIT)
+            except queue.Empty:
+                raise AssertionError(f"{text!r} not printed; got {seen!r}") from None
+            seen.append(line)
+            if text in line:
+                return seen
+
+    def url(self) -> str:
+        line = self.read_until(self.stderr, "Send events to ")[-1]
+        return line.split("Send events to ")[1].split(" ")[0]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=WAIT)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def command() -> Iterator[list[Command]]:
+    started: list[Command] = []
+    try:
+        yield started
+    finally:
+        for c in started:
+            if c.process.poll() is None:
+                c.process.kill()
+                c.process.wait()
+
+
+def test_command_prints_each_post_and_stops_cleanly(command: list[Command], datafile: str) -> None:
+    cmd = Command("--port", "0")
+    command.append(cmd)
+    url = cmd.url()
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1/events")
+
+    dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=url))
+    client = create_client(dispatcher, datafile=datafile)
+    with dispatcher.request_scope():
+        user = client.create_user_context("user-7", {"plan": "free"})
+        user.decide("new_checkout")
+        user.track_event("add_to_cart")
+    try:
+        assert dispatcher.flush(WAIT)
+        assert dispatcher.stats()["delivered_events"] == 2
+    finally:
+        dispatcher.close(WAIT)
+
+    printed = "\n".join(cmd.read_until(cmd.stdout, "conversion  add_to_cart"))
+    assert "visitor 'user-7'  plan='free'" in printed
+    assert "decision    new_checkout: new_checkout_test (feature-test) ->" in printed
+    assert cmd.stop() == 0
+    assert cmd.read_until(cmd.stderr, "Stopped after 2 POST(s) with 2 visitor(s).")
+
+
+def test_command_says_it_listens_on_localhost_only(command: list[Command]) -> None:
+    cmd = Command("--port", "0", "--status", "503", "--delay", "0.25")
+    command.append(cmd)
+    notes = cmd.read_until(cmd.stderr, "Send events to ")
+    assert "Listening on 127.0.0.1 only (event payloads carry user ids)." in notes
+    assert "answering 503 Service Unavailable after 0.25s" in notes[-1]
+    assert cmd.stop() == 0
+
+
+def test_command_reports_a_port_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "optimizely_middleware.devserver", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_command_help_lists_the_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "optimizely_middleware.devserver", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 0
+    for option in ("--host", "--port", "--delay", "--status", "--quiet", "--json"):
+        assert option in result.stdout
