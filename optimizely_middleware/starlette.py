@@ -1,0 +1,173 @@
+"""Starlette integration: a decorator for single endpoints and the client per request.
+
+Usage::
+
+    from optimizely_middleware.starlette import defer_events, optimizely_client
+
+    @defer_events(dispatcher)
+    async def checkout(request):
+        user = client.create_user_context(request.query_params["user"])
+        decision = user.decide("new_checkout")
+        return JSONResponse({"variation": decision.variation_key})
+
+When :class:`~optimizely_middleware.OptimizelyASGIMiddleware` is given the
+client (``client=``), endpoints read it with ``optimizely_client(request)``
+(or ``request.state.optimizely``); in FastAPI it is a dependency::
+
+    @app.get("/checkout")
+    def checkout(client: Annotated[Optimizely, Depends(optimizely_client)]): ...
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+from optimizely.optimizely import Optimizely
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from optimizely_middleware.asgi import STATE_KEY
+from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+from optimizely_middleware.scope import RequestScope
+
+__all__ = ["DeferredResponse", "defer_events", "optimizely_client"]
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint], Endpoint]:
+    """Hand the Optimizely events of one endpoint over after its response is sent.
+
+    For a Starlette endpoint without the middleware: async functions, sync
+    functions (run in the thread pool) and ``HTTPEndpoint`` methods. The
+    endpoint's response is returned wrapped in a :class:`DeferredResponse`, so
+    events fired while the body streams and in the response's background tasks
+    belong to the request, and are handed over once, after all of them. Under
+    :class:`~optimizely_middleware.OptimizelyASGIMiddleware` of the same
+    dispatcher the decorator does nothing, so events are never sent twice.
+
+    Put it above any decorator that replaces the response.
+
+    Example::
+
+        @defer_events(dispatcher)
+        def checkout(request: Request) -> Response:
+            client.create_user_context("user-1").track_event("purchase")
+            return PlainTextResponse("thanks")
+    """
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        if is_async_callable(endpoint):
+
+            @functools.wraps(endpoint)
+            async def async_endpoint(*args: Any, **kwargs: Any) -> Any:
+                if dispatcher.current_scope() is not None:
+                    return await endpoint(*args, **kwargs)
+                with endpoint_scope(dispatcher) as request:
+                    response = await endpoint(*args, **kwargs)
+                return DeferredResponse(response, dispatcher, request)
+
+            return cast(Endpoint, async_endpoint)
+
+        @functools.wraps(endpoint)
+        def sync_endpoint(*args: Any, **kwargs: Any) -> Any:
+            # Runs in the thread pool, in a copy of the request's context: the
+            # scope opened here is the one the endpoint's events go to.
+            if dispatcher.current_scope() is not None:
+                return endpoint(*args, **kwargs)
+            with endpoint_scope(dispatcher) as request:
+                response = endpoint(*args, **kwargs)
+            return DeferredResponse(response, dispatcher, request)
+
+        return cast(Endpoint, sync_endpoint)
+
+    return decorate
+
+
+@contextmanager
+def endpoint_scope(dispatcher: RequestScopedEventDispatcher) -> Iterator[RequestScope]:
+    """Open and activate a scope for the endpoint call; close it if the call raises."""
+    request = dispatcher.open_scope()
+    try:
+        with dispatcher.activate(request):
+            yield request
+    except BaseException as exc:
+        dispatcher.close_scope(request, failed=endpoint_failed(exc))
+        raise
+
+
+def endpoint_failed(exc: BaseException) -> bool:
+    if isinstance(exc, HTTPException):
+        return exc.status_code >= 500
+    return isinstance(exc, Exception)
+
+
+class DeferredResponse:
+    """An endpoint's response, sent inside its request scope.
+
+    The scope is handed over once the response (its body and its background
+    tasks) has been sent, or has failed to. Attributes are read through to the
+    wrapped ``response``.
+    """
+
+    __slots__ = ("dispatcher", "request", "response")
+
+    def __init__(
+        self, response: ASGIApp, dispatcher: RequestScopedEventDispatcher, request: RequestScope
+    ) -> None:
+        self.response = response
+        self.dispatcher = dispatcher
+        self.request = request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = 0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        failed = False
+        try:
+            with self.dispatcher.activate(self.request):
+                await self.response(scope, receive, send_observed)
+        except BaseException as exc:
+            failed = isinstance(exc, Exception) and not isinstance(exc, (ClientDisconnect, OSError))
+            raise
+        finally:
+            self.dispatcher.close_scope(self.request, failed=failed or status >= 500)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.__slots__:
+            raise AttributeError(name)
+        return getattr(self.response, name)
+
+
+def optimizely_client(connection: HTTPConnection) -> Optimizely:
+    """The Optimizely client given to the middleware (``client=``).
+
+    Works as a FastAPI dependency too:
+    ``client: Annotated[Optimizely, Depends(optimizely_client)]``.
+    """
+    client = connection.scope.get("state", {}).get(STATE_KEY)
+    if client is None:
+        raise RuntimeError(
+            "No Optimizely client on this request: pass client=... to "
+            "OptimizelyASGIMiddleware (app.add_middleware(OptimizelyASGIMiddleware, "
+            "dispatcher=dispatcher, client=client))."
+        )
+    return cast(Optimizely, client)
+
+
+def is_async_callable(obj: Any) -> bool:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return inspect.iscoroutinefunction(obj) or (
+        callable(obj) and inspect.iscoroutinefunction(obj.__call__)
+    )
