@@ -1,0 +1,612 @@
+"""An in-memory stand-in for the event endpoint, for tests of apps that run experiments.
+
+Usage::
+
+    from optimizely_middleware.testing import EventCapture
+
+    with EventCapture() as events:
+        client.get("/checkout")                 # Flask or Starlette test client
+        events.assert_impression(flag_key="new_checkout", variation_key="on")
+        events.assert_conversion(event_key="purchase", revenue=1299)
+
+With pytest, the ``optimizely_events`` fixture (registered by the package's
+pytest plugin) gives a capture that is installed for the duration of a test.
+
+While a capture is installed, every :class:`~optimizely_middleware.EventSender`
+in the process POSTs to it instead of the network, so it records the real
+wire payload (after batching and serialisation); a request-end listener groups
+what each request produced. Every read flushes the senders first, so a test
+never races the worker thread, and every POST is checked against the event
+API's shape (see :mod:`optimizely_middleware.validation`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from optimizely_middleware.transport import TransportResponse
+from optimizely_middleware.validation import InvalidEventPayload, payload_errors
+
+if TYPE_CHECKING:
+    from optimizely.event_builder import Event
+
+    from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+    from optimizely_middleware.sink import EventSink
+
+__all__ = [
+    "CapturedPost",
+    "CapturedRequest",
+    "Conversion",
+    "EventCapture",
+    "Impression",
+    "conversions_in",
+    "impressions_in",
+]
+
+logger = logging.getLogger("optimizely_middleware.testing")
+
+# The key of the snapshot event that accompanies every decision (impression).
+ACTIVATE_EVENT_KEY = "campaign_activated"
+
+
+@dataclass(frozen=True)
+class Impression:
+    """One decision event: a user was bucketed into a variation of a flag or experiment.
+
+    ``flag_key`` is ``""`` for the legacy ``activate()`` API, which decides
+    experiments rather than flags; ``rule_key`` is then the experiment key.
+    """
+
+    flag_key: str
+    rule_key: str
+    rule_type: str
+    variation_key: str
+    enabled: bool
+    experiment_id: str
+    variation_id: str | None
+    campaign_id: str
+    user_id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    timestamp: int | None = None
+    uuid: str | None = None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One conversion event (``track`` / ``track_event``).
+
+    ``revenue`` (integer, in cents) and ``value`` (number) are what the SDK
+    extracted from ``tags``; they are ``None`` when the tags had none.
+    """
+
+    event_key: str
+    revenue: int | None
+    value: float | None
+    tags: dict[str, Any]
+    user_id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    event_id: str = ""
+    timestamp: int | None = None
+    uuid: str | None = None
+
+
+def impressions_in(payload: Any) -> list[Impression]:
+    """The impressions in one event payload (tolerant of malformed payloads)."""
+    found: list[Impression] = []
+    for visitor, snapshot in _snapshots(payload):
+        activations = [
+            e for e in _dicts(snapshot.get("events")) if e.get("key") == ACTIVATE_EVENT_KEY
+        ]
+        for index, decision in enumerate(_dicts(snapshot.get("decisions"))):
+            metadata = decision.get("metadata")
+            meta: Mapping[str, Any] = metadata if isinstance(metadata, Mapping) else {}
+            event = activations[index] if index < len(activations) else {}
+            found.append(
+                Impression(
+                    flag_key=meta.get("flag_key", ""),
+                    rule_key=meta.get("rule_key", ""),
+                    rule_type=meta.get("rule_type", ""),
+                    variation_key=meta.get("variation_key", ""),
+                    enabled=meta.get("enabled", False),
+                    experiment_id=decision.get("experiment_id", ""),
+                    variation_id=decision.get("variation_id"),
+                    campaign_id=decision.get("campaign_id", ""),
+                    user_id=visitor.get("visitor_id", ""),
+                    attributes=_attributes(visitor),
+                    timestamp=event.get("timestamp"),
+                    uuid=event.get("uuid"),
+                )
+            )
+    return found
+
+
+def conversions_in(payload: Any) -> list[Conversion]:
+    """The conversions in one event payload (tolerant of malformed payloads)."""
+    found: list[Conversion] = []
+    for visitor, snapshot in _snapshots(payload):
+        is_decision = bool(snapshot.get("decisions"))
+        for event in _dicts(snapshot.get("events")):
+            if is_decision and event.get("key") == ACTIVATE_EVENT_KEY:
+                continue
+            tags = event.get("tags")
+            found.append(
+                Conversion(
+                    event_key=event.get("key", ""),
+                    revenue=event.get("revenue"),
+                    value=event.get("value"),
+                    tags=dict(tags) if isinstance(tags, Mapping) else {},
+                    user_id=visitor.get("visitor_id", ""),
+                    attributes=_attributes(visitor),
+                    event_id=event.get("entity_id", ""),
+                    timestamp=event.get("timestamp"),
+                    uuid=event.get("uuid"),
+                )
+            )
+    return found
+
+
+def _dicts(value: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _snapshots(payload: Any) -> Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    if not isinstance(payload, Mapping):
+        return
+    for visitor in _dicts(payload.get("visitors")):
+        for snapshot in _dicts(visitor.get("snapshots")):
+            yield visitor, snapshot
+
+
+def _attributes(visitor: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        attribute["key"]: attribute.get("value")
+        for attribute in _dicts(visitor.get("attributes"))
+        if isinstance(attribute.get("key"), str)
+    }
+
+
+@dataclass(frozen=True)
+class CapturedPost:
+    """One POST as a sender made it: the URL, headers and body on the wire.
+
+    ``payload`` is the decoded JSON body (``None`` if it was not JSON) and
+    ``errors`` lists what :mod:`~optimizely_middleware.validation` found wrong.
+    """
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    payload: Any
+    errors: tuple[str, ...]
+    impressions: tuple[Impression, ...]
+    conversions: tuple[Conversion, ...]
+
+    @classmethod
+    def from_wire(cls, url: str, body: bytes, headers: Mapping[str, str]) -> CapturedPost:
+        errors: list[str] = []
+        content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+        if not content_type.startswith("application/json"):
+            errors.append(f"headers: Content-Type must be application/json, got {content_type!r}")
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            payload = None
+            errors.append(f"body: not valid JSON ({exc})")
+        else:
+            errors.extend(payload_errors(payload))
+        return cls(
+            url=url,
+            headers=dict(headers),
+            body=bytes(body),
+            payload=payload,
+            errors=tuple(errors),
+            impressions=tuple(impressions_in(payload)),
+            conversions=tuple(conversions_in(payload)),
+        )
+
+
+_Item = TypeVar("_Item", Impression, Conversion)
+
+
+class _EventAssertions:
+    """``assert_*`` helpers shared by the whole capture and one captured request."""
+
+    _what = "capture"
+
+    def _impression_list(self) -> list[Impression]:
+        raise NotImplementedError
+
+    def _conversion_list(self) -> list[Conversion]:
+        raise NotImplementedError
+
+    def assert_impression(self, *, count: int | None = None, **expected: Any) -> list[Impression]:
+        """Assert that impressions with these field values were sent; return them.
+
+        With ``count`` exactly that many must match, otherwise at least one.
+        ``attributes`` matches when the given items are among the visitor's.
+
+        Example::
+
+            events.assert_impression(flag_key="new_checkout", variation_key="on", count=1)
+        """
+        __tracebackhide__ = True
+        return _assert_matches("impression", self._impression_list(), expected, count, self)
+
+    def assert_conversion(self, *, count: int | None = None, **expected: Any) -> list[Conversion]:
+        """Assert that conversions with these field values were sent; return them.
+
+        ``tags`` and ``attributes`` match when the given items are present.
+
+        Example::
+
+            events.assert_conversion(event_key="purchase", revenue=1299, tags={"sku": "A1"})
+        """
+        __tracebackhide__ = True
+        return _assert_matches("conversion", self._conversion_list(), expected, count, self)
+
+    def assert_no_impression(self, **expected: Any) -> None:
+        """Assert that no impression with these field values (or none at all) was sent."""
+        __tracebackhide__ = True
+        _assert_matches("impression", self._impression_list(), expected, 0, self)
+
+    def assert_no_conversion(self, **expected: Any) -> None:
+        """Assert that no conversion with these field values (or none at all) was sent."""
+        __tracebackhide__ = True
+        _assert_matches("conversion", self._conversion_list(), expected, 0, self)
+
+    def assert_no_events(self) -> None:
+        """Assert that neither impressions nor conversions were sent."""
+        __tracebackhide__ = True
+        impressions, conversions = self._impression_list(), self._conversion_list()
+        if impressions or conversions:
+            raise AssertionError(
+                f"Expected no Optimizely events in the {self._what}, found:\n"
+                + _describe_all(impressions, conversions)
+            )
+
+
+def _matches(item: Impression | Conversion, expected: Mapping[str, Any]) -> bool:
+    for name, want in expected.items():
+        have = getattr(item, name)
+        if isinstance(want, Mapping) and isinstance(have, Mapping):
+            if any(key not in have or have[key] != value for key, value in want.items()):
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def _assert_matches(
+    kind: str,
+    items: list[_Item],
+    expected: Mapping[str, Any],
+    count: int | None,
+    view: _EventAssertions,
+) -> list[_Item]:
+    cls = Impression if kind == "impression" else Conversion
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(expected) - set(known))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}; use {known}")
+    matched = [item for item in items if _matches(item, expected)]
+    __tracebackhide__ = True
+    if (count is None and matched) or (count is not None and len(matched) == count):
+        return matched
+    criteria = ", ".join(f"{name}={value!r}" for name, value in expected.items()) or "any fields"
+    if count is None:
+        wanted = f"at least one {kind} with {criteria}"
+    elif count == 0:
+        wanted = f"no {kind} with {criteria}"
+    else:
+        wanted = f"{count} {kind}(s) with {criteria}"
+    lines = [f"Expected {wanted} in the {view._what}, found {len(matched)}."]
+    impressions, conversions = view._impression_list(), view._conversion_list()
+    if impressions or conversions:
+        lines.append("Captured:")
+        lines.append(_describe_all(impressions, conversions))
+    else:
+        lines.append(
+            "No Optimizely events were captured. Check that the client is built with "
+            "create_client(dispatcher, ...) and that the app is wrapped in the middleware "
+            "(or the code runs inside dispatcher.request_scope())."
+        )
+    raise AssertionError("\n".join(lines))
+
+
+def _describe(item: Impression | Conversion) -> str:
+    if isinstance(item, Impression):
+        names = ["flag_key", "rule_key", "rule_type", "variation_key", "enabled", "user_id"]
+        label = "impression"
+    else:
+        names = ["event_key", "revenue", "value", "tags", "user_id"]
+        label = "conversion"
+    values = " ".join(f"{name}={getattr(item, name)!r}" for name in names)
+    return f"  {label}: {values}"
+
+
+def _describe_all(impressions: Sequence[Impression], conversions: Sequence[Conversion]) -> str:
+    items: list[Impression | Conversion] = [*impressions, *conversions]
+    return "\n".join(_describe(item) for item in items)
+
+
+@dataclass(frozen=True)
+class CapturedRequest(_EventAssertions):
+    """What one request produced, as handed over when its scope closed.
+
+    ``failed`` is true for a request that raised or answered with a 5xx
+    status; ``discarded`` when its dispatcher was therefore told to drop its
+    events (``failed_requests="discard"``), so none of them were POSTed.
+
+    Example::
+
+        request = optimizely_events.last_request
+        request.assert_impression(flag_key="new_checkout", variation_key="on")
+    """
+
+    dispatcher: RequestScopedEventDispatcher
+    failed: bool
+    payloads: tuple[Any, ...]
+    impressions: tuple[Impression, ...]
+    conversions: tuple[Conversion, ...]
+
+    _what = "request"
+
+    @property
+    def discarded(self) -> bool:
+        return self.failed and self.dispatcher.failed_requests == "discard"
+
+    def _impression_list(self) -> list[Impression]:
+        return list(self.impressions)
+
+    def _conversion_list(self) -> list[Conversion]:
+        return list(self.conversions)
+
+
+class CaptureTransport:
+    """The transport a capture installs: records each POST and answers 200."""
+
+    def __init__(self, capture: EventCapture) -> None:
+        self._capture = capture
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> TransportResponse:
+        self._capture._record_post(CapturedPost.from_wire(url, body, headers))
+        return TransportResponse(200, {})
+
+    def close(self) -> None:
+        pass
+
+
+# Installed captures, innermost last: the innermost one receives the POSTs.
+_installed: list[EventCapture] = []
+_installed_lock = threading.Lock()
+
+
+class EventCapture(_EventAssertions):
+    """Records every Optimizely event the process sends, instead of sending it.
+
+    Install it with ``with EventCapture() as events:`` (or ``install()`` /
+    ``uninstall()``). Reads flush every sender first. With ``validate=True``
+    (the default) a POST whose payload does not have the event API's shape
+    makes the next read raise :class:`InvalidEventPayload`, and so does
+    leaving the ``with`` block, so malformed events fail the test.
+
+    Example::
+
+        with EventCapture() as events:
+            client.get("/checkout")
+        assert [i.variation_key for i in events.impressions] == ["on"]
+        assert events.last_request.conversions[0].revenue == 1299
+    """
+
+    def __init__(self, *, validate: bool = True, flush_timeout: float = 10.0) -> None:
+        self.validate = validate
+        self.flush_timeout = flush_timeout
+        self.transport = CaptureTransport(self)
+        self._lock = threading.Lock()
+        self._posts: list[CapturedPost] = []
+        self._requests: list[CapturedRequest] = []
+        self._dispatchers: dict[int, RequestScopedEventDispatcher] = {}
+        self._reported_invalid = 0
+        self._installed = False
+
+    # -- installing ----------------------------------------------------------
+
+    def install(self) -> EventCapture:
+        """Route every sender's POSTs here and start grouping events per request."""
+        from optimizely_middleware.dispatcher import add_request_end_listener
+        from optimizely_middleware.sender import set_transport_override
+
+        with _installed_lock:
+            if self._installed:
+                raise RuntimeError("this EventCapture is already installed")
+            _installed.append(self)
+            self._installed = True
+            set_transport_override(self.transport)
+        add_request_end_listener(self._on_request_end)
+        return self
+
+    def uninstall(self) -> None:
+        """Deliver what is queued (to this capture), then restore the previous transport.
+
+        Idempotent; never raises for invalid payloads (see :meth:`check`).
+        """
+        from optimizely_middleware.dispatcher import remove_request_end_listener
+        from optimizely_middleware.sender import set_transport_override
+
+        if not self._installed:
+            return
+        try:
+            if not self.flush():
+                logger.warning(
+                    "Optimizely events were still queued %.1fs after the test; "
+                    "they may be sent with the regular transport.",
+                    self.flush_timeout,
+                )
+        finally:
+            remove_request_end_listener(self._on_request_end)
+            with _installed_lock:
+                _installed.remove(self)
+                self._installed = False
+                set_transport_override(_installed[-1].transport if _installed else None)
+
+    def __enter__(self) -> EventCapture:
+        return self.install()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.uninstall()
+        if exc_type is None:
+            self.check()
+
+    # -- recording (called by senders and dispatchers) ------------------------
+
+    def _record_post(self, post: CapturedPost) -> None:
+        with self._lock:
+            self._posts.append(post)
+
+    def _on_request_end(
+        self, dispatcher: RequestScopedEventDispatcher, events: list[Event], failed: bool
+    ) -> None:
+        payloads = tuple(_copy_params(event) for event in events)
+        request = CapturedRequest(
+            dispatcher=dispatcher,
+            failed=failed,
+            payloads=payloads,
+            impressions=tuple(i for p in payloads for i in impressions_in(p)),
+            conversions=tuple(c for p in payloads for c in conversions_in(p)),
+        )
+        with self._lock:
+            self._requests.append(request)
+            self._dispatchers.setdefault(id(dispatcher), dispatcher)
+
+    # -- reading -------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every sender has POSTed what it was handed; True if all did in time."""
+        from optimizely_middleware.sender import iter_senders
+
+        timeout = self.flush_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        sinks: dict[int, EventSink] = {id(s): s for s in iter_senders()}
+        with self._lock:
+            dispatchers = list(self._dispatchers.values())
+        for dispatcher in dispatchers:
+            sinks.setdefault(id(dispatcher.sender), dispatcher.sender)
+        done = True
+        for sink in sinks.values():
+            done = sink.flush(max(0.0, deadline - time.monotonic())) and done
+        return done
+
+    def check(self) -> None:
+        """Raise :class:`InvalidEventPayload` for POSTs not yet reported as invalid."""
+        if not self.validate:
+            return
+        __tracebackhide__ = True
+        with self._lock:
+            invalid = [(n, post) for n, post in enumerate(self._posts, 1) if post.errors]
+            new = invalid[self._reported_invalid :]
+            self._reported_invalid = len(invalid)
+        if new:
+            errors = [f"POST #{n} {error}" for n, post in new for error in post.errors]
+            raise InvalidEventPayload(errors, where="event POST(s)")
+
+    def _read(self) -> None:
+        __tracebackhide__ = True
+        if not self.flush():
+            raise AssertionError(
+                f"Optimizely events were still queued after {self.flush_timeout}s; "
+                "a sender is stuck or its worker thread is not running."
+            )
+        self.check()
+
+    @property
+    def posts(self) -> list[CapturedPost]:
+        """Every POST, in the order the senders made them."""
+        self._read()
+        with self._lock:
+            return list(self._posts)
+
+    @property
+    def payloads(self) -> list[Any]:
+        """The decoded JSON body of every POST."""
+        return [post.payload for post in self.posts]
+
+    @property
+    def impressions(self) -> list[Impression]:
+        """Every impression that was POSTed, in order."""
+        return [i for post in self.posts for i in post.impressions]
+
+    @property
+    def conversions(self) -> list[Conversion]:
+        """Every conversion that was POSTed, in order."""
+        return [c for post in self.posts for c in post.conversions]
+
+    @property
+    def invalid_posts(self) -> list[CapturedPost]:
+        """The POSTs whose payload failed validation (reading this never raises)."""
+        self.flush()
+        with self._lock:
+            return [post for post in self._posts if post.errors]
+
+    @property
+    def requests(self) -> list[CapturedRequest]:
+        """One entry per request scope that closed, in the order they closed."""
+        self._read()
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def last_request(self) -> CapturedRequest:
+        """The request that closed last (AssertionError if none did)."""
+        requests = self.requests
+        if not requests:
+            raise AssertionError(
+                "No request has ended since the capture was installed: is the app "
+                "wrapped in the Optimizely middleware?"
+            )
+        return requests[-1]
+
+    def clear(self) -> None:
+        """Forget everything captured so far (after delivering what is queued).
+
+        Raises :class:`InvalidEventPayload` instead if an invalid POST has not
+        been reported yet.
+        """
+        __tracebackhide__ = True
+        self._read()
+        with self._lock:
+            self._posts.clear()
+            self._requests.clear()
+            self._reported_invalid = 0
+
+    def _impression_list(self) -> list[Impression]:
+        return self.impressions
+
+    def _conversion_list(self) -> list[Conversion]:
+        return self.conversions
+
+    def __repr__(self) -> str:
+        with self._lock:
+            posts, requests = len(self._posts), len(self._requests)
+        return f"<EventCapture posts={posts} requests={requests}>"
+
+
+def _copy_params(event: Event) -> Any:
+    # A JSON round trip is what the wire sees and detaches the copy from the SDK's dict.
+    try:
+        return json.loads(json.dumps(event.params))
+    except (TypeError, ValueError):
+        return event.params
