@@ -75,8 +75,9 @@ class ReceivedPost:
     headers: dict[str, str]
     body: bytes
     status: int
-    received_at: float  # time.monotonic(), comparable with the caller's clock
-    wall_time: float  # time.time(), for display
+    received_at: float  # time.monotonic() when the body was read
+    wall_time: float  # time.time() at the same moment, for display
+    answered_at: float = 0.0  # time.monotonic() when the answer was sent (after any delay)
     payload: Any = None  # the decoded JSON body, None if it was not JSON
     problems: list[str] = field(default_factory=list)
 
@@ -308,6 +309,7 @@ def _handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
                     wall_time=wall_time,
                     payload=payload,
                     problems=problems,
+                    answered_at=time.monotonic(),
                 )
             )
             self._answer(status)
