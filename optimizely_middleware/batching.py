@@ -1,0 +1,137 @@
+"""Serialising events once, and merging compatible ones into one POST body.
+
+Usage::
+
+    a = encode_event(log_event_1)
+    b = encode_event(log_event_2)
+    if a.key == b.key:
+        body = merged_body([a, b])  # the SDK's own batch payload for both events
+
+The merge rule is the one the SDK's ``EventFactory`` follows for a batch:
+two events may share a POST if and only if their ``url``, their headers and
+every top-level key of ``params`` other than ``visitors`` are equal; the POST
+then carries the concatenation of their ``visitors`` lists. Equality is
+checked on the serialised form, which is stricter than ``==`` (``1`` and
+``1.0`` are not merged), so a merge can never change what the API receives.
+Visitors are serialised one by one and joined as bytes: never modified,
+never deduplicated, never re-ordered.
+
+Each event is serialised exactly once, on a worker thread, with
+``json.dumps(..., separators=(",", ":"))``; a body made of one event is
+byte-for-byte ``json.dumps(event.params, separators=(",", ":"))``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optimizely.event_builder import Event
+
+__all__ = ["EncodedEvent", "UnserializableEvent", "encode_event", "merged_body", "post_headers"]
+
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+class UnserializableEvent(ValueError):
+    """The event's payload cannot be turned into JSON. The message never contains the payload."""
+
+
+@dataclass(slots=True)
+class EncodedEvent:
+    """One event, serialised: ``prefix + visitors + suffix`` is its own POST body.
+
+    ``key`` is equal for two events exactly when they may share a POST.
+    """
+
+    event: Event
+    key: Hashable
+    url: str
+    headers: dict[str, str]
+    prefix: bytes
+    visitors: bytes
+    suffix: bytes
+    seq: int = 0
+    encoded_at: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the serialised event (what the queue's byte cap counts)."""
+        return len(self.prefix) + len(self.visitors) + len(self.suffix)
+
+
+def post_headers(event: Event) -> dict[str, str]:
+    """The event's headers, with ``Content-Type: application/json`` always set."""
+    headers = {
+        str(name): str(value)
+        for name, value in (getattr(event, "headers", None) or {}).items()
+        if str(name).lower() != "content-type"
+    }
+    headers["Content-Type"] = "application/json"
+    return headers
+
+
+def encode_event(event: Event, *, seq: int = 0, now: float = 0.0) -> EncodedEvent:
+    """Serialise ``event`` once; raise :class:`UnserializableEvent` if it cannot be.
+
+    Values JSON cannot represent (objects, NaN, infinities, circular
+    references) are refused here, so that one bad event cannot spoil a merged
+    POST that the API would reject as a whole.
+    """
+    url = str(event.url)
+    headers = post_headers(event)
+    params = event.params
+    try:
+        envelope = _split_envelope(params)
+        if envelope is None:
+            body = _dumps(params).encode()
+            return EncodedEvent(
+                event, ("unmergeable", seq, id(event)), url, headers, b"", body, b"", seq, now
+            )
+        prefix, suffix, visitor_list = envelope
+        visitors = ",".join(_dumps(visitor) for visitor in visitor_list).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UnserializableEvent(f"{type(exc).__name__}: {_first_line(exc)}") from None
+    key = (url, tuple(sorted(headers.items())), prefix, suffix)
+    return EncodedEvent(event, key, url, headers, prefix, visitors, suffix, seq, now)
+
+
+def _split_envelope(params: Any) -> tuple[bytes, bytes, list[Any]] | None:
+    """``(prefix, suffix, visitors)`` such that ``prefix + ",".join(visitors) + suffix``
+    is the compact JSON of ``params``; None when ``params`` is not mergeable."""
+    if not isinstance(params, dict):
+        return None
+    visitors = params.get("visitors")
+    if not isinstance(visitors, list) or not visitors:
+        return None
+    if not all(isinstance(name, str) for name in params):
+        return None
+    before: list[str] = []
+    after: list[str] = []
+    side = before
+    for name, value in params.items():
+        if name == "visitors":
+            side = after
+            continue
+        side.append(f"{_dumps(name)}:{_dumps(value)}")
+    head = ",".join(before)
+    tail = ",".join(after)
+    prefix = "{" + head + ("," if head else "") + '"visitors":['
+    suffix = "]" + ("," + tail if tail else "") + "}"
+    return prefix.encode(), suffix.encode(), visitors
+
+
+def merged_body(items: Sequence[EncodedEvent]) -> bytes:
+    """The POST body for events that all share one ``key``."""
+    first = items[0]
+    if len(items) == 1:
+        return first.prefix + first.visitors + first.suffix
+    return first.prefix + b",".join(item.visitors for item in items) + first.suffix
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()
+    return text[0][:200] if text else ""
