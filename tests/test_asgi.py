@@ -1,0 +1,617 @@
+"""OptimizelyASGIMiddleware driven as a bare ASGI app, with the real SDK.
+
+The server side (receive/send) is played by the tests, so each test can look
+at what the dispatcher had handed over at the moment of each ASGI message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from optimizely.optimizely import Optimizely
+
+from optimizely_middleware import (
+    OptimizelyASGIMiddleware,
+    RequestScopedEventDispatcher,
+    WiringWarning,
+    create_client,
+)
+from optimizely_middleware.asgi import run_in_anyio_thread, run_in_own_thread
+from tests.support import RecordingSink
+
+Message = dict[str, Any]
+
+
+class ShutdownSink(RecordingSink):
+    """A RecordingSink that records on which thread it was flushed and closed,
+    and can hold ``flush`` until the test opens ``gate``."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        if not hold:
+            self.gate.set()
+        self.flush_started = threading.Event()
+        self.threads: list[str] = []
+
+    def flush(self, timeout: float | None = None) -> bool:
+        self.threads.append(threading.current_thread().name)
+        self.flush_started.set()
+        return self.gate.wait(10)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().close(timeout)
+
+
+@pytest.fixture
+def sink() -> ShutdownSink:
+    return ShutdownSink()
+
+
+@pytest.fixture
+def dispatcher(sink: ShutdownSink) -> RequestScopedEventDispatcher:
+    return RequestScopedEventDispatcher(sink)
+
+
+@pytest.fixture
+def client(dispatcher: RequestScopedEventDispatcher, datafile: str) -> Iterator[Optimizely]:
+    client = create_client(dispatcher, datafile=datafile)
+    yield client
+    client.close()
+
+
+def fire(client: Optimizely, user: str = "user-1") -> None:
+    """Two events: a decision and a conversion."""
+    context = client.create_user_context(user, {"plan": "pro"})
+    context.decide("new_checkout")
+    context.track_event("purchase")
+
+
+def http_scope(**extra: Any) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": [],
+        "server": ("127.0.0.1", 8000),
+    }
+    scope.update(extra)
+    return scope
+
+
+def response(status: int = 200, body: bytes = b"ok") -> list[Message]:
+    return [
+        {"type": "http.response.start", "status": status, "headers": []},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    ]
+
+
+async def call_http(
+    app: Any,
+    scope: dict[str, Any] | None = None,
+    on_send: Callable[[Message], None] | None = None,
+) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if on_send is not None:
+            on_send(message)
+        sent.append(message)
+
+    await app(scope or http_scope(), receive, send)
+    return sent
+
+
+def quiet(middleware: OptimizelyASGIMiddleware) -> OptimizelyASGIMiddleware:
+    """Mark the middleware as having seen a lifespan startup (no warning)."""
+    middleware._saw_lifespan = True
+    return middleware
+
+
+# -- HTTP ----------------------------------------------------------------------
+
+
+def test_events_are_handed_over_once_after_the_app_returns(
+    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        for message in response():
+            await send(message)
+        fire(client, "user-2")  # after the body, as a background task would
+
+    handed_over_at_send: list[int] = []
+    middleware = quiet(OptimizelyASGIMiddleware(app, dispatcher))
+    sent = asyncio.run(
+        call_http(middleware, on_send=lambda m: handed_over_at_send.append(len(sink.events)))
+    )
+
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert handed_over_at_send == [0, 0]
+    assert len(sink.batches) == 1
+    assert len(sink.batches[0]) == 4
+    stats = dispatcher.stats()
+    assert (stats["requests"], stats["failed_requests"], stats["open_scopes"]) == (1, 0, 0)
+    assert stats["outside_scope_sent"] == 0
+
+
+def test_dispatcher_can_be_passed_by_keyword(
+    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        for message in response():
+            await send(message)
+
+    asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher=dispatcher))))
+    assert len(sink.batches) == 1
+
+
+def test_other_scope_types_pass_through_untouched(dispatcher: RequestScopedEventDispatcher) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.extend([scope, receive, send, dispatcher.current_scope()])
+
+    async def receive() -> Message:
+        return {}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope = {"type": "custom"}
+    asyncio.run(OptimizelyASGIMiddleware(app, dispatcher)(scope, receive, send))
+    assert seen == [scope, receive, send, None]
+
+
+def test_a_5xx_response_is_a_failed_request(datafile: str) -> None:
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    client = create_client(dispatcher, datafile=datafile)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        for message in response(503):
+            await send(message)
+
+    asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher))))
+    stats = dispatcher.stats()
+    assert sink.batches == []
+    assert stats["failed_requests"] == 1
+    assert stats["dropped"] == {"failed_request": 2}
+
+
+def test_an_exception_propagates_unchanged_and_fails_the_request(
+    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
+) -> None:
+    error = LookupError("boom")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        raise error
+
+    with pytest.raises(LookupError) as raised:
+        asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher))))
+    assert raised.value is error
+    stats = dispatcher.stats()
+    assert (stats["requests"], stats["failed_requests"], stats["open_scopes"]) == (1, 1, 0)
+    assert len(sink.batches) == 1  # failed_requests="keep" is the default
+
+
+@pytest.mark.parametrize("how", ["send_raises", "receive_disconnect"])
+def test_a_client_disconnect_loses_nothing(how: str, datafile: str) -> None:
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    client = create_client(dispatcher, datafile=datafile)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        fire(client, "user-2")
+        if how == "receive_disconnect":
+            assert (await receive())["type"] == "http.disconnect"
+            raise RuntimeError("stream cancelled")
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("client went away")  # what ASGI 2.4 servers do
+
+    middleware = quiet(OptimizelyASGIMiddleware(app, dispatcher))
+    with pytest.raises((OSError, RuntimeError)):
+        asyncio.run(middleware(http_scope(), receive, send))
+    assert [len(b) for b in sink.batches] == [4]
+    assert dispatcher.stats()["failed_requests"] == 0
+
+
+def test_nested_middleware_of_one_dispatcher_hands_over_once(
+    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        for message in response():
+            await send(message)
+
+    inner = quiet(OptimizelyASGIMiddleware(app, dispatcher))
+    outer = quiet(OptimizelyASGIMiddleware(inner, dispatcher))
+    asyncio.run(call_http(outer))
+    assert [len(b) for b in sink.batches] == [2]
+    assert dispatcher.stats()["requests"] == 1
+
+
+def test_the_client_is_put_in_the_request_state(
+    dispatcher: RequestScopedEventDispatcher, client: Optimizely
+) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["state"]["optimizely"])
+        for message in response():
+            await send(message)
+
+    middleware = quiet(OptimizelyASGIMiddleware(app, dispatcher, client=client))
+    asyncio.run(call_http(middleware, http_scope(state={"db": "kept"})))
+    asyncio.run(call_http(middleware))
+    assert seen == [client, client]
+
+
+def test_a_client_that_bypasses_the_scope_is_reported(
+    dispatcher: RequestScopedEventDispatcher, datafile: str
+) -> None:
+    wrong = Optimizely(datafile, event_dispatcher=dispatcher)
+    try:
+        with pytest.warns(WiringWarning, match="create_client"):
+            OptimizelyASGIMiddleware(lambda s, r, w: None, dispatcher, client=wrong)  # type: ignore[arg-type, return-value]
+    finally:
+        wrong.close()
+
+
+def test_options_are_checked(dispatcher: RequestScopedEventDispatcher) -> None:
+    with pytest.raises(TypeError, match="RequestScopedEventDispatcher"):
+        OptimizelyASGIMiddleware(lambda s, r, w: None, object())  # type: ignore[arg-type, return-value]
+    with pytest.raises(ValueError, match="shutdown_timeout"):
+        OptimizelyASGIMiddleware(lambda s, r, w: None, dispatcher, shutdown_timeout=-1)  # type: ignore[arg-type, return-value]
+
+
+def test_http_without_lifespan_warns_once_with_the_fix(
+    dispatcher: RequestScopedEventDispatcher,
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for message in response():
+            await send(message)
+
+    middleware = OptimizelyASGIMiddleware(app, dispatcher)
+    with pytest.warns(WiringWarning, match="lifespan") as record:
+        asyncio.run(call_http(middleware))
+        asyncio.run(call_http(middleware))
+    messages = [str(w.message) for w in record if issubclass(w.category, WiringWarning)]
+    assert len(messages) == 1
+    assert "--lifespan on" in messages[0]
+    assert "close_on_shutdown=False" in messages[0]
+
+    silent = OptimizelyASGIMiddleware(app, dispatcher, close_on_shutdown=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WiringWarning)
+        asyncio.run(call_http(silent))
+
+
+# -- lifespan ------------------------------------------------------------------
+
+
+async def run_lifespan(
+    app: Any, *, after_startup: Callable[[], Any] | None = None
+) -> tuple[list[Message], list[Any]]:
+    """Play the server's side of the lifespan protocol; return what the app
+    sent and, for each message, whether the sink was closed at that moment."""
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    sent: list[Message] = []
+    startup_answered = asyncio.Event()
+    closed_when_sent: list[Any] = []
+
+    async def receive() -> Message:
+        return await inbox.get()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        closed_when_sent.append(app.dispatcher.sender.closed)
+        if message["type"].startswith("lifespan.startup"):
+            startup_answered.set()
+
+    task = asyncio.create_task(app({"type": "lifespan", "state": {}}, receive, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await startup_answered.wait()
+    if after_startup is not None:
+        result = after_startup()
+        if asyncio.iscoroutine(result):
+            await result
+    await inbox.put({"type": "lifespan.shutdown"})
+    await task
+    return sent, closed_when_sent
+
+
+async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
+    """An app that speaks the lifespan protocol (like Starlette's router)."""
+    assert scope["type"] == "lifespan"
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def http_only_app(scope: Any, receive: Any, send: Any) -> None:
+    assert scope["type"] == "http", "this app knows nothing about lifespan"
+    for message in response():
+        await send(message)
+
+
+async def returns_at_once(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    for message in response():
+        await send(message)
+
+
+@pytest.mark.parametrize("app", [lifespan_app, http_only_app, returns_at_once])
+def test_lifespan_shutdown_flushes_and_closes_on_a_thread_of_its_own(
+    app: Any, dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink
+) -> None:
+    middleware = OptimizelyASGIMiddleware(app, dispatcher)
+    loop_thread = threading.current_thread().name
+    sent, closed_when_sent = asyncio.run(run_lifespan(middleware))
+
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert closed_when_sent == [False, True]  # closed before the server hears "complete"
+    assert sink.threads == ["optimizely-shutdown", "optimizely-shutdown"]
+    assert loop_thread not in sink.threads
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WiringWarning)
+        if app is not lifespan_app:
+            asyncio.run(call_http(middleware))  # startup was seen: no warning
+
+
+def test_a_failed_startup_propagates_and_leaves_the_dispatcher_open(
+    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+        raise ConnectionError("no database")
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(OptimizelyASGIMiddleware(app, dispatcher)({"type": "lifespan"}, receive, send))
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert not sink.closed
+
+
+def test_close_on_shutdown_false_leaves_the_dispatcher_open(
+    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink
+) -> None:
+    middleware = OptimizelyASGIMiddleware(lifespan_app, dispatcher, close_on_shutdown=False)
+    sent, _ = asyncio.run(run_lifespan(middleware))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert not sink.closed
+    assert sink.threads == []
+
+
+def test_the_loop_keeps_running_while_the_shutdown_flush_is_held() -> None:
+    sink = ShutdownSink(hold=True)
+    middleware = OptimizelyASGIMiddleware(lifespan_app, RequestScopedEventDispatcher(sink))
+    released_by_the_loop = []
+
+    async def release_from_the_loop() -> None:
+        # Runs on the loop while the shutdown flush waits on the gate: if the
+        # flush blocked the loop, the gate would only open by its own timeout.
+        while not sink.flush_started.is_set():
+            await asyncio.sleep(0.01)
+        released_by_the_loop.append(True)
+        sink.gate.set()
+
+    async def main() -> list[Message]:
+        releaser = asyncio.create_task(release_from_the_loop())
+        sent, _ = await run_lifespan(middleware)
+        await releaser
+        return sent
+
+    sent = asyncio.run(main())
+    assert released_by_the_loop == [True]
+    assert sent[-1]["type"] == "lifespan.shutdown.complete"
+    assert sink.closed
+
+
+def test_a_sender_that_overruns_the_deadline_does_not_hold_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = ShutdownSink(hold=True)
+    middleware = OptimizelyASGIMiddleware(
+        lifespan_app, RequestScopedEventDispatcher(sink), shutdown_timeout=0.1
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="optimizely_middleware"):
+            sent, _ = asyncio.run(run_lifespan(middleware))
+        assert sent[-1]["type"] == "lifespan.shutdown.complete"
+        assert not sink.gate.is_set()  # the flush was still held when shutdown completed
+        assert "shutdown_timeout=0.1" in caplog.text
+    finally:
+        sink.gate.set()
+
+
+def test_the_shutdown_thread_does_not_need_the_thread_pool() -> None:
+    """With every token of anyio's default limiter (the pool that sync
+    endpoints use) taken, both ways of running the close still finish."""
+    ran: list[str] = []
+
+    async def main() -> tuple[bool, bool]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = 1
+        async with limiter:
+            own = await run_in_own_thread(lambda: ran.append("own"), name="t", timeout=10)
+            via_anyio = await run_in_anyio_thread(lambda: ran.append("anyio"), timeout=10)
+        return own, via_anyio
+
+    assert anyio.run(main) == (True, True)
+    assert ran == ["own", "anyio"]
+
+
+def test_run_in_own_thread_reports_an_overrun_and_logs_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = threading.Event()
+
+    def fails() -> None:
+        raise OSError("sender broke")
+
+    async def main() -> tuple[bool, bool, bool]:
+        overrun = await run_in_own_thread(lambda: gate.wait(10) and None, name="t", timeout=0.05)
+        gate.set()
+        failed = await run_in_own_thread(fails, name="t", timeout=10)
+        failed_anyio = await run_in_anyio_thread(fails, timeout=10)
+        return overrun, failed, failed_anyio
+
+    with caplog.at_level(logging.ERROR, logger="optimizely_middleware"):
+        assert asyncio.run(main()) == (False, True, True)
+    errors = [r for r in caplog.records if r.exc_info and "sender broke" in str(r.exc_info[1])]
+    assert len(errors) == 2
+
+
+# -- websocket -----------------------------------------------------------------
+
+
+def test_websocket_events_are_handed_over_at_each_step(datafile: str) -> None:
+    sink = RecordingSink()
+    # "raise" would make any event that reaches the dispatcher outside a scope fail
+    dispatcher = RequestScopedEventDispatcher(sink, outside_scope="raise")
+    client = create_client(dispatcher, datafile=datafile)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        client.create_user_context("on-connect").decide("new_checkout")
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            fire(client, message["text"])
+            await send({"type": "websocket.send", "text": "ok"})
+            client.create_user_context(message["text"]).track_event("add_to_cart")
+        client.create_user_context("on-close").track_event("add_to_cart")
+
+    incoming = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "a"},
+        {"type": "websocket.receive", "text": "b"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    handed_over: list[tuple[str, list[int]]] = []
+
+    async def receive() -> Message:
+        handed_over.append(("receive", [len(b) for b in sink.batches]))
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        handed_over.append((message["type"], [len(b) for b in sink.batches]))
+
+    middleware = OptimizelyASGIMiddleware(app, dispatcher)
+    asyncio.run(middleware({"type": "websocket", "path": "/ws"}, receive, send))
+
+    assert handed_over == [
+        ("receive", []),
+        ("websocket.accept", [1]),  # the decision made on connect
+        ("receive", [1]),
+        ("websocket.send", [1, 2]),  # message "a": decide + track
+        ("receive", [1, 2, 1]),  # the event after the reply
+        ("websocket.send", [1, 2, 1, 2]),
+        ("receive", [1, 2, 1, 2, 1]),
+    ]
+    assert [len(b) for b in sink.batches] == [1, 2, 1, 2, 1, 1]
+    stats = dispatcher.stats()
+    assert (stats["open_scopes"], stats["outside_scope_sent"], stats["failed_requests"]) == (
+        0,
+        0,
+        0,
+    )
+
+
+def test_websocket_error_fails_the_last_step_only(datafile: str) -> None:
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    client = create_client(dispatcher, datafile=datafile)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        fire(client, "before")
+        await send({"type": "websocket.accept"})
+        fire(client, "during")
+        raise ValueError("handler bug")
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    with pytest.raises(ValueError):
+        asyncio.run(OptimizelyASGIMiddleware(app, dispatcher)({"type": "websocket"}, receive, send))
+    assert [len(b) for b in sink.batches] == [2]
+    assert dispatcher.stats()["dropped"] == {"failed_request": 2}
+    assert dispatcher.stats()["open_scopes"] == 0
+
+
+def test_events_after_a_websocket_closed_follow_the_outside_scope_policy(
+    datafile: str,
+) -> None:
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink)
+    client = create_client(dispatcher, datafile=datafile)
+    leftover: list[asyncio.Task[None]] = []
+
+    async def late() -> None:
+        await asyncio.sleep(0)
+        client.create_user_context("late").track_event("purchase")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        leftover.append(asyncio.create_task(late()))  # copies the context
+
+    async def main() -> None:
+        async def receive() -> Message:
+            return {"type": "websocket.connect"}
+
+        async def send(message: Message) -> None:
+            pass
+
+        await OptimizelyASGIMiddleware(app, dispatcher)({"type": "websocket"}, receive, send)
+        await leftover[0]
+
+    asyncio.run(main())
+    assert dispatcher.stats()["outside_scope_sent"] == 1
+    assert [len(b) for b in sink.batches] == [1]
