@@ -1,0 +1,301 @@
+"""Flask integration: an extension for the whole app and a decorator for one view.
+
+Usage::
+
+    from flask import Flask
+    from optimizely_middleware.flask import OptimizelyFlask, current_optimizely
+
+    optimizely = OptimizelyFlask()
+
+    app = Flask(__name__)
+    app.config["OPTIMIZELY_DATAFILE_PATH"] = "datafile.json"   # or OPTIMIZELY_SDK_KEY
+    optimizely.init_app(app)
+
+    @app.get("/checkout")
+    def checkout():
+        user = current_optimizely.create_user_context("user-1", {"plan": "pro"})
+        decision = user.decide("new_checkout")
+        return "new" if decision.enabled else "old"
+
+Or, for a single view and no middleware::
+
+    @app.get("/checkout")
+    @defer_events(dispatcher)
+    def checkout(): ...
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from flask import Flask, Response, current_app
+from werkzeug.exceptions import HTTPException
+from werkzeug.local import LocalProxy
+
+from optimizely_middleware.client import check_client, create_client
+from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+from optimizely_middleware.sender import EventSender
+from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+    from optimizely.optimizely import Optimizely
+
+__all__ = ["OptimizelyFlask", "OptimizelyState", "current_optimizely", "defer_events"]
+
+logger = logging.getLogger("optimizely_middleware")
+
+EXTENSION_KEY = "optimizely"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class OptimizelyState:
+    """What :class:`OptimizelyFlask` keeps in ``app.extensions["optimizely"]``."""
+
+    client: Optimizely
+    dispatcher: RequestScopedEventDispatcher
+    shutdown_timeout: float
+
+
+class OptimizelyFlask:
+    """The Flask extension: every request of the app gets request-scoped events.
+
+    ``init_app`` builds (or takes) a :class:`RequestScopedEventDispatcher` and
+    a correctly wired Optimizely client, mounts
+    :class:`~optimizely_middleware.OptimizelyWSGIMiddleware` on
+    ``app.wsgi_app``, keeps both in ``app.extensions["optimizely"]`` and
+    closes the dispatcher when the process exits (within
+    ``OPTIMIZELY_SHUTDOWN_TIMEOUT`` seconds, so the events of the last
+    requests are delivered; gunicorn workers run it on a graceful stop).
+
+    Views reach the client as :data:`current_optimizely` or ``ext.client``.
+
+    Arguments given here win over ``app.config``:
+
+    * ``datafile`` / ``OPTIMIZELY_DATAFILE`` (JSON text) or
+      ``OPTIMIZELY_DATAFILE_PATH``; ``sdk_key`` / ``OPTIMIZELY_SDK_KEY``
+      (polls the datafile; ``OPTIMIZELY_DATAFILE*`` then serves until the
+      first fetch). ``OPTIMIZELY_CLIENT_OPTIONS``: more keywords for
+      :func:`~optimizely_middleware.create_client`.
+    * ``dispatcher``: share one; otherwise one is built from
+      ``OPTIMIZELY_EVENT_ENDPOINT`` (send every event there instead of
+      Optimizely's endpoint), ``OPTIMIZELY_FAILED_REQUESTS`` (``"keep"`` or
+      ``"discard"``), ``OPTIMIZELY_OUTSIDE_SCOPE`` and
+      ``OPTIMIZELY_MAX_EVENTS_PER_REQUEST``.
+    * ``client``: a client you built; checked for wiring. Without
+      ``dispatcher``, the one it forwards to is used.
+    * ``OPTIMIZELY_SHUTDOWN_TIMEOUT`` (default 5 s), ``OPTIMIZELY_CLOSE_AT_EXIT``
+      (default True).
+
+    Example::
+
+        optimizely = OptimizelyFlask()
+
+        def create_app():
+            app = Flask(__name__)
+            app.config.from_prefixed_env()   # FLASK_OPTIMIZELY_SDK_KEY=...
+            optimizely.init_app(app)
+            return app
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        datafile: str | None = None,
+        sdk_key: str | None = None,
+        dispatcher: RequestScopedEventDispatcher | None = None,
+        client: Optimizely | None = None,
+    ) -> None:
+        self._datafile = datafile
+        self._sdk_key = sdk_key
+        self._dispatcher = dispatcher
+        self._client = client
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Set the app up: client, dispatcher, middleware and exit hook."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("OptimizelyFlask is already set up on this app.")
+        config = app.config
+        dispatcher = self._dispatcher or self._dispatcher_of(self._client)
+        if dispatcher is None:
+            dispatcher = RequestScopedEventDispatcher(
+                EventSender(endpoint=config.get("OPTIMIZELY_EVENT_ENDPOINT")),
+                failed_requests=config.get("OPTIMIZELY_FAILED_REQUESTS", "keep"),
+                outside_scope=config.get("OPTIMIZELY_OUTSIDE_SCOPE", "send"),
+                max_events_per_request=int(config.get("OPTIMIZELY_MAX_EVENTS_PER_REQUEST", 1000)),
+            )
+        client = self._client
+        if client is not None:
+            check_client(client, dispatcher)
+        else:
+            client = create_client(
+                dispatcher,
+                self._datafile_from(config),
+                sdk_key=self._sdk_key or config.get("OPTIMIZELY_SDK_KEY"),
+                **config.get("OPTIMIZELY_CLIENT_OPTIONS", {}),
+            )
+        state = OptimizelyState(
+            client=client,
+            dispatcher=dispatcher,
+            shutdown_timeout=float(config.get("OPTIMIZELY_SHUTDOWN_TIMEOUT", 5.0)),
+        )
+        app.extensions[EXTENSION_KEY] = state
+        # The client was checked above (or built right), so it is not passed here.
+        app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)  # type: ignore[method-assign]
+        if config.get("OPTIMIZELY_CLOSE_AT_EXIT", True):
+            atexit.register(close_at_exit, weakref.ref(state))
+
+    def _dispatcher_of(self, client: Optimizely | None) -> RequestScopedEventDispatcher | None:
+        if client is None:
+            return None
+        processor = getattr(client, "event_processor", None)
+        dispatcher = getattr(processor, "event_dispatcher", None)
+        if not isinstance(dispatcher, RequestScopedEventDispatcher):
+            raise TypeError(
+                "OptimizelyFlask(client=...) needs a client that forwards its events to a "
+                "RequestScopedEventDispatcher (build it with create_client), or pass "
+                "dispatcher= as well."
+            )
+        return dispatcher
+
+    def _datafile_from(self, config: dict[str, Any]) -> str | None:
+        if self._datafile is not None:
+            return self._datafile
+        datafile: str | None = config.get("OPTIMIZELY_DATAFILE")
+        path = config.get("OPTIMIZELY_DATAFILE_PATH")
+        if datafile is None and path:
+            datafile = Path(path).read_text(encoding="utf-8")
+        if datafile is None and not (self._sdk_key or config.get("OPTIMIZELY_SDK_KEY")):
+            raise RuntimeError(
+                "OptimizelyFlask needs a datafile or an SDK key: set OPTIMIZELY_DATAFILE_PATH, "
+                "OPTIMIZELY_DATAFILE or OPTIMIZELY_SDK_KEY in app.config, or pass "
+                "datafile=/sdk_key=/client= to OptimizelyFlask."
+            )
+        return datafile
+
+    @property
+    def state(self) -> OptimizelyState:
+        """The current app's client and dispatcher."""
+        return current_state()
+
+    @property
+    def client(self) -> Optimizely:
+        """The current app's Optimizely client."""
+        if self._client is not None:
+            return self._client
+        return self.state.client
+
+    @property
+    def dispatcher(self) -> RequestScopedEventDispatcher:
+        """The current app's dispatcher (``flush()``, ``stats()``, ...)."""
+        if self._dispatcher is not None:
+            return self._dispatcher
+        return self.state.dispatcher
+
+
+def current_state() -> OptimizelyState:
+    """The current app's :class:`OptimizelyState`."""
+    try:
+        return cast(OptimizelyState, current_app.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise RuntimeError(
+            "OptimizelyFlask.init_app(app) has not been called for this app."
+        ) from None
+
+
+#: The current app's Optimizely client (a proxy, like ``flask.current_app``).
+current_optimizely: Optimizely = cast("Optimizely", LocalProxy(lambda: current_state().client))
+
+
+def close_at_exit(state_ref: weakref.ref[OptimizelyState]) -> None:
+    """Deliver what is queued and stop the sender when the process exits."""
+    state = state_ref()
+    if state is None:
+        return
+    started = time.monotonic()
+    try:
+        state.dispatcher.close(state.shutdown_timeout)
+    except Exception:
+        logger.exception("Closing the Optimizely event dispatcher at exit failed")
+        return
+    logger.debug("Optimizely dispatcher closed at exit in %.3f s", time.monotonic() - started)
+
+
+def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[F], F]:
+    """Collect one view's events and hand them over after its response is closed.
+
+    For apps that do not mount the middleware, or to scope just a few views.
+    Works with sync and ``async`` views and with streaming and ``send_file``
+    responses. Behind :class:`OptimizelyWSGIMiddleware` (or the extension) of
+    the same dispatcher it just calls the view, so nothing is sent twice.
+
+    Example::
+
+        @app.get("/checkout")
+        @defer_events(dispatcher)
+        def checkout():
+            decision = client.create_user_context(user_id).decide("new_checkout")
+            ...
+    """
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def deferred_view(*args: Any, **kwargs: Any) -> Any:
+            # ensure_sync runs an async view through asgiref, which copies the
+            # current context into the coroutine: the activated scope included.
+            call = current_app.ensure_sync(view)
+            if dispatcher.current_scope() is not None:
+                return call(*args, **kwargs)
+            request = ScopedRequest(dispatcher)
+            try:
+                with dispatcher.activate(request.scope):
+                    response = current_app.make_response(call(*args, **kwargs))
+            except HTTPException as exc:
+                request.finish(failed=exc.code is None or exc.code >= 500)
+                raise
+            except BaseException:
+                request.finish(failed=True)
+                raise
+            defer_until_closed(response, request)
+            return response
+
+        return cast(F, deferred_view)
+
+    return decorator
+
+
+def defer_until_closed(response: Response, request: ScopedRequest) -> None:
+    """Hand ``request``'s events over when the server closes ``response``'s body.
+
+    ``call_on_close`` is not enough: for a ``direct_passthrough`` response
+    (``send_file``) werkzeug returns the body itself to the server, so the
+    response's close hooks never run. Instead the body that
+    ``get_app_iter`` returns is handled like the middleware handles it. If
+    the response object is dropped unserved (an ``after_request`` function
+    replaced it), the events are handed over when it is collected.
+    """
+    request.watch(response)
+    response_ref = weakref.ref(response)  # a strong reference would be a cycle
+    get_app_iter = type(response).get_app_iter
+
+    def get_app_iter_in_scope(environ: WSGIEnvironment) -> Any:
+        current = response_ref()
+        assert current is not None  # it is being called
+        if current.status_code >= 500:
+            request.scope.mark_failed()
+        return request.attach(get_app_iter(current, environ), environ)
+
+    response.get_app_iter = get_app_iter_in_scope  # type: ignore[method-assign]
