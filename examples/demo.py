@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import signal
 import sys
 import threading
@@ -39,6 +40,7 @@ from optimizely_middleware.dispatcher import (
 )
 
 PATHS = ("/", "/buy")
+VISITORS = ("alice", "bob", "carol", "dave", "erin")
 
 
 @dataclass
@@ -67,15 +69,25 @@ class HandOffClock:
     def __init__(self, dispatcher: RequestScopedEventDispatcher) -> None:
         self.dispatcher = dispatcher
         self.times: dict[str, tuple[float, int]] = {}
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     def __call__(self, dispatcher: RequestScopedEventDispatcher, events: Any, failed: bool) -> None:
         if dispatcher is not self.dispatcher or not events:
             return
         now = time.monotonic()
         visitor = events[0].params["visitors"][0]["visitor_id"]
-        with self._lock:
+        with self._cond:
             self.times[visitor] = (now, len(events))
+            self._cond.notify_all()
+
+    def wait_for(self, n_requests: int, timeout: float) -> bool:
+        """Wait until ``n_requests`` requests have handed their events over.
+
+        The client can read a response before the server has closed it, so
+        the last hand-off may still be under way when the last response is in.
+        """
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.times) >= n_requests, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,13 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds the local endpoint takes to answer each POST (default 0.2)",
     )
     parser.add_argument(
+        "--status",
+        type=int,
+        default=204,
+        help="status the local endpoint answers with (default 204; 400 shows a lost batch)",
+    )
+    parser.add_argument(
         "--serve", action="store_true", help="keep running for a browser instead of reporting"
     )
     parser.add_argument("--port", type=int, default=0, help="app port (default: a free one)")
     args = parser.parse_args(argv)
 
     endpoint_log: Any = sys.stdout if args.serve else io.StringIO()
-    endpoint = DevServer(port=0, delay=args.delay, output=endpoint_log).start()
+    if not args.serve:
+        # The report shows each request; werkzeug's access log would repeat them.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    endpoint = DevServer(port=0, status=args.status, delay=args.delay, output=endpoint_log)
+    endpoint.start()
     dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=endpoint.url))
     clock = HandOffClock(dispatcher)
     add_request_end_listener(clock)
@@ -127,12 +149,16 @@ def run(
     print(f"  app:            {app_url}/  (plain WSGI app + OptimizelyWSGIMiddleware, werkzeug)")
     print(
         f"  event endpoint: {endpoint.url}  "
-        f"(local devserver, answers 204 after {endpoint.delay * 1000:.0f} ms)"
+        f"(local devserver, answers {endpoint.status} after {endpoint.delay * 1000:.0f} ms)"
     )
     results = send_requests(app_url, n_requests)
-    delivered_in_time = dispatcher.flush(timeout=30.0)
+    # Let the sender work at its own pace (it batches what arrives within its
+    # flush_interval), then flush only to settle its counters.
+    handed_over = clock.wait_for(len(results), timeout=30.0)
     for result in results:
         result.handed_over_at, result.events = clock.times.get(result.visitor, (0.0, 0))
+    endpoint.wait_for_visitors(sum(r.events for r in results), 30.0, include_rejected=True)
+    settled = dispatcher.flush(timeout=30.0)
     for post in endpoint.posts:
         if not post.accepted:
             continue
@@ -176,19 +202,26 @@ def run(
     print("\nSummary")
     print(
         f"  {produced} events produced by {len(results)} requests, {delivered} delivered to the "
-        f"endpoint in {posts} POSTs ({posts / max(len(results), 1):.1f} per request), "
-        f"{lost} lost."
+        f"endpoint in {posts} POST(s), {lost} lost."
     )
     print(
         f"  Slowest page: {slowest * 1000:.1f} ms, while the endpoint took "
         f"{endpoint.delay * 1000:.0f} ms to answer each POST: no page waited for it."
     )
+    flush_interval = getattr(dispatcher.sender, "flush_interval", None)
+    if flush_interval:
+        print(
+            f"  The sender batches: a lone event waits up to {flush_interval * 1000:.0f} ms "
+            "(flush_interval) for others to share its POST."
+        )
     print(
         f"  Dispatcher stats: collected={stats['collected']} "
         f"delivered_events={stats['delivered_events']} dropped={stats['dropped']}"
     )
     problems = []
-    if not delivered_in_time:
+    if not handed_over:
+        problems.append("not every request handed its events over within 30 s")
+    if not settled:
         problems.append("the sender did not finish within 30 s")
     if lost:
         problems.append(f"{lost} event(s) did not arrive")
@@ -209,9 +242,10 @@ def send_requests(app_url: str, n_requests: int) -> list[RequestResult]:
     results = []
     with requests.Session() as session:
         for number in range(1, n_requests + 1):
-            result = RequestResult(
-                path=PATHS[(number - 1) % len(PATHS)], visitor=f"visitor-{number}"
-            )
+            visitor = VISITORS[(number - 1) % len(VISITORS)]
+            if number > len(VISITORS):
+                visitor += f"-{(number - 1) // len(VISITORS)}"
+            result = RequestResult(path=PATHS[(number - 1) % len(PATHS)], visitor=visitor)
             started = time.monotonic()
             response = session.get(
                 f"{app_url}{result.path}", params={"user": result.visitor}, timeout=30

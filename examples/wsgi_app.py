@@ -70,7 +70,7 @@ def create_app(dispatcher: RequestScopedEventDispatcher, datafile: str) -> WSGIA
         )
         return [body]
 
-    return OptimizelyWSGIMiddleware(shop, dispatcher)
+    return OptimizelyWSGIMiddleware(shop, dispatcher, client=client)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -225,11 +225,18 @@ class DevServer:
         """The visitors of every accepted POST so far."""
         return [v for post in self.posts if post.accepted for v in post.visitors]
 
-    def wait_for_visitors(self, n: int, timeout: float | None = None) -> bool:
-        """Wait until accepted POSTs carry at least ``n`` visitors in all."""
+    def wait_for_visitors(
+        self, n: int, timeout: float | None = None, *, include_rejected: bool = False
+    ) -> bool:
+        """Wait until accepted POSTs carry at least ``n`` visitors in all.
+
+        With ``include_rejected`` POSTs answered with an error count too (a
+        retried POST then counts each time it arrives).
+        """
 
         def enough() -> bool:
-            return sum(len(p.visitors) for p in self._posts if p.accepted) >= n
+            posts = self._posts if include_rejected else [p for p in self._posts if p.accepted]
+            return sum(len(p.visitors) for p in posts) >= n
 
         with self._cond:
             return self._cond.wait_for(enough, timeout)
