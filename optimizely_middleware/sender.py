@@ -70,6 +70,7 @@ RETRIES_EXHAUSTED = "retries_exhausted"
 SHUTDOWN = "shutdown"
 SENDER_ERROR = "sender_error"
 
+_ABORT_GRACE = 0.25  # seconds close() waits for aborted retries to be counted
 _ENCODE_CHUNK = 1000  # raw events serialised per pass, so the queue lock is never held long
 
 _transport_override: Transport | None = None
@@ -315,6 +316,11 @@ class EventSender:
         if leftover:
             events = [i.event if isinstance(i, EncodedEvent) else i for i in leftover]
             self._drop(events, SHUTDOWN, "")
+        if not delivered:
+            # Batches waiting out a backoff stop at once when aborted; give them a
+            # moment to be counted. A POST stuck on the network is not waited for.
+            with self._cond:
+                self._cond.wait_for(lambda: not self._working, _ABORT_GRACE)
         for thread in threads:
             if thread is threading.current_thread():
                 continue
