@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
@@ -121,6 +121,9 @@ class OptimizelyFlask:
         self._sdk_key = sdk_key
         self._dispatcher = dispatcher
         self._client = client
+        # The state of the only app set up so far, for use outside an app context.
+        self._single_state: OptimizelyState | None = None
+        self._apps = 0
         if app is not None:
             self.init_app(app)
 
@@ -153,6 +156,8 @@ class OptimizelyFlask:
             shutdown_timeout=float(config.get("OPTIMIZELY_SHUTDOWN_TIMEOUT", 5.0)),
         )
         app.extensions[EXTENSION_KEY] = state
+        self._apps += 1
+        self._single_state = state if self._apps == 1 else None
         # The client was checked above (or built right), so it is not passed here.
         app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)  # type: ignore[method-assign]
         if config.get("OPTIMIZELY_CLOSE_AT_EXIT", True):
@@ -188,7 +193,12 @@ class OptimizelyFlask:
 
     @property
     def state(self) -> OptimizelyState:
-        """The current app's client and dispatcher."""
+        """The current app's client and dispatcher.
+
+        Outside an app context, that of the app when only one was set up.
+        """
+        if not has_app_context() and self._single_state is not None:
+            return self._single_state
         return current_state()
 
     @property

@@ -1,0 +1,149 @@
+"""Flask apps for the tests: one with the extension (every request scoped), one
+with ``defer_events`` on some views only.
+
+``create_app()`` without arguments reads its settings from the environment so
+gunicorn can load it as ``tests.apps.flask_views:create_app()``:
+``OPTIMIZELY_TEST_ENDPOINT`` (the event endpoint URL), ``OPTIMIZELY_TEST_DATAFILE``
+(a datafile path) and optionally ``OPTIMIZELY_TEST_FAILED_REQUESTS``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, send_file, stream_with_context
+
+from optimizely_middleware import RequestScopedEventDispatcher
+from optimizely_middleware.flask import OptimizelyFlask, current_optimizely, defer_events
+
+# The file the send_file views serve.
+STATIC_FILE = Path(__file__).resolve().parents[1] / "data" / "datafile.json"
+
+
+def settings_from_env() -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "OPTIMIZELY_EVENT_ENDPOINT": os.environ["OPTIMIZELY_TEST_ENDPOINT"],
+        "OPTIMIZELY_DATAFILE_PATH": os.environ["OPTIMIZELY_TEST_DATAFILE"],
+    }
+    if "OPTIMIZELY_TEST_FAILED_REQUESTS" in os.environ:
+        config["OPTIMIZELY_FAILED_REQUESTS"] = os.environ["OPTIMIZELY_TEST_FAILED_REQUESTS"]
+    return config
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Every request scoped by the extension; ``/deferred`` also has the decorator."""
+    app = Flask(__name__)
+    app.config.update(config if config is not None else settings_from_env())
+    optimizely = OptimizelyFlask(app)
+
+    def decide(user_id: str) -> bool:
+        user = current_optimizely.create_user_context(user_id, {"plan": "pro"})
+        return user.decide("new_checkout").enabled
+
+    @app.get("/decide/<user_id>")
+    def decide_view(user_id: str) -> Any:
+        return jsonify(user=user_id, enabled=decide(user_id), pid=os.getpid())
+
+    @app.get("/buy/<user_id>")
+    def buy(user_id: str) -> Any:
+        enabled = decide(user_id)
+        current_optimizely.track("purchase", user_id, {"plan": "pro"}, {"revenue": 4200})
+        return jsonify(user=user_id, enabled=enabled, pid=os.getpid())
+
+    @app.get("/stream/<user_id>")
+    def stream(user_id: str) -> Response:
+        def body() -> Iterator[str]:
+            yield "first chunk\n"
+            decide(user_id)
+            yield "second chunk\n"
+
+        return Response(stream_with_context(body()), mimetype="text/plain")
+
+    @app.get("/raise/<user_id>")
+    def raise_view(user_id: str) -> Any:
+        decide(user_id)
+        raise RuntimeError("the view failed")
+
+    @app.get("/raise-in-stream/<user_id>")
+    def raise_in_stream(user_id: str) -> Response:
+        def body() -> Iterator[str]:
+            yield "first chunk\n"
+            decide(user_id)
+            raise RuntimeError("the body failed")
+
+        return Response(stream_with_context(body()), mimetype="text/plain")
+
+    @app.get("/file/<user_id>")
+    def file_view(user_id: str) -> Response:
+        decide(user_id)
+        return send_file(STATIC_FILE, mimetype="application/octet-stream")
+
+    @app.get("/async/<user_id>")
+    async def async_view(user_id: str) -> Any:
+        return jsonify(user=user_id, enabled=decide(user_id))
+
+    @app.get("/deferred/<user_id>")
+    @defer_events(optimizely.dispatcher)
+    def deferred(user_id: str) -> Any:
+        return jsonify(user=user_id, enabled=decide(user_id))
+
+    return app
+
+
+def create_decorated_app(
+    dispatcher: RequestScopedEventDispatcher, client: Any, datafile_path: str | None = None
+) -> Flask:
+    """No middleware: only the views with ``@defer_events`` are request-scoped."""
+    app = Flask(__name__)
+
+    def decide(user_id: str) -> bool:
+        return bool(client.create_user_context(user_id).decide("new_checkout").enabled)
+
+    @app.get("/deferred/<user_id>")
+    @defer_events(dispatcher)
+    def deferred(user_id: str) -> Any:
+        enabled = decide(user_id)
+        client.track("purchase", user_id)
+        return {"user": user_id, "enabled": enabled}
+
+    @app.get("/deferred-stream/<user_id>")
+    @defer_events(dispatcher)
+    def deferred_stream(user_id: str) -> Response:
+        def body() -> Iterator[str]:
+            yield "first chunk\n"
+            decide(user_id)
+            yield "second chunk\n"
+
+        return Response(stream_with_context(body()), mimetype="text/plain")
+
+    @app.get("/deferred-file/<user_id>")
+    @defer_events(dispatcher)
+    def deferred_file(user_id: str) -> Response:
+        decide(user_id)
+        return send_file(STATIC_FILE, mimetype="application/octet-stream")
+
+    @app.get("/deferred-async/<user_id>")
+    @defer_events(dispatcher)
+    async def deferred_async(user_id: str) -> Any:
+        return {"user": user_id, "enabled": decide(user_id)}
+
+    @app.get("/deferred-raise/<user_id>")
+    @defer_events(dispatcher)
+    def deferred_raise(user_id: str) -> Any:
+        decide(user_id)
+        raise RuntimeError("the view failed")
+
+    @app.get("/deferred-500/<user_id>")
+    @defer_events(dispatcher)
+    def deferred_500(user_id: str) -> Any:
+        decide(user_id)
+        return "unavailable", 503
+
+    @app.get("/plain/<user_id>")
+    def plain(user_id: str) -> Any:
+        return {"user": user_id, "enabled": decide(user_id)}
+
+    return app
