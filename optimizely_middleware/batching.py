@@ -55,7 +55,7 @@ class EncodedEvent:
     visitors: bytes
     suffix: bytes
     seq: int = 0
-    encoded_at: float = 0.0
+    queued_at: float = 0.0  # time.monotonic() when it entered the sender's queue
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +74,7 @@ def post_headers(event: Event) -> dict[str, str]:
     return headers
 
 
-def encode_event(event: Event, *, seq: int = 0, now: float = 0.0) -> EncodedEvent:
+def encode_event(event: Event, *, seq: int = 0, queued_at: float = 0.0) -> EncodedEvent:
     """Serialise ``event`` once; raise :class:`UnserializableEvent` if it cannot be.
 
     Values JSON cannot represent (objects, NaN, infinities, circular
@@ -89,14 +89,14 @@ def encode_event(event: Event, *, seq: int = 0, now: float = 0.0) -> EncodedEven
         if envelope is None:
             body = _dumps(params).encode()
             return EncodedEvent(
-                event, ("unmergeable", seq, id(event)), url, headers, b"", body, b"", seq, now
+                event, ("unmergeable", seq, id(event)), url, headers, b"", body, b"", seq, queued_at
             )
         prefix, suffix, visitor_list = envelope
         visitors = ",".join(_dumps(visitor) for visitor in visitor_list).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise UnserializableEvent(f"{type(exc).__name__}: {_first_line(exc)}") from None
     key = (url, tuple(sorted(headers.items())), prefix, suffix)
-    return EncodedEvent(event, key, url, headers, prefix, visitors, suffix, seq, now)
+    return EncodedEvent(event, key, url, headers, prefix, visitors, suffix, seq, queued_at)
 
 
 def _split_envelope(params: Any) -> tuple[bytes, bytes, list[Any]] | None:

@@ -219,6 +219,7 @@ class EventSender:
         # Raw events as submitted; event number _inbox_seq is _inbox[0].
         self._inbox: deque[Event] = deque()
         self._inbox_seq = 0
+        self._inbox_since = 0.0  # when the inbox last became non-empty
         self._next_seq = 0
         self._encoding = False
         self._groups: dict[Hashable, _Group] = {}
@@ -252,11 +253,17 @@ class EventSender:
                     room = self.max_queue_events - self._queued
                     accepted = n if n <= room else max(0, room)
                     if accepted:
+                        was_empty = not self._inbox
+                        if was_empty:
+                            self._inbox_since = time.monotonic()
                         self._inbox.extend(events if accepted == n else list(events)[:accepted])
                         self._next_seq += accepted
                         self._queued += accepted
                         if self._idle:
-                            self._cond.notify()
+                            # Wake a worker only to start the flush_interval timer or
+                            # for a full batch: not once per request.
+                            if was_empty or len(self._inbox) >= self.max_events_per_post:
+                                self._cond.notify()
                         elif len(self._threads) < self.max_in_flight:
                             self._spawn_worker()
                     dropped, reason = n - accepted, QUEUE_FULL
@@ -397,13 +404,24 @@ class EventSender:
         while True:
             if generation != self._generation:
                 return None
+            inbox_wait: float | None = None
             if self._inbox and not self._encoding:
-                take = min(len(self._inbox), _ENCODE_CHUNK)
-                raw = [self._inbox.popleft() for _ in range(take)]
-                first = self._inbox_seq
-                self._inbox_seq += take
-                self._encoding = True
-                return "encode", self._start_job(first), (first, raw)
+                due = self._inbox_since + self.flush_interval
+                now = time.monotonic()
+                if (
+                    now >= due
+                    or len(self._inbox) >= self.max_events_per_post
+                    or self._flushing
+                    or self._stopping
+                ):
+                    take = min(len(self._inbox), _ENCODE_CHUNK)
+                    raw = [self._inbox.popleft() for _ in range(take)]
+                    first = self._inbox_seq
+                    self._inbox_seq += take
+                    self._encoding = True
+                    job = (first, self._inbox_since, raw)
+                    return "encode", self._start_job(first), job
+                inbox_wait = due - now
             batch, wait = self._take_batch()
             if batch:
                 self._in_flight += len(batch)
@@ -412,6 +430,8 @@ class EventSender:
                 return "send", self._start_job(batch[0].seq), batch
             if self._stopping and not self._inbox and not self._groups:
                 return None
+            if inbox_wait is not None:
+                wait = inbox_wait if wait is None else min(wait, inbox_wait)
             self._idle += 1
             try:
                 self._cond.wait(wait)
@@ -431,7 +451,7 @@ class EventSender:
         wait: float | None = None
         for key, group in self._groups.items():
             head = group.items[0]
-            ready_at = head.encoded_at + self.flush_interval
+            ready_at = head.queued_at + self.flush_interval
             full = (
                 len(group.items) >= self.max_events_per_post
                 or group.envelope + group.nbytes >= self.max_bytes_per_post
@@ -460,14 +480,13 @@ class EventSender:
             del self._groups[chosen]
         return batch, None
 
-    def _encode(self, job_id: int, job: tuple[int, list[Event]]) -> None:
-        first, raw = job
-        now = time.monotonic()
+    def _encode(self, job_id: int, job: tuple[int, float, list[Event]]) -> None:
+        first, queued_at, raw = job
         encoded: list[EncodedEvent] = []
         failed: list[tuple[Event, str]] = []
         for offset, event in enumerate(raw):
             try:
-                encoded.append(encode_event(event, seq=first + offset, now=now))
+                encoded.append(encode_event(event, seq=first + offset, queued_at=queued_at))
             except UnserializableEvent as exc:
                 failed.append((event, str(exc)))
             except Exception as exc:  # not an Event at all (no .url / .params)
