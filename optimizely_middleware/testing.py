@@ -411,7 +411,7 @@ class EventCapture(_EventAssertions):
         self.validate = validate
         self.flush_timeout = flush_timeout
         self.transport = CaptureTransport(self)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._posts: list[CapturedPost] = []
         self._requests: list[CapturedRequest] = []
         self._dispatchers: dict[int, RequestScopedEventDispatcher] = {}
@@ -491,6 +491,7 @@ class EventCapture(_EventAssertions):
         with self._lock:
             self._requests.append(request)
             self._dispatchers.setdefault(id(dispatcher), dispatcher)
+            self._lock.notify_all()
 
     # -- reading -------------------------------------------------------------
 
@@ -567,6 +568,31 @@ class EventCapture(_EventAssertions):
         self._read()
         with self._lock:
             return list(self._requests)
+
+    def wait_for_requests(self, count: int, timeout: float | None = None) -> list[CapturedRequest]:
+        """Wait until ``count`` requests have ended; return :attr:`requests`.
+
+        Test clients (Flask's, Starlette's) return once the request is over,
+        so they never need this. A real server answers the client first and
+        ends the request just after, so a test that talks to a server running
+        in a thread waits here before reading.
+
+        Example::
+
+            requests.get(server_url)
+            events.wait_for_requests(1)
+            events.assert_impression(flag_key="new_checkout")
+        """
+        __tracebackhide__ = True
+        timeout = self.flush_timeout if timeout is None else timeout
+        with self._lock:
+            ended = self._lock.wait_for(lambda: len(self._requests) >= count, timeout)
+            seen = len(self._requests)
+        if not ended:
+            raise AssertionError(
+                f"Expected {count} request(s) to end within {timeout}s; {seen} did."
+            )
+        return self.requests
 
     @property
     def last_request(self) -> CapturedRequest:

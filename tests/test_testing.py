@@ -7,13 +7,27 @@ the capture would show up there (and never on the network).
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
+import requests
+import uvicorn
 from optimizely import optimizely
 from optimizely.event.log_event import LogEvent
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
+from optimizely_middleware import (
+    EventSender,
+    OptimizelyASGIMiddleware,
+    RequestScopedEventDispatcher,
+    create_client,
+)
 from optimizely_middleware.testing import (
     CapturedRequest,
     Conversion,
@@ -374,3 +388,52 @@ def test_activate_impressions_have_an_empty_flag_key(
         events.assert_impression(
             flag_key="", rule_key="headline_test", rule_type="experiment", variation_key=variation
         )
+
+
+# -- a real server in a thread of the test -----------------------------------------
+
+
+def test_a_server_running_in_a_thread_of_the_test_is_captured(
+    datafile: str, event_endpoint: EventEndpoint
+) -> None:
+    dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=event_endpoint.url))
+    client = create_client(dispatcher, datafile)
+
+    async def home(request: Request) -> PlainTextResponse:
+        decision = client.create_user_context(request.query_params["user"]).decide("new_checkout")
+        return PlainTextResponse(decision.variation_key or "")
+
+    app = Starlette(
+        routes=[Route("/", home)],
+        middleware=[Middleware(OptimizelyASGIMiddleware, dispatcher=dispatcher, client=client)],
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)  # connections wait in the backlog until the server accepts them
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    try:
+        with EventCapture() as events:
+            thread.start()
+            for user in (ON_USER, OFF_USER):
+                response = requests.get(url, params={"user": user}, timeout=30)
+                assert response.status_code == 200
+            # The server answers first and ends the request just after.
+            assert len(events.wait_for_requests(2)) == 2
+            assert [(i.user_id, i.variation_key) for i in events.impressions] == [
+                (ON_USER, "on"),
+                (OFF_USER, "off"),
+            ]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        dispatcher.close(10)
+    assert not thread.is_alive()
+    assert_nothing_reached(event_endpoint)
+
+
+def test_waiting_for_requests_that_never_end_fails_readably() -> None:
+    with EventCapture() as events, pytest.raises(AssertionError, match=r"Expected 1 request"):
+        events.wait_for_requests(1, timeout=0.05)
