@@ -4,7 +4,9 @@ with ``defer_events`` on some views only.
 ``create_app()`` without arguments reads its settings from the environment so
 gunicorn can load it as ``tests.apps.flask_views:create_app()``:
 ``OPTIMIZELY_TEST_ENDPOINT`` (the event endpoint URL), ``OPTIMIZELY_TEST_DATAFILE``
-(a datafile path) and optionally ``OPTIMIZELY_TEST_FAILED_REQUESTS``.
+(a datafile path) and optionally ``OPTIMIZELY_TEST_FAILED_REQUESTS`` and
+``OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT``; ``OPTIMIZELY_TEST_STARTUP_EVENT=1`` fires
+one event while the app is created.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, send_file, stream_with_context
 
-from optimizely_middleware import RequestScopedEventDispatcher
+from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 from optimizely_middleware.flask import OptimizelyFlask, current_optimizely, defer_events
 
 # The file the send_file views serve.
@@ -28,6 +30,10 @@ def settings_from_env() -> dict[str, Any]:
         "OPTIMIZELY_EVENT_ENDPOINT": os.environ["OPTIMIZELY_TEST_ENDPOINT"],
         "OPTIMIZELY_DATAFILE_PATH": os.environ["OPTIMIZELY_TEST_DATAFILE"],
     }
+    if "OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT" in os.environ:
+        config["OPTIMIZELY_SHUTDOWN_TIMEOUT"] = float(
+            os.environ["OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT"]
+        )
     if "OPTIMIZELY_TEST_FAILED_REQUESTS" in os.environ:
         config["OPTIMIZELY_FAILED_REQUESTS"] = os.environ["OPTIMIZELY_TEST_FAILED_REQUESTS"]
     return config
@@ -38,6 +44,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(config if config is not None else settings_from_env())
     optimizely = OptimizelyFlask(app)
+    if os.environ.get("OPTIMIZELY_TEST_STARTUP_EVENT"):
+        # An event outside any request, before gunicorn --preload forks the workers.
+        optimizely.client.create_user_context("startup").decide("new_checkout")
 
     def decide(user_id: str) -> bool:
         user = current_optimizely.create_user_context(user_id, {"plan": "pro"})
@@ -93,9 +102,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def create_decorated_app(
-    dispatcher: RequestScopedEventDispatcher, client: Any, datafile_path: str | None = None
-) -> Flask:
+def create_decorated_app_from_env() -> Flask:
+    """:func:`create_decorated_app` with settings from the environment (for gunicorn)."""
+    config = settings_from_env()
+    dispatcher = RequestScopedEventDispatcher(
+        EventSender(endpoint=config["OPTIMIZELY_EVENT_ENDPOINT"])
+    )
+    datafile = Path(config["OPTIMIZELY_DATAFILE_PATH"]).read_text(encoding="utf-8")
+    return create_decorated_app(dispatcher, create_client(dispatcher, datafile=datafile))
+
+
+def create_decorated_app(dispatcher: RequestScopedEventDispatcher, client: Any) -> Flask:
     """No middleware: only the views with ``@defer_events`` are request-scoped."""
     app = Flask(__name__)
 
