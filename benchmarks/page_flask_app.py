@@ -9,6 +9,7 @@ The variant comes from the environment (see ``page_variants``)::
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 
@@ -37,8 +38,8 @@ if variant.dispatcher is not None:
     from optimizely_middleware import OptimizelyWSGIMiddleware
 
     app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, variant.dispatcher)  # type: ignore[method-assign]
-
-
-def on_worker_exit() -> None:
-    """Called by gunicorn's ``worker_exit`` hook in each worker process."""
-    variant.shutdown()
+    # As OptimizelyFlask does: close the dispatcher at process exit, which
+    # gunicorn workers reach on a graceful stop (SIGTERM).
+    atexit.register(variant.dispatcher.close, 5.0)
+else:
+    atexit.register(variant.shutdown)

@@ -264,7 +264,7 @@ def _ratio(value: float) -> str:
     return f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], endpoint_delay: float) -> str:
     head = (
         "| framework | endpoint | variant | requests | req/s (x base) | p50 ms (x) | p95 ms (x) "
         "| p99 ms (x) | CPU s/1k req | POSTs/req | delivered / produced | dropped (counted) "
@@ -272,7 +272,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        mode = "100 ms" if r["mode"] == "delay" else r["mode"]
+        mode = f"{endpoint_delay * 1000:.0f} ms" if r["mode"] == "delay" else r["mode"]
         produced = r["produced"]
         delivered = (
             f"{r['delivered']} / {produced} ({100 * r['delivered'] / produced:.1f}%)"
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = medians(results)
     info["loadavg_after"] = os.getloadavg()
     print(f"\n# medians of {args.runs} run(s), {time.monotonic() - started:.0f} s in all\n")
-    print(table(rows))
+    print(table(rows, args.endpoint_delay))
     print()
     for line in target_checks(rows):
         print(line)

@@ -159,7 +159,7 @@ class Endpoint:
         while time.monotonic() < deadline:
             time.sleep(0.25)
             current = self.counts()
-            if current == previous:
+            if current["posts"] == previous["posts"]:
                 return current
             previous = current
         return previous

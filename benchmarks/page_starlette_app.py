@@ -39,7 +39,10 @@ async def healthz(request: Request) -> PlainTextResponse:
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
-    variant.shutdown()
+    if variant.dispatcher is None:
+        # The middleware variant needs nothing here: OptimizelyASGIMiddleware
+        # flushes and closes its dispatcher on lifespan.shutdown by itself.
+        variant.shutdown()
 
 
 starlette_app = Starlette(
