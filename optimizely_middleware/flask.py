@@ -245,7 +245,7 @@ def close_at_exit(state_ref: weakref.ref[OptimizelyState]) -> None:
 
 
 def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[F], F]:
-    """Collect one view's events and hand them over after its response is closed.
+    """Collect one view's events and hand them over after its response was written.
 
     For apps that do not mount the middleware, or to scope just a few views.
     Works with sync and ``async`` views and with streaming and ``send_file``
@@ -288,7 +288,7 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[F], F]:
 
 
 def defer_until_closed(response: Response, request: ScopedRequest) -> None:
-    """Hand ``request``'s events over when the server closes ``response``'s body.
+    """Hand ``request``'s events over once the server has written ``response``'s body.
 
     ``call_on_close`` is not enough: for a ``direct_passthrough`` response
     (``send_file``) werkzeug returns the body itself to the server, so the

@@ -18,8 +18,9 @@ Usage::
 
 Each request gets its own scope. The events the SDK produces while the app
 handles it, including while the body is iterated (generators, Flask's
-``stream_with_context``), are handed over in one non-blocking call when the
-server calls ``close()`` on the response, that is after the body was written.
+``stream_with_context``) and closed, are handed over in one non-blocking call
+once the body has been written: when the server has taken its last chunk or
+calls ``close()`` on it, whichever comes first.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class OptimizelyWSGIMiddleware:
     Each request runs in a scope of ``dispatcher``. The scope is active only
     while app code runs: the app call, each ``next()`` on the body and its
     ``close()``; nothing stays set on the server's thread in between. The
-    events are handed over once, when the server closes the response. A
+    events are handed over once, after the whole body was written: when the
+    server has taken the last chunk (the app's ``close()`` is then run at
+    once, in the scope) or calls ``close()``, whichever comes first. A
     request that raised, or started a response with a 5xx status or with
     ``exc_info``, is a failed request for the dispatcher's
     ``failed_requests`` policy; exceptions propagate unchanged.
@@ -224,11 +227,12 @@ def _close_uncollected(dispatcher: RequestScopedEventDispatcher, scope: RequestS
 class ScopedBody:
     """The response body, iterated and closed inside the request's scope."""
 
-    __slots__ = ("__weakref__", "_body", "_iterator", "_request")
+    __slots__ = ("__weakref__", "_body", "_closed", "_iterator", "_request")
 
     def __init__(self, body: Iterable[bytes], request: ScopedRequest) -> None:
         self._body = body
         self._iterator: Iterator[bytes] | None = None
+        self._closed = False
         self._request = request
         request.watch(self)
 
@@ -243,10 +247,16 @@ class ScopedBody:
                     self._iterator = iter(self._body)
                 return next(self._iterator)
         except StopIteration:
+            # The server has written the whole body. Finish the request now, app
+            # close() included, rather than wait for the server's close(): some
+            # callers (test clients) call it late or never.
+            self.close()
             raise
         except BaseException:
             request.scope.mark_failed()
             raise
 
     def close(self) -> None:
-        self._request.close_body(getattr(self._body, "close", None))
+        if not self._closed:
+            self._closed = True
+            self._request.close_body(getattr(self._body, "close", None))

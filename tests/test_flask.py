@@ -111,10 +111,10 @@ def test_the_response_is_complete_before_its_events_are_sent(
 ) -> None:
     event_endpoint.hold()
     with hand_offs(state(app).dispatcher) as ended:
-        with client.get("/buy/alice") as response:
-            assert response.status_code == 200
-            assert response.json is not None and response.json["user"] == "alice"
-            assert ended == []  # the body was read, but the server has not closed it
+        response = client.get("/buy/alice")
+        assert response.status_code == 200
+        assert ended == []  # the body has not been read to its end yet
+        assert response.json is not None and response.json["user"] == "alice"
         assert ended == [(["alice", "alice"], False)]
     event_endpoint.wait_for_arrivals(1)
     assert event_endpoint.posts == []
@@ -150,9 +150,9 @@ def test_an_exception_while_streaming_propagates_and_hands_over(
 ) -> None:
     with hand_offs(state(app).dispatcher) as ended:
         response = client.get("/raise-in-stream/dave")
+        assert ended == []
         with pytest.raises(RuntimeError, match="the body failed"):
             response.get_data()
-        assert ended == []
         response.close()
         assert ended == [(["dave"], True)]
 
@@ -319,9 +319,9 @@ def test_a_decorated_view_hands_its_events_over_after_the_response(
 ) -> None:
     event_endpoint.hold()
     with hand_offs(decorated.dispatcher) as ended:
-        with decorated.test_client.get("/deferred/judy") as response:
-            assert response.json == {"user": "judy", "enabled": response.json["enabled"]}
-            assert ended == []
+        response = decorated.test_client.get("/deferred/judy")
+        assert ended == []
+        assert response.json == {"user": "judy", "enabled": response.json["enabled"]}
         assert ended == [(["judy", "judy"], False)]
     event_endpoint.wait_for_arrivals(1)
     event_endpoint.release()
@@ -342,9 +342,9 @@ def test_views_without_the_decorator_are_not_scoped(decorated: Decorated) -> Non
 
 def test_a_decorated_streaming_view(decorated: Decorated) -> None:
     with hand_offs(decorated.dispatcher) as ended:
-        with decorated.test_client.get("/deferred-stream/liam") as response:
-            assert response.get_data(as_text=True) == "first chunk\nsecond chunk\n"
-            assert ended == []
+        response = decorated.test_client.get("/deferred-stream/liam")
+        assert ended == []
+        assert response.get_data(as_text=True) == "first chunk\nsecond chunk\n"
         assert ended == [(["liam"], False)]
 
 
@@ -364,9 +364,9 @@ def test_a_decorated_send_file_view_hands_over_when_the_file_is_closed(
 
 def test_a_decorated_send_file_view_without_a_server_file_wrapper(decorated: Decorated) -> None:
     with hand_offs(decorated.dispatcher) as ended:
-        with decorated.test_client.get("/deferred-file/nina") as response:
-            assert response.get_data() == DATAFILE_PATH.read_bytes()
-            assert ended == []
+        response = decorated.test_client.get("/deferred-file/nina")
+        assert ended == []
+        assert response.get_data() == DATAFILE_PATH.read_bytes()
         assert ended == [(["nina"], False)]
 
 

@@ -98,21 +98,49 @@ def _remove_listeners() -> Iterator[None]:
             remove_request_end_listener(listener)
 
 
-def test_events_are_handed_over_when_the_server_closes_the_body(setup: Setup) -> None:
+def test_events_are_handed_over_once_the_body_is_written(setup: Setup) -> None:
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"hel"
+            yield b"lo"
+
+        def close(self) -> None:
+            setup.decide("closing")  # app code in close() belongs to the request too
+            closed.append(True)
+
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         setup.decide("alice")
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"hello"]
+        return Body()
 
-    server = Server()
-    body = server.call(OptimizelyWSGIMiddleware(app, setup.dispatcher))
-    assert b"".join(body) == b"hello"
-    assert setup.sink.batches == []  # written, not closed yet
-    body.close()  # type: ignore[attr-defined]
+    body = iter(Server().call(OptimizelyWSGIMiddleware(app, setup.dispatcher)))
+    assert next(body) == b"hel"
+    assert next(body) == b"lo"
+    assert setup.sink.batches == []  # the last chunk is being written
+    with pytest.raises(StopIteration):
+        next(body)
+    assert closed == [True]
+    assert setup.users(0) == ["alice", "closing"]
+    body.close()  # type: ignore[attr-defined]  # the server's close() after that is a no-op
+    assert closed == [True]
+    assert len(setup.sink.batches) == 1
+
+
+def test_a_body_the_server_stops_reading_is_handed_over_on_close(setup: Setup) -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
+        setup.decide("alice")
+        start_response("200 OK", [])
+        yield b"one"
+        yield b"two"
+
+    body = Server().call(OptimizelyWSGIMiddleware(app, setup.dispatcher))
+    assert next(iter(body)) == b"one"
+    assert setup.sink.batches == []
+    body.close()  # type: ignore[attr-defined]  # e.g. the client went away
     assert setup.users(0) == ["alice"]
-    assert len(setup.sink.batches) == 1
-    body.close()  # type: ignore[attr-defined]
-    assert len(setup.sink.batches) == 1
+    assert setup.dispatcher.stats()["failed_requests"] == 0
 
 
 def test_events_fired_while_the_body_is_iterated_belong_to_the_request(setup: Setup) -> None:
@@ -331,7 +359,7 @@ def test_a_body_the_server_never_closes_is_handed_over_when_released(setup: Setu
 
     middleware = OptimizelyWSGIMiddleware(app, setup.dispatcher)
     body = Server(EnvironBuilder("/first").get_environ()).call(middleware)
-    list(body)
+    assert next(iter(body)) == b"done"  # e.g. it stops once Content-Length bytes are out
     assert setup.sink.batches == []
     del body  # a server that forgets close() drops its reference after writing
     gc.collect()  # only needed off CPython; harmless here
@@ -393,10 +421,16 @@ def test_an_exception_in_close_propagates_and_hands_over(setup: Setup) -> None:
 
     ends = hand_offs(setup.dispatcher)
     body = Server().call(OptimizelyWSGIMiddleware(app, setup.dispatcher))
-    list(body)
     with pytest.raises(OSError, match="close failed"):
-        body.close()  # type: ignore[attr-defined]
+        list(body)  # the app's close() runs once the body is exhausted
     assert ends == [(1, True)]
+    body.close()  # type: ignore[attr-defined]
+    assert ends == [(1, True)]
+
+    stopped = Server().call(OptimizelyWSGIMiddleware(app, setup.dispatcher))
+    with pytest.raises(OSError, match="close failed"):
+        stopped.close()  # type: ignore[attr-defined]
+    assert ends == [(1, True), (1, True)]
 
 
 def test_concurrent_requests_on_threads_keep_their_events_apart(setup: Setup) -> None:
