@@ -74,6 +74,15 @@ def post_headers(event: Event) -> dict[str, str]:
     return headers
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_JSON_HEADERS_KEY: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+
+# Serialised envelopes by their (key, type, value) items: every event of one SDK
+# client and datafile revision shares one, so most events skip that work.
+_envelope_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+_ENVELOPE_CACHE_SIZE = 256
+
+
 def encode_event(event: Event, *, seq: int = 0, queued_at: float = 0.0) -> EncodedEvent:
     """Serialise ``event`` once; raise :class:`UnserializableEvent` if it cannot be.
 
@@ -82,20 +91,27 @@ def encode_event(event: Event, *, seq: int = 0, queued_at: float = 0.0) -> Encod
     POST that the API would reject as a whole.
     """
     url = str(event.url)
-    headers = post_headers(event)
+    raw_headers = getattr(event, "headers", None)
+    if not raw_headers or raw_headers == _JSON_HEADERS:
+        headers, headers_key = dict(_JSON_HEADERS), _JSON_HEADERS_KEY
+    else:
+        headers = post_headers(event)
+        headers_key = tuple(sorted(headers.items()))
     params = event.params
     try:
         envelope = _split_envelope(params)
         if envelope is None:
             body = _dumps(params).encode()
-            return EncodedEvent(
-                event, ("unmergeable", seq, id(event)), url, headers, b"", body, b"", seq, queued_at
-            )
+            key: Hashable = ("unmergeable", seq, id(event))
+            return EncodedEvent(event, key, url, headers, b"", body, b"", seq, queued_at)
         prefix, suffix, visitor_list = envelope
-        visitors = ",".join(_dumps(visitor) for visitor in visitor_list).encode()
+        if len(visitor_list) == 1:
+            visitors = _dumps(visitor_list[0]).encode()
+        else:
+            visitors = ",".join(_dumps(visitor) for visitor in visitor_list).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise UnserializableEvent(f"{type(exc).__name__}: {_first_line(exc)}") from None
-    key = (url, tuple(sorted(headers.items())), prefix, suffix)
+    key = (url, headers_key, prefix, suffix)
     return EncodedEvent(event, key, url, headers, prefix, visitors, suffix, seq, queued_at)
 
 
@@ -107,6 +123,10 @@ def _split_envelope(params: Any) -> tuple[bytes, bytes, list[Any]] | None:
     visitors = params.get("visitors")
     if not isinstance(visitors, list) or not visitors:
         return None
+    cache_key = _envelope_cache_key(params)
+    cached = _envelope_cache.get(cache_key) if cache_key is not None else None
+    if cached is not None:
+        return cached[0], cached[1], visitors
     if not all(isinstance(name, str) for name in params):
         return None
     before: list[str] = []
@@ -119,9 +139,33 @@ def _split_envelope(params: Any) -> tuple[bytes, bytes, list[Any]] | None:
         side.append(f"{_dumps(name)}:{_dumps(value)}")
     head = ",".join(before)
     tail = ",".join(after)
-    prefix = "{" + head + ("," if head else "") + '"visitors":['
-    suffix = "]" + ("," + tail if tail else "") + "}"
-    return prefix.encode(), suffix.encode(), visitors
+    prefix = ("{" + head + ("," if head else "") + '"visitors":[').encode()
+    suffix = ("]" + ("," + tail if tail else "") + "}").encode()
+    if cache_key is not None:
+        if len(_envelope_cache) >= _ENVELOPE_CACHE_SIZE:
+            _envelope_cache.clear()
+        _envelope_cache[cache_key] = (prefix, suffix)
+    return prefix, suffix, visitors
+
+
+def _envelope_cache_key(params: dict[Any, Any]) -> tuple[Any, ...] | None:
+    """A key that only equal serialisations share, or None when not cacheable.
+
+    Only str, int, bool and None values qualify: the type is part of the key
+    (``True == 1``), and floats are left out (``0.0 == -0.0``).
+    """
+    parts: list[Any] = []
+    for name, value in params.items():
+        if name == "visitors":
+            parts.append(len(parts))  # where the visitors go
+            continue
+        if value.__class__ not in _CACHEABLE or name.__class__ is not str:
+            return None
+        parts.append((name, value.__class__, value))
+    return tuple(parts)
+
+
+_CACHEABLE = frozenset({str, int, bool, type(None)})
 
 
 def merged_body(items: Sequence[EncodedEvent]) -> bytes:
