@@ -10,4 +10,5 @@ class EventOutsideScopeError(RuntimeError):
 
 
 class WiringWarning(RuntimeWarning):
-    """The Optimizely client is wired so that events bypass the request scope."""
+    """The set-up would let events bypass the request scope or be lost at shutdown
+    (for example the SDK's BatchEventProcessor, or an ASGI server without lifespan)."""
