@@ -266,12 +266,12 @@ def test_asserting_a_wrong_variation_fails_with_a_readable_message(
     result.stdout.fnmatch_lines(
         [
             '*optimizely_events.assert_impression(flag_key="new_checkout", variation_key="off")',
-            "E   AssertionError: Expected at least one impression with flag_key='new_checkout', "
+            "E *AssertionError: Expected at least one impression with flag_key='new_checkout', "
             "variation_key='off' in the capture, found 0.",
-            "E   Captured:",
-            "E     impression: flag_key='new_checkout' rule_key='new_checkout_test' "
+            "E *Captured:",
+            "E *impression: flag_key='new_checkout' rule_key='new_checkout_test' "
             "rule_type='feature-test' variation_key='on' enabled=True user_id='user-1'",
-            "E     conversion: event_key='purchase' revenue=1299 value=None "
+            "E *conversion: event_key='purchase' revenue=1299 value=None "
             "tags={'revenue': 1299, 'sku': 'A1'} user_id='user-1'",
         ]
     )
@@ -308,10 +308,10 @@ def test_a_malformed_event_fails_the_users_test(
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_an_app_that_sends_a_malformed_event*",
-            "E   optimizely_middleware.validation.InvalidEventPayload: "
+            "E *optimizely_middleware.validation.InvalidEventPayload: "
             "Invalid Optimizely event POST(s) (7 problem(s)):",
-            "E     POST #1 project_id: missing",
-            "E     POST #1 visitors: expected at least 1 item(s), got 0",
+            "E *POST #1 project_id: missing",
+            "E *POST #1 visitors: expected at least 1 item(s), got 0",
         ]
     )
     assert event_endpoint.arrived == 0

@@ -437,3 +437,22 @@ def test_a_server_running_in_a_thread_of_the_test_is_captured(
 def test_waiting_for_requests_that_never_end_fails_readably() -> None:
     with EventCapture() as events, pytest.raises(AssertionError, match=r"Expected 1 request"):
         events.wait_for_requests(1, timeout=0.05)
+
+
+def test_reads_flush_the_senders_so_they_never_race_the_worker(
+    datafile: str, event_endpoint: EventEndpoint
+) -> None:
+    # A lone event would wait a minute for company; only a flush sends it now.
+    dispatcher = RequestScopedEventDispatcher(
+        EventSender(endpoint=event_endpoint.url, flush_interval=60)
+    )
+    client = create_client(dispatcher, datafile)
+    try:
+        with EventCapture() as events:
+            checkout(client, dispatcher)
+            assert dispatcher.stats()["delivered_events"] == 0
+            assert [i.variation_key for i in events.impressions] == ["on"]
+            assert dispatcher.stats()["delivered_events"] == 2
+    finally:
+        dispatcher.close(10)
+    assert_nothing_reached(event_endpoint)
