@@ -2,24 +2,51 @@
 
 Events the Optimizely SDK produces while a request is handled are collected
 and sent as JSON POSTs after the response has gone out.
+
+Usage::
+
+    from optimizely_middleware import (
+        OptimizelyWSGIMiddleware,
+        RequestScopedEventDispatcher,
+        create_client,
+    )
+
+    dispatcher = RequestScopedEventDispatcher()
+    client = create_client(dispatcher, datafile=datafile_json)
+    app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
-
-from optimizely_middleware.client import check_client, create_client
-from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
-from optimizely_middleware.scope import RequestScope
-from optimizely_middleware.sender import EventSender
-from optimizely_middleware.sink import EventSink
 
 if TYPE_CHECKING:
     from optimizely_middleware.asgi import OptimizelyASGIMiddleware
+    from optimizely_middleware.client import check_client, create_client
+    from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+    from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
+    from optimizely_middleware.scope import RequestScope
+    from optimizely_middleware.sender import EventSender
+    from optimizely_middleware.sink import EventSink
     from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware
 
 __version__ = "0.1.0"
+
+# Names are imported on first use: the pytest plugin entry point imports this
+# package in every pytest run, which must not pay for the Optimizely SDK.
+_EXPORTS = {
+    "EventOutsideScopeError": "optimizely_middleware.errors",
+    "EventSender": "optimizely_middleware.sender",
+    "EventSink": "optimizely_middleware.sink",
+    "OptimizelyASGIMiddleware": "optimizely_middleware.asgi",
+    "OptimizelyWSGIMiddleware": "optimizely_middleware.wsgi",
+    "RequestScope": "optimizely_middleware.scope",
+    "RequestScopedEventDispatcher": "optimizely_middleware.dispatcher",
+    "WiringWarning": "optimizely_middleware.errors",
+    "check_client": "optimizely_middleware.client",
+    "create_client": "optimizely_middleware.client",
+}
 
 __all__ = [
     "EventOutsideScopeError",
@@ -37,14 +64,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The middleware modules are imported on first use so that importing the
-    # package stays cheap for code that only needs the dispatcher.
-    if name == "OptimizelyWSGIMiddleware":
-        from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'optimizely_middleware' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return OptimizelyWSGIMiddleware
-    if name == "OptimizelyASGIMiddleware":
-        from optimizely_middleware.asgi import OptimizelyASGIMiddleware
 
-        return OptimizelyASGIMiddleware
-    raise AttributeError(f"module 'optimizely_middleware' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
