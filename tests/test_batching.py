@@ -158,3 +158,19 @@ def test_encoding_does_not_modify_the_event(datafile: str) -> None:
     encode_event(event)
     assert json.dumps(event.params, sort_keys=True) == before
     assert event.headers == headers_before
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(True, 1), (1, 1.0), (0.0, -0.0), ("1", 1), (None, False)], ids=repr
+)
+def test_equal_but_differently_serialised_envelopes_are_never_confused(
+    first: Any, second: Any
+) -> None:
+    a = {"anonymize_ip": first, "visitors": [{"v": 1}]}
+    b = {"anonymize_ip": second, "visitors": [{"v": 2}]}
+    for _ in range(2):  # the second pass hits the envelope cache
+        encoded_a = encode_event(LogEvent("http://h/v1/events", a))
+        encoded_b = encode_event(LogEvent("http://h/v1/events", b))
+        assert encoded_a.key != encoded_b.key
+        assert merged_body([encoded_a]) == compact(a)
+        assert merged_body([encoded_b]) == compact(b)
