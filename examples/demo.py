@@ -263,17 +263,17 @@ def _after(times: list[float], since: float) -> str:
 
 
 def serve(app_url: str, endpoint: DevServer, dispatcher: RequestScopedEventDispatcher) -> int:
-    print("Serving. Open in a browser:")
-    print(f"  {app_url}/?user=alice")
-    print(f"  {app_url}/buy?user=alice")
-    print(
-        f"Events go to the local endpoint at {endpoint.url}, which prints each POST below "
-        f"(answering after {endpoint.delay * 1000:.0f} ms). Ctrl+C to stop.",
-        flush=True,
-    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
+        print("Serving. Open in a browser:")
+        print(f"  {app_url}/?user=alice")
+        print(f"  {app_url}/buy?user=alice")
+        print(
+            f"Events go to the local endpoint at {endpoint.url}, which prints each POST below "
+            f"(answering after {endpoint.delay * 1000:.0f} ms). Ctrl+C to stop.",
+            flush=True,
+        )
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

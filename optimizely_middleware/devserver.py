@@ -502,30 +502,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"optimizely-devserver: {exc}", file=sys.stderr)
         return 2
     notes = sys.stderr
-    try:
-        server.bind()
-    except OSError as exc:
-        print(f"optimizely-devserver: cannot listen on {args.host}:{args.port}: {exc}", file=notes)
-        return 1
-    if server.host in LOCAL_HOSTS:
-        print(f"Listening on {server.host} only (event payloads carry user ids).", file=notes)
-    else:
-        print(
-            f"WARNING: listening on {server.host}: event payloads carry user ids and "
-            "attributes, and anyone who can reach this address can send or read them.",
-            file=notes,
-        )
-    delay = f" after {server.delay:g}s" if server.delay else ""
-    print(
-        f"Send events to {server.url} (answering {_status_text(server.status)}{delay}). "
-        "Ctrl+C to stop.",
-        file=notes,
-    )
-    notes.flush()
+    # Before anything is printed: whoever reads "Send events to" may stop us at once.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        try:
+            server.bind()
+        except OSError as exc:
+            print(
+                f"optimizely-devserver: cannot listen on {args.host}:{args.port}: {exc}",
+                file=notes,
+            )
+            return 1
+        if server.host in LOCAL_HOSTS:
+            print(f"Listening on {server.host} only (event payloads carry user ids).", file=notes)
+        else:
+            print(
+                f"WARNING: listening on {server.host}: event payloads carry user ids and "
+                "attributes, and anyone who can reach this address can send or read them.",
+                file=notes,
+            )
+        delay = f" after {server.delay:g}s" if server.delay else ""
+        print(
+            f"Send events to {server.url} (answering {_status_text(server.status)}{delay}). "
+            "Ctrl+C to stop.",
+            file=notes,
+            flush=True,
+        )
         server.serve_forever()
     except KeyboardInterrupt:
+        server.stop()
         posts = server.posts
         visitors = sum(len(p.visitors) for p in posts)
         print(f"\nStopped after {len(posts)} POST(s) with {visitors} visitor(s).", file=notes)
