@@ -12,7 +12,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from optimizely.event.log_event import LogEvent
@@ -263,6 +263,57 @@ def test_unserialisable_event_is_a_counted_drop_and_the_rest_of_its_batch_goes(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("serialised to JSON" in r.getMessage() for r in errors)
     assert all("secret-user" not in r.getMessage() for r in caplog.records)
+
+
+class _ThreadRecordingDict(dict):  # type: ignore[type-arg]
+    """A visitor whose serialisation records the thread that did it."""
+
+    threads: ClassVar[list[str]] = []
+
+    def items(self) -> Any:
+        type(self).threads.append(threading.current_thread().name)
+        return super().items()
+
+
+def test_events_are_serialised_by_the_submitting_thread_not_a_worker(
+    sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
+) -> None:
+    # A worker serialising thousands of events holds the GIL in long stretches
+    # and stalls request threads and the event loop; the submitting thread
+    # (after its response) pays a few microseconds per event instead.
+    params = json.loads(json.dumps(sdk_events[0].params))
+    params["visitors"][0] = _ThreadRecordingDict(params["visitors"][0])
+    _ThreadRecordingDict.threads = []
+    sender = sender_factory(endpoint=event_endpoint.url)
+    sender.submit([LogEvent(sdk_events[0].url, params, "POST", sdk_events[0].headers)])
+    assert _ThreadRecordingDict.threads == [threading.current_thread().name]
+    assert sender.flush(10)
+    assert _ThreadRecordingDict.threads == [threading.current_thread().name]
+    assert event_endpoint.all_visitors() == sdk_events[0].params["visitors"]
+
+
+def test_an_unserialisable_event_is_counted_before_submit_returns(
+    sdk_events: list[LogEvent], sender_factory: Any
+) -> None:
+    bad = LogEvent(sdk_events[0].url, {"visitors": [{"value": float("nan")}]}, "POST", {})
+    sender = sender_factory(endpoint="http://127.0.0.1:9/v1/events")
+    sender.submit([bad])
+    assert sender.stats()["dropped"] == {"unserializable": 1}
+    assert sender.stats()["queue_depth"] == 0
+
+
+def test_queued_events_keep_the_sdk_objects_only_for_on_error(
+    sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
+) -> None:
+    plain = sender_factory(endpoint=event_endpoint.url, flush_interval=3600)
+    plain.submit(sdk_events)
+    assert all(item.event is None for group in plain._groups.values() for item in group.items)
+    reporting = sender_factory(
+        endpoint=event_endpoint.url, flush_interval=3600, on_error=lambda events, why: None
+    )
+    reporting.submit(sdk_events)
+    kept = [item.event for group in reporting._groups.values() for item in group.items]
+    assert kept == sdk_events
 
 
 # -- retries -----------------------------------------------------------------------
