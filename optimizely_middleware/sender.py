@@ -64,7 +64,8 @@ __all__ = ["ErrorCallback", "EventSender", "iter_senders", "set_transport_overri
 
 logger = logging.getLogger("optimizely_middleware.sender")
 
-# on_error(events, reason): called on a worker thread for events that will never be sent.
+# on_error(events, reason): called for events that will never be sent, on a worker thread
+# (for unserialisable events, on the thread that called submit).
 ErrorCallback = Callable[[list["Event"], str], None]
 
 # Drop reasons (keys of stats()["dropped"]).
