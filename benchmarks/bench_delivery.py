@@ -151,8 +151,9 @@ def per_event_cost(requests: int, runs: int, deferred: bool) -> tuple[float, flo
     """Median µs/event of ``track_event`` (baseline, ours), runs interleaved so that
     machine noise hits both alike. ``deferred`` keeps the sender's workers idle
     during the timed loop (they deliver at the flush after it), isolating the
-    request thread's share; otherwise the workers' CPU (serialising, POSTing)
-    competes with the loop for the GIL, as it would on a CPU-bound server."""
+    request thread's share (serialising at the hand-off included); otherwise
+    the workers' CPU (merging, POSTing) competes with the loop for the GIL, as
+    it would on a CPU-bound server."""
     nc = NotificationCenter()
     baseline = optimizely.Optimizely(
         DATAFILE,
