@@ -25,11 +25,16 @@ calls ``close()`` on it, whichever comes first.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+# Imported for its exit handler, which must be registered before this module's.
+import optimizely_middleware.sender  # noqa: F401
 from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.scope import RequestScope
@@ -102,6 +107,8 @@ class OptimizelyWSGIMiddleware:
         self.client = client
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if _released_during_gc:
+            hand_over_released_bodies()
         if self.client is not None:
             environ[ENVIRON_KEY] = self.client
         if self.dispatcher.current_scope() is not None:
@@ -221,7 +228,43 @@ def _close_uncollected(dispatcher: RequestScopedEventDispatcher, scope: RequestS
             "A response was released without close() being called on it; "
             "its Optimizely events are handed over now."
         )
+    if _collecting:
+        # The cyclic garbage collector runs wherever an allocation triggers it,
+        # possibly on a thread that holds the dispatcher's or the sender's lock
+        # (neither is reentrant): taking them here could deadlock that thread.
+        _released_during_gc.append((dispatcher, scope))
+        return
     dispatcher.close_scope(scope)
+
+
+_released_during_gc: deque[tuple[RequestScopedEventDispatcher, RequestScope]] = deque()
+_collecting = False
+
+
+def _track_collection(phase: str, info: dict[str, Any]) -> None:
+    global _collecting
+    _collecting = phase == "start"
+
+
+gc.callbacks.append(_track_collection)
+
+
+def hand_over_released_bodies() -> None:
+    """Hand over the scopes of bodies released during a garbage collection.
+
+    Called at the start of every request through the middleware and at
+    interpreter exit; rarely needed by hand.
+    """
+    while True:
+        try:
+            dispatcher, scope = _released_during_gc.popleft()
+        except IndexError:
+            return
+        dispatcher.close_scope(scope)
+
+
+# Registered after the sender's exit handler (imported above), so it runs first.
+atexit.register(hand_over_released_bodies)
 
 
 class ScopedBody:

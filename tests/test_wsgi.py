@@ -488,3 +488,37 @@ def test_the_client_is_put_in_the_environ_and_checked(datafile: str) -> None:
 def test_it_needs_a_request_scoped_dispatcher() -> None:
     with pytest.raises(TypeError, match="RequestScopedEventDispatcher"):
         OptimizelyWSGIMiddleware(lambda e, s: [], object())  # type: ignore[arg-type]
+
+
+def test_a_body_collected_while_the_dispatcher_is_locked_does_not_deadlock(setup: Setup) -> None:
+    # The cyclic collector can run inside any allocation, on a thread that holds
+    # the dispatcher's lock; handing over from there would wait on that lock forever.
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        setup.decide(environ["PATH_INFO"].strip("/"))
+        yield b"done"
+
+    middleware = OptimizelyWSGIMiddleware(app, setup.dispatcher)
+    body = Server(EnvironBuilder("/cyclic").get_environ()).call(middleware)
+    assert next(iter(body)) == b"done"
+    cycle: list[Any] = [body]
+    cycle.append(cycle)
+    del body, cycle
+    finished = threading.Event()
+
+    def collect_holding_the_lock() -> None:
+        with setup.dispatcher._lock:
+            gc.collect()
+        finished.set()
+
+    collector = threading.Thread(target=collect_holding_the_lock, daemon=True)
+    collector.start()
+    assert finished.wait(10), "gc.collect() deadlocked on the dispatcher's lock"
+    assert setup.sink.batches == []  # not lost: handed over by the next request
+
+    second = Server(EnvironBuilder("/next").get_environ()).call(middleware)
+    list(second)
+    second.close()  # type: ignore[attr-defined]
+    assert setup.users(0) == ["cyclic"]
+    assert setup.users(1) == ["next"]
+    assert setup.dispatcher.stats()["open_scopes"] == 0
