@@ -23,6 +23,7 @@ byte-for-byte ``json.dumps(event.params, separators=(",", ":"))``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from optimizely.event_builder import Event
 
-__all__ = ["EncodedEvent", "UnserializableEvent", "encode_event", "merged_body", "post_headers"]
+__all__ = [
+    "EncodedEvent",
+    "UnserializableEvent",
+    "body_of",
+    "encode_event",
+    "merged_body",
+    "post_headers",
+]
 
 # check_circular=False: a circular payload still fails (RecursionError, refused
 # like any other), and the id bookkeeping it saves is a sixth of the encoding time.
@@ -49,7 +57,7 @@ class EncodedEvent:
     ``key`` is equal for two events exactly when they may share a POST.
     """
 
-    event: Event | None  # None once the sender no longer needs it (no on_error)
+    event: Event
     key: Hashable
     url: str
     headers: dict[str, str]
@@ -75,6 +83,10 @@ def post_headers(event: Event) -> dict[str, str]:
     headers["Content-Type"] = "application/json"
     return headers
 
+
+# Each unmergeable event gets a key of its own (not id(event): the sender lets
+# events go once serialised, and a freed id can be reused).
+_unmergeable_keys = itertools.count()
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _JSON_HEADERS_KEY: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
@@ -104,7 +116,7 @@ def encode_event(event: Event, *, seq: int = 0, queued_at: float = 0.0) -> Encod
         envelope = _split_envelope(params)
         if envelope is None:
             body = _dumps(params).encode()
-            key: Hashable = ("unmergeable", seq, id(event))
+            key: Hashable = ("unmergeable", next(_unmergeable_keys))
             return EncodedEvent(event, key, url, headers, b"", body, b"", seq, queued_at)
         prefix, suffix, visitor_list = envelope
         if len(visitor_list) == 1:
@@ -173,9 +185,14 @@ _CACHEABLE = frozenset({str, int, bool, type(None)})
 def merged_body(items: Sequence[EncodedEvent]) -> bytes:
     """The POST body for events that all share one ``key``."""
     first = items[0]
-    if len(items) == 1:
-        return first.prefix + first.visitors + first.suffix
-    return first.prefix + b",".join(item.visitors for item in items) + first.suffix
+    return body_of(first.prefix, [item.visitors for item in items], first.suffix)
+
+
+def body_of(prefix: bytes, visitors: Sequence[bytes], suffix: bytes) -> bytes:
+    """The POST body made of one envelope and the serialised visitors of its events."""
+    if len(visitors) == 1:
+        return prefix + visitors[0] + suffix
+    return prefix + b",".join(visitors) + suffix
 
 
 def _first_line(exc: BaseException) -> str:

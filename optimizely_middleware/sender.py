@@ -41,13 +41,13 @@ import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from optimizely_middleware.batching import (
     EncodedEvent,
     UnserializableEvent,
+    body_of,
     encode_event,
-    merged_body,
 )
 from optimizely_middleware.retry import (
     RetryPolicy,
@@ -101,15 +101,51 @@ def iter_senders() -> list[EventSender]:
         return list(_live_senders)
 
 
+# A queued event: (seq, queued_at, serialised visitors, the SDK's event or None).
+# A plain tuple of bytes and numbers, so that Python's garbage collector stops
+# tracking it at its first pass: thousands of queued events then never reach
+# the oldest generation, whose collections pause every thread for tens of ms.
+_Item = tuple[int, float, bytes, "Event | None"]
+_SEQ: Final = 0
+_QUEUED_AT: Final = 1
+_VISITORS: Final = 2
+_EVENT: Final = 3
+
+
 class _Group:
-    """Encoded events waiting to be sent that may share one POST."""
+    """Queued events that may share one POST, and what they share."""
 
-    __slots__ = ("envelope", "items", "nbytes")
+    __slots__ = ("envelope", "headers", "items", "nbytes", "prefix", "suffix", "url")
 
-    def __init__(self, envelope: int) -> None:
-        self.envelope = envelope  # len(prefix) + len(suffix)
-        self.items: deque[EncodedEvent] = deque()
-        self.nbytes = 0
+    def __init__(self, first: EncodedEvent) -> None:
+        self.url = first.url
+        self.headers = first.headers
+        self.prefix = first.prefix
+        self.suffix = first.suffix
+        self.envelope = len(first.prefix) + len(first.suffix)
+        self.items: deque[_Item] = deque()
+        self.nbytes = 0  # serialised size of the queued events, each with its envelope
+
+
+class _Batch:
+    """The events of one POST."""
+
+    __slots__ = ("group", "items")
+
+    def __init__(self, group: _Group, items: list[_Item]) -> None:
+        self.group = group
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def body(self) -> bytes:
+        return body_of(
+            self.group.prefix, [item[_VISITORS] for item in self.items], self.group.suffix
+        )
+
+    def events(self) -> list[Event | None]:
+        return [item[_EVENT] for item in self.items]
 
 
 class _DropLog:
@@ -256,12 +292,9 @@ class EventSender:
                     failed.append((event, str(exc)))
                 except Exception as exc:  # not an Event at all (no .url / .params)
                     failed.append((event, f"{type(exc).__name__} while reading the event"))
-            if self.on_error is None:
-                # Nothing will ask for the SDK's objects again, and thousands of
-                # them kept alive for a flush interval make each of Python's
-                # full garbage collections (which stop every thread) much longer.
-                for item in encoded:
-                    item.event = None
+            # Without on_error nothing asks for the SDK's objects again; keeping
+            # them would keep thousands of tracked objects alive (see _Item).
+            keep_events = self.on_error is not None
             full = over_bytes = closed = 0
             with self._cond:
                 self._submitted += n
@@ -277,14 +310,19 @@ class EventSender:
                     if self._queued_bytes + size > self.max_queue_bytes:
                         over_bytes += 1
                         continue
-                    item.seq = self._next_seq
-                    self._next_seq += 1
                     group = groups.get(item.key)
                     if group is None:
-                        envelope = len(item.prefix) + len(item.suffix)
-                        group = groups[item.key] = _Group(envelope)
+                        group = groups[item.key] = _Group(item)
                         wake = True  # a worker must start this group's flush_interval timer
-                    group.items.append(item)
+                    group.items.append(
+                        (
+                            self._next_seq,
+                            queued_at,
+                            item.visitors,
+                            item.event if keep_events else None,
+                        )
+                    )
+                    self._next_seq += 1
                     group.nbytes += size
                     self._queued += 1
                     self._queued_bytes += size
@@ -345,7 +383,7 @@ class EventSender:
         delivered = self.flush(timeout)
         with self._cond:
             self._stopping = True
-            leftover: list[EncodedEvent] = []
+            leftover: list[_Item] = []
             if not delivered:
                 self._abort.set()
                 for group in self._groups.values():
@@ -356,7 +394,7 @@ class EventSender:
             threads = list(self._threads)
             self._cond.notify_all()
         if leftover:
-            self._drop([item.event for item in leftover], SHUTDOWN, "")
+            self._drop([item[_EVENT] for item in leftover], SHUTDOWN, "")
         if not delivered:
             # Batches waiting out a backoff stop at once when aborted; give them a
             # moment to be counted. A POST stuck on the network is not waited for.
@@ -399,7 +437,7 @@ class EventSender:
         for seq in self._working.values():
             oldest = min(oldest, seq)
         for group in self._groups.values():
-            oldest = min(oldest, group.items[0].seq)
+            oldest = min(oldest, group.items[0][_SEQ])
         return oldest
 
     def _spawn_worker(self) -> None:
@@ -431,16 +469,16 @@ class EventSender:
         except Exception:
             logger.exception("An Optimizely event sender worker crashed.")
 
-    def _next_job(self, generation: int) -> tuple[int, list[EncodedEvent]] | None:
+    def _next_job(self, generation: int) -> tuple[int, _Batch] | None:
         while True:
             if generation != self._generation:
                 return None
             batch, wait = self._take_batch()
-            if batch:
+            if batch is not None:
                 self._in_flight += len(batch)
                 if self._groups and not self._idle and len(self._threads) < self.max_in_flight:
                     self._spawn_worker()
-                return self._start_job(batch[0].seq), batch
+                return self._start_job(batch.items[0][_SEQ]), batch
             if self._stopping and not self._groups:
                 return None
             self._idle += 1
@@ -449,46 +487,46 @@ class EventSender:
             finally:
                 self._idle -= 1
 
-    def _take_batch(self) -> tuple[list[EncodedEvent], float | None]:
-        """The next POST's events, or ``([], seconds to wait)`` if every group is lingering."""
+    def _take_batch(self) -> tuple[_Batch | None, float | None]:
+        """The next POST's events, or ``(None, seconds to wait)`` if every group is lingering."""
         if not self._groups:
-            return [], None
+            return None, None
         now = time.monotonic()
         urgent = self._flushing > 0 or self._stopping
         chosen: Hashable | None = None
         wait: float | None = None
         for key, group in self._groups.items():
             head = group.items[0]
-            ready_at = head.queued_at + self.flush_interval
+            ready_at = head[_QUEUED_AT] + self.flush_interval
             full = (
                 len(group.items) >= self.max_events_per_post
                 or group.envelope + group.nbytes >= self.max_bytes_per_post
             )
             if urgent or full or ready_at <= now:
-                if chosen is None or head.seq < self._groups[chosen].items[0].seq:
+                if chosen is None or head[_SEQ] < self._groups[chosen].items[0][_SEQ]:
                     chosen = key
             elif wait is None or ready_at - now < wait:
                 wait = ready_at - now
         if chosen is None:
-            return [], wait
+            return None, wait
         group = self._groups[chosen]
-        batch = [group.items.popleft()]
-        size = group.envelope + len(batch[0].visitors)
-        while group.items and len(batch) < self.max_events_per_post:
-            item = group.items[0]
-            if size + 1 + len(item.visitors) > self.max_bytes_per_post:
+        items = [group.items.popleft()]
+        size = group.envelope + len(items[0][_VISITORS])
+        while group.items and len(items) < self.max_events_per_post:
+            visitors = group.items[0][_VISITORS]
+            if size + 1 + len(visitors) > self.max_bytes_per_post:
                 break
-            size += 1 + len(item.visitors)
-            batch.append(group.items.popleft())
-        taken_bytes = sum(item.nbytes for item in batch)
+            size += 1 + len(visitors)
+            items.append(group.items.popleft())
+        taken_bytes = sum(len(item[_VISITORS]) for item in items) + group.envelope * len(items)
         group.nbytes -= taken_bytes
         self._queued_bytes -= taken_bytes
-        self._queued -= len(batch)
+        self._queued -= len(items)
         if not group.items:
             del self._groups[chosen]
-        return batch, None
+        return _Batch(group, items), None
 
-    def _send(self, job_id: int, batch: list[EncodedEvent]) -> None:
+    def _send(self, job_id: int, batch: _Batch) -> None:
         try:
             reason, detail = self._post_with_retries(batch)
         except Exception as exc:
@@ -500,7 +538,7 @@ class EventSender:
                 self._delivered_events += len(batch)
                 self._delivered_posts += 1
         if reason is not None:
-            self._drop([item.event for item in batch], reason, detail)
+            self._drop(batch.events(), reason, detail)
         self._finish_job(job_id)
 
     def _finish_job(self, job_id: int) -> None:
@@ -508,17 +546,16 @@ class EventSender:
             del self._working[job_id]
             self._cond.notify_all()
 
-    def _post_with_retries(self, batch: list[EncodedEvent]) -> tuple[str | None, str]:
+    def _post_with_retries(self, batch: _Batch) -> tuple[str | None, str]:
         """POST ``batch`` until it is delivered (``None``) or fails for good (a drop reason)."""
-        first = batch[0]
-        url = self.endpoint or first.url
-        body = merged_body(batch)
+        url = self.endpoint or batch.group.url
+        body = batch.body()
         attempt = 0
         while True:
             transport = _transport_override or self._transport
             retry_after: float | None = None
             try:
-                response = transport.post(url, body, dict(first.headers))
+                response = transport.post(url, body, dict(batch.group.headers))
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {_short(exc)}"
             else:
