@@ -21,9 +21,11 @@ per request, and events delivered versus produced. ``middleware`` and
 
 Usage::
 
-    python benchmarks/page_latency.py                      # everything, ~15 minutes
+    python benchmarks/page_latency.py                      # everything, ~8 minutes
     python benchmarks/page_latency.py --framework flask --variants middleware \\
         --endpoint-mode delay --requests 500 --runs 1 --json out.json
+    python benchmarks/page_latency.py --rate 800 --variants sdk-batch,middleware \\
+        --endpoint-mode delay                              # latency below saturation
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=3000, help="measured requests (3000)")
     parser.add_argument("--warmup", type=int, default=None, help="default: min(requests, 200)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="open-loop: requests/s of the measured phase, latency counted from when each "
+        "request was due (default: closed-loop, every connection flat out)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="repetitions; medians reported")
     parser.add_argument(
         "--sync-seconds",
@@ -139,7 +147,7 @@ def measure(
         tag = f"r{run}{framework[0]}{mode}{variant}"
         run_load(server.port, warmup, args.concurrency, tag + "w", budget)
         cpu_before = server.cpu_seconds()
-        load = run_load(server.port, args.requests, args.concurrency, tag, budget)
+        load = run_load(server.port, args.requests, args.concurrency, tag, budget, args.rate)
         cpu = server.cpu_seconds() - cpu_before
         shutdown_seconds = server.stop()
         counts = endpoint.settled_counts()
@@ -362,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.runs} runs x {len(args.frameworks)} frameworks x {len(steps)} variants; "
         f"{args.requests} requests (sdk-sync: at most {args.sync_seconds:.0f} s) after "
         f"{args.warmup} warm-up, concurrency {args.concurrency}, "
+        f"{f'open-loop at {args.rate:.0f} requests/s, ' if args.rate else ''}"
         f"endpoint delay {args.endpoint_delay * 1000:.0f} ms",
         flush=True,
     )
@@ -401,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                 "requests": args.requests,
                 "warmup": args.warmup,
                 "concurrency": args.concurrency,
+                "rate": args.rate,
                 "runs": args.runs,
                 "endpoint_delay": args.endpoint_delay,
                 "sync_seconds": args.sync_seconds,

@@ -5,9 +5,16 @@ until ``requests`` answers have come back (or ``max_seconds`` have passed,
 after which no new request starts). Each request carries a fresh user id.
 Prints one JSON object: the count, errors, wall time and latency percentiles.
 
+By default the load is closed-loop: each connection sends its next request
+as soon as the previous answer is in, so the server runs flat out. With
+``--rate R`` it is open-loop instead: request ``i`` is due at ``i / R``
+seconds, and its latency is counted from that moment, so time spent waiting
+for a free connection counts too (no coordinated omission).
+
 Usage::
 
     python benchmarks/page_load.py --port 8000 --requests 3000 --concurrency 16 --tag run1
+    python benchmarks/page_load.py --port 8000 --requests 3000 --rate 800 --tag run1
 """
 
 from __future__ import annotations
@@ -82,7 +89,12 @@ class Client:
 
 
 async def run(
-    port: int, requests: int, concurrency: int, tag: str, max_seconds: float
+    port: int,
+    requests: int,
+    concurrency: int,
+    tag: str,
+    max_seconds: float,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -97,7 +109,13 @@ async def run(
             while next_index < requests and time.perf_counter() < deadline:
                 index = next_index
                 next_index += 1
-                begin = time.perf_counter()
+                if rate:
+                    begin = started + index / rate
+                    wait = begin - time.perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                else:
+                    begin = time.perf_counter()
                 try:
                     status = await asyncio.wait_for(
                         client.get(f"/page?u={tag}-{index}"), REQUEST_TIMEOUT
@@ -136,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--tag", default="u", help="prefix of the user ids")
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--rate", type=float, help="requests/s, open-loop (default: closed-loop)")
     args = parser.parse_args(argv)
     result = asyncio.run(
-        run(args.port, args.requests, args.concurrency, args.tag, args.max_seconds)
+        run(args.port, args.requests, args.concurrency, args.tag, args.max_seconds, args.rate)
     )
     print(json.dumps(result), flush=True)
 

@@ -281,7 +281,12 @@ class Server:
 
 
 def run_load(
-    port: int, requests: int, concurrency: int, tag: str, max_seconds: float
+    port: int,
+    requests: int,
+    concurrency: int,
+    tag: str,
+    max_seconds: float,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """Run the load generator in its own process and return its JSON result."""
     completed = subprocess.run(
@@ -290,6 +295,7 @@ def run_load(
             str(HERE / "page_load.py"),
             *("--port", str(port), "--requests", str(requests)),
             *("--concurrency", str(concurrency), "--tag", tag, "--max-seconds", str(max_seconds)),
+            *(("--rate", str(rate)) if rate else ()),
         ],
         capture_output=True,
         timeout=max_seconds + 180,
