@@ -17,14 +17,15 @@ POST (see :mod:`optimizely_middleware.batching`), POST them through a
 :class:`~optimizely_middleware.transport.Transport` and retry transient
 failures with backoff (see :mod:`optimizely_middleware.retry`).
 
+Every event that does not arrive is counted in ``stats()["dropped"]`` under a
+reason and logged (rate-limited), and may be passed to ``on_error``.
+
 Serialising in ``submit`` rather than on a worker is deliberate: the caller is
 a request's thread after its response has gone out, and a few microseconds
 there cost less than a worker thread holding the GIL for milliseconds at a
 time, which stalls every request thread and the event loop behind it (the
 page latency benchmark measured p99 latency up to 2.8 times the baseline that
-way). Every event
-that does not arrive is counted in ``stats()["dropped"]`` under a reason and
-logged (rate-limited), and may be passed to ``on_error``.
+way).
 
 Two process-wide seams: :func:`iter_senders` lists every live sender, and
 :func:`set_transport_override` routes every sender's POSTs to another
@@ -326,7 +327,10 @@ class EventSender:
                     group.nbytes += size
                     self._queued += 1
                     self._queued_bytes += size
-                    if len(group.items) == self.max_events_per_post:
+                    if (
+                        len(group.items) >= self.max_events_per_post
+                        or group.envelope + group.nbytes >= self.max_bytes_per_post
+                    ):
                         wake = True  # a full batch goes at once
                 if wake:
                     if self._idle:
