@@ -238,6 +238,16 @@ def throughput_ours(url: str, seconds: float, rate: float) -> dict[str, float]:
     elapsed = time.monotonic() - start
     stats = sender.stats()
     sender.close(10)
+    result = delivery_summary(url, before, requests, elapsed)
+    result["sender_dropped"] = sum(stats["dropped"].values())
+    result["flushed"] = float(flushed)
+    return result
+
+
+def delivery_summary(
+    url: str, before: dict[str, int], requests: int, elapsed: float
+) -> dict[str, float]:
+    """What the endpoint received since ``before``, against what was produced."""
     after = endpoint_counts(url)
     delivered = after["visitors"] - before["visitors"]
     posts = after["accepted_posts"] - before["accepted_posts"]
@@ -246,11 +256,9 @@ def throughput_ours(url: str, seconds: float, rate: float) -> dict[str, float]:
         "produced": produced,
         "delivered": delivered,
         "dropped": produced - delivered,
-        "sender_dropped": sum(stats["dropped"].values()),
         "events_per_s": delivered / elapsed,
         "posts_per_s": posts / elapsed,
         "events_per_post": delivered / posts if posts else 0.0,
-        "flushed": float(flushed),
     }
 
 
@@ -283,19 +291,7 @@ def throughput_sdk_batch(url: str, seconds: float, rate: float) -> dict[str, flo
         lambda i: [processor.process(pool[(i * 3 + k) % len(pool)]) for k in range(3)],
     )
     processor.stop()  # flushes what it can within its 5 s timeout
-    elapsed = time.monotonic() - start
-    after = endpoint_counts(url)
-    delivered = after["visitors"] - before["visitors"]
-    posts = after["accepted_posts"] - before["accepted_posts"]
-    produced = requests * EVENTS_PER_REQUEST
-    return {
-        "produced": produced,
-        "delivered": delivered,
-        "dropped": produced - delivered,
-        "events_per_s": delivered / elapsed,
-        "posts_per_s": posts / elapsed,
-        "events_per_post": delivered / posts if posts else 0.0,
-    }
+    return delivery_summary(url, before, requests, time.monotonic() - start)
 
 
 def median_of(runs: list[dict[str, float]], key: str) -> float:

@@ -13,14 +13,11 @@ from optimizely.optimizely import Optimizely
 from starlette.testclient import TestClient
 
 from optimizely_middleware import (
-    EventSender,
     OptimizelyASGIMiddleware,
-    RequestScopedEventDispatcher,
-    create_client,
 )
 from optimizely_middleware.starlette import optimizely_client
 from tests.apps.asgi_support import (
-    Timeline,
+    Wired,
     event_keys,
     load_example,
     posts_per_visitor,
@@ -31,12 +28,9 @@ from tests.event_endpoint import EventEndpoint
 OptimizelyClient = Annotated[Optimizely, Depends(optimizely_client)]
 
 
-class Api:
+class Api(Wired):
     def __init__(self, endpoint: EventEndpoint, datafile: str, **options: Any) -> None:
-        sender = EventSender(endpoint=endpoint.url)
-        self.dispatcher = RequestScopedEventDispatcher(sender, **options)
-        self.client = create_client(self.dispatcher, datafile=datafile)
-        self.timeline = Timeline(self.dispatcher)
+        super().__init__(endpoint, datafile, **options)
         self.shutdown_user = "shutdown"
 
         @asynccontextmanager

@@ -25,14 +25,11 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from optimizely_middleware import (
-    EventSender,
     OptimizelyASGIMiddleware,
-    RequestScopedEventDispatcher,
-    create_client,
 )
 from optimizely_middleware.starlette import DeferredResponse, defer_events, optimizely_client
 from tests.apps.asgi_support import (
-    Timeline,
+    Wired,
     event_keys,
     load_example,
     posts_per_visitor,
@@ -41,15 +38,8 @@ from tests.apps.asgi_support import (
 from tests.event_endpoint import EventEndpoint
 
 
-class Shop:
+class Shop(Wired):
     """A dispatcher sending to the test endpoint, a client, and a timeline."""
-
-    def __init__(self, endpoint: EventEndpoint, datafile: str, **options: Any) -> None:
-        self.dispatcher = RequestScopedEventDispatcher(
-            EventSender(endpoint=endpoint.url), **options
-        )
-        self.client = create_client(self.dispatcher, datafile=datafile)
-        self.timeline = Timeline(self.dispatcher)
 
     def decide(self, user: str) -> str:
         decision = self.client.create_user_context(user, {"plan": "pro"}).decide("new_checkout")

@@ -10,12 +10,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from optimizely_middleware import EventSender, create_client
 from optimizely_middleware.dispatcher import (
     RequestScopedEventDispatcher,
     add_request_end_listener,
     remove_request_end_listener,
 )
-from tests.event_endpoint import ReceivedPost
+from tests.event_endpoint import EventEndpoint, ReceivedPost
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -93,3 +94,14 @@ def load_example(name: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class Wired:
+    """A dispatcher sending to the test endpoint, a client wired to it, and a timeline."""
+
+    def __init__(self, endpoint: EventEndpoint, datafile: str, **options: Any) -> None:
+        self.dispatcher = RequestScopedEventDispatcher(
+            EventSender(endpoint=endpoint.url), **options
+        )
+        self.client = create_client(self.dispatcher, datafile=datafile)
+        self.timeline = Timeline(self.dispatcher)
