@@ -432,8 +432,7 @@ def test_the_loop_keeps_running_while_the_shutdown_flush_is_held() -> None:
     async def release_from_the_loop() -> None:
         # Runs on the loop while the shutdown flush waits on the gate: if the
         # flush blocked the loop, the gate would only open by its own timeout.
-        while not sink.flush_started.is_set():
-            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(sink.flush_started.wait, 10)
         released_by_the_loop.append(True)
         sink.gate.set()
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-import logging
 import warnings
 
 import pytest
@@ -108,24 +106,3 @@ def test_check_client_warns_for_another_dispatcher(datafile: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_client(client, other) is True
-
-
-def test_a_datafile_without_events_logs_the_unknown_event_and_keeps_the_rest(
-    datafile: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """track_event for an event the datafile lacks builds nothing; the SDK says so
-    at ERROR (through Python logging even with its default NoOpLogger) and the
-    request's decisions still go out."""
-    without_events = json.loads(datafile)
-    without_events["events"] = []
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink)
-    client = create_client(dispatcher, datafile=json.dumps(without_events))
-    with caplog.at_level(logging.ERROR), dispatcher.request_scope():
-        user = client.create_user_context("user-1")
-        user.track_event("purchase", {"revenue": 4200})
-        user.decide("new_checkout")
-    assert any('"purchase" is not in datafile' in r.getMessage() for r in caplog.records)
-    ((decision,),) = sink.batches
-    assert decision.params["visitors"][0]["snapshots"][0]["decisions"]
-    assert dispatcher.stats()["dropped"] == {}

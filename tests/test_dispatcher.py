@@ -335,14 +335,19 @@ def test_unscoped_event_while_requests_are_served_warns(
             thread.join()
 
 
-def test_a_datafile_without_events_tracks_nothing_and_does_not_crash(datafile: str) -> None:
+def test_a_datafile_without_events_tracks_nothing_and_does_not_crash(
+    datafile: str, caplog: Any
+) -> None:
     data = json.loads(datafile)
     data["events"] = []
     sink = RecordingSink()
     dispatcher = RequestScopedEventDispatcher(sink)
     client = create_client(dispatcher, datafile=json.dumps(data))
-    with dispatcher.request_scope():
+    with caplog.at_level(logging.ERROR), dispatcher.request_scope():
         client.track("purchase", "user-19")  # unknown event key: the SDK logs and skips it
         client.create_user_context("user-19").decide("new_checkout")
+    # Not silent: the SDK logs it at ERROR through Python logging, even with its NoOpLogger.
+    assert any('"purchase" is not in datafile' in r.getMessage() for r in caplog.records)
     assert [len(b) for b in sink.batches] == [1]
     assert "decisions" in sink.batches[0][0].params["visitors"][0]["snapshots"][0]
+    assert dispatcher.stats()["dropped"] == {}
