@@ -26,11 +26,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from optimizely_middleware.payloads import (
+    Conversion,
+    Impression,
+    conversions_in,
+    impressions_in,
+)
 from optimizely_middleware.transport import TransportResponse
 from optimizely_middleware.validation import InvalidEventPayload, payload_errors
 
@@ -51,127 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("optimizely_middleware.testing")
-
-# The key of the snapshot event that accompanies every decision (impression).
-ACTIVATE_EVENT_KEY = "campaign_activated"
-
-
-@dataclass(frozen=True)
-class Impression:
-    """One decision event: a user was bucketed into a variation of a flag or experiment.
-
-    ``flag_key`` is ``""`` for the legacy ``activate()`` API, which decides
-    experiments rather than flags; ``rule_key`` is then the experiment key.
-    """
-
-    flag_key: str
-    rule_key: str
-    rule_type: str
-    variation_key: str
-    enabled: bool
-    experiment_id: str
-    variation_id: str | None
-    campaign_id: str
-    user_id: str
-    attributes: dict[str, Any] = field(default_factory=dict)
-    timestamp: int | None = None
-    uuid: str | None = None
-
-
-@dataclass(frozen=True)
-class Conversion:
-    """One conversion event (``track`` / ``track_event``).
-
-    ``revenue`` (integer, in cents) and ``value`` (number) are what the SDK
-    extracted from ``tags``; they are ``None`` when the tags had none.
-    """
-
-    event_key: str
-    revenue: int | None
-    value: float | None
-    tags: dict[str, Any]
-    user_id: str
-    attributes: dict[str, Any] = field(default_factory=dict)
-    event_id: str = ""
-    timestamp: int | None = None
-    uuid: str | None = None
-
-
-def impressions_in(payload: Any) -> list[Impression]:
-    """The impressions in one event payload (tolerant of malformed payloads)."""
-    found: list[Impression] = []
-    for visitor, snapshot in _snapshots(payload):
-        activations = [
-            e for e in _dicts(snapshot.get("events")) if e.get("key") == ACTIVATE_EVENT_KEY
-        ]
-        for index, decision in enumerate(_dicts(snapshot.get("decisions"))):
-            metadata = decision.get("metadata")
-            meta: Mapping[str, Any] = metadata if isinstance(metadata, Mapping) else {}
-            event = activations[index] if index < len(activations) else {}
-            found.append(
-                Impression(
-                    flag_key=meta.get("flag_key", ""),
-                    rule_key=meta.get("rule_key", ""),
-                    rule_type=meta.get("rule_type", ""),
-                    variation_key=meta.get("variation_key", ""),
-                    enabled=meta.get("enabled", False),
-                    experiment_id=decision.get("experiment_id", ""),
-                    variation_id=decision.get("variation_id"),
-                    campaign_id=decision.get("campaign_id", ""),
-                    user_id=visitor.get("visitor_id", ""),
-                    attributes=_attributes(visitor),
-                    timestamp=event.get("timestamp"),
-                    uuid=event.get("uuid"),
-                )
-            )
-    return found
-
-
-def conversions_in(payload: Any) -> list[Conversion]:
-    """The conversions in one event payload (tolerant of malformed payloads)."""
-    found: list[Conversion] = []
-    for visitor, snapshot in _snapshots(payload):
-        is_decision = bool(snapshot.get("decisions"))
-        for event in _dicts(snapshot.get("events")):
-            if is_decision and event.get("key") == ACTIVATE_EVENT_KEY:
-                continue
-            tags = event.get("tags")
-            found.append(
-                Conversion(
-                    event_key=event.get("key", ""),
-                    revenue=event.get("revenue"),
-                    value=event.get("value"),
-                    tags=dict(tags) if isinstance(tags, Mapping) else {},
-                    user_id=visitor.get("visitor_id", ""),
-                    attributes=_attributes(visitor),
-                    event_id=event.get("entity_id", ""),
-                    timestamp=event.get("timestamp"),
-                    uuid=event.get("uuid"),
-                )
-            )
-    return found
-
-
-def _dicts(value: Any) -> list[Mapping[str, Any]]:
-    if not isinstance(value, list):
-        return []
-    return [item for item in value if isinstance(item, Mapping)]
-
-
-def _snapshots(payload: Any) -> Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-    if not isinstance(payload, Mapping):
-        return
-    for visitor in _dicts(payload.get("visitors")):
-        for snapshot in _dicts(visitor.get("snapshots")):
-            yield visitor, snapshot
-
-
-def _attributes(visitor: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        attribute["key"]: attribute.get("value")
-        for attribute in _dicts(visitor.get("attributes"))
-        if isinstance(attribute.get("key"), str)
-    }
 
 
 @dataclass(frozen=True)
