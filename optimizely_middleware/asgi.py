@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.errors import WiringWarning
+from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
 
 if TYPE_CHECKING:
@@ -209,12 +210,12 @@ class HTTPResponder:
             with self.dispatcher.activate(request):
                 await self.app(scope, self.receive_observed, self.send_observed)
         except BaseException as exc:
-            # A request whose client went away is not a failed request, whatever
-            # the app raised as a result; neither is a cancelled one.
-            failed = isinstance(exc, Exception) and not self.disconnected
+            failed = request_failed(status=self.status, exc=exc, disconnected=self.disconnected)
             raise
+        else:
+            failed = request_failed(status=self.status, disconnected=self.disconnected)
         finally:
-            self.dispatcher.close_scope(request, failed=failed or self.status >= 500)
+            self.dispatcher.close_scope(request, failed=failed)
 
     async def receive_observed(self) -> Message:
         message = await self.receive()
@@ -281,22 +282,40 @@ class WebSocketResponder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         connection = WebSocketScope(self.dispatcher)
+        # The same rule as HTTP: a client that closed the connection (a
+        # websocket.disconnect received, an OSError from send) is not a failure,
+        # nor is what the app raised because of it (WebSocketDisconnect).
+        disconnected = False
+        status: int | None = None  # of a denial response (websocket.http.response.start)
 
         async def receive_next() -> Message:
+            nonlocal disconnected
             connection.next_step()
-            return await receive()
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                disconnected = True
+            return message
 
         async def send_next(message: Message) -> None:
+            nonlocal disconnected, status
             connection.next_step()
-            await send(message)
+            if message["type"] == "websocket.http.response.start":
+                status = int(message["status"])
+            try:
+                await send(message)
+            except OSError:
+                disconnected = True
+                raise
 
         failed = False
         try:
             with self.dispatcher.activate(connection):
                 await self.app(scope, receive_next, send_next)
         except BaseException as exc:
-            failed = isinstance(exc, Exception)
+            failed = request_failed(status=status, exc=exc, disconnected=disconnected)
             raise
+        else:
+            failed = request_failed(status=status, disconnected=disconnected)
         finally:
             connection.finish(failed=failed)
 

@@ -42,6 +42,7 @@ from werkzeug.local import LocalProxy
 
 from optimizely_middleware.client import check_client, create_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.sender import EventSender
 from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
 
@@ -274,10 +275,11 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[F], F]:
                 with dispatcher.activate(request.scope):
                     response = current_app.make_response(call(*args, **kwargs))
             except HTTPException as exc:
-                request.finish(failed=exc.code is None or exc.code >= 500)
+                # Flask answers it with its own status (ClientDisconnected: 400).
+                request.finish(failed=request_failed(status=exc.code or 500))
                 raise
-            except BaseException:
-                request.finish(failed=True)
+            except BaseException as exc:
+                request.finish(failed=request_failed(exc=exc))
                 raise
             defer_until_closed(response, request)
             return response
@@ -304,7 +306,7 @@ def defer_until_closed(response: Response, request: ScopedRequest) -> None:
     def get_app_iter_in_scope(environ: WSGIEnvironment) -> Any:
         current = response_ref()
         assert current is not None  # it is being called
-        if current.status_code >= 500:
+        if request_failed(status=current.status_code):
             request.scope.mark_failed()
         return request.attach(get_app_iter(current, environ), environ)
 

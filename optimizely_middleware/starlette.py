@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from optimizely_middleware.asgi import STATE_KEY
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
 
 __all__ = ["DeferredResponse", "defer_events", "optimizely_client"]
@@ -102,9 +103,11 @@ def endpoint_scope(dispatcher: RequestScopedEventDispatcher) -> Iterator[Request
 
 
 def endpoint_failed(exc: BaseException) -> bool:
+    """:func:`~optimizely_middleware.outcome.request_failed` for what an endpoint raised."""
     if isinstance(exc, HTTPException):
-        return exc.status_code >= 500
-    return isinstance(exc, Exception)
+        return request_failed(status=exc.status_code)  # Starlette answers with that status
+    # request.body()/stream()/form() raise ClientDisconnect on an http.disconnect.
+    return request_failed(exc=exc, disconnected=isinstance(exc, ClientDisconnect))
 
 
 class DeferredResponse:
@@ -125,23 +128,39 @@ class DeferredResponse:
         self.request = request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status = 0
+        status: int | None = None
+        disconnected = False
+
+        async def receive_observed() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, disconnected
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-            await send(message)
+            try:
+                await send(message)
+            except OSError:
+                # ASGI 2.4 servers raise OSError on send once the client is gone
+                # (StreamingResponse turns it into ClientDisconnect).
+                disconnected = True
+                raise
 
         failed = False
         try:
             with self.dispatcher.activate(self.request):
-                await self.response(scope, receive, send_observed)
+                await self.response(scope, receive_observed, send_observed)
         except BaseException as exc:
-            failed = isinstance(exc, Exception) and not isinstance(exc, (ClientDisconnect, OSError))
+            failed = request_failed(status=status, exc=exc, disconnected=disconnected)
             raise
+        else:
+            failed = request_failed(status=status, disconnected=disconnected)
         finally:
-            self.dispatcher.close_scope(self.request, failed=failed or status >= 500)
+            self.dispatcher.close_scope(self.request, failed=failed)
 
     def __getattr__(self, name: str) -> Any:
         if name in self.__slots__:

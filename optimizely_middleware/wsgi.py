@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import optimizely_middleware.sender  # noqa: F401
 from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
 
 if TYPE_CHECKING:
@@ -140,8 +141,8 @@ class ScopedRequest:
         try:
             with self.dispatcher.activate(self.scope):
                 body = app(environ, self.observe(start_response))
-        except BaseException:
-            self.finish(failed=True)
+        except BaseException as exc:
+            self.finish(failed=request_failed(exc=exc))
             raise
         return self.attach(body, environ)
 
@@ -155,7 +156,8 @@ class ScopedRequest:
             exc_info: OptExcInfo | None = None,
             /,
         ) -> Callable[[bytes], object]:
-            if exc_info is not None or status.startswith("5"):
+            exc = exc_info[1] if exc_info is not None else None
+            if request_failed(status=_status_code(status), exc=exc):
                 scope.mark_failed()
             if exc_info is None:
                 return start_response(status, headers)
@@ -203,15 +205,19 @@ class ScopedRequest:
             self.finalizer.detach()
             self.finalizer = None
 
-    def close_body(self, close: Callable[[], object] | None) -> None:
-        """Run the app's ``close()`` in the scope, then hand the events over."""
+    def close_body(self, close: Callable[[], object] | None, *, disconnected: bool = False) -> None:
+        """Run the app's ``close()`` in the scope, then hand the events over.
+
+        ``disconnected``: the server closes the body before its last chunk
+        (the client went away), so an error from ``close()`` is not a failure.
+        """
         failed = False
         try:
             if close is not None:
                 with self.dispatcher.activate(self.scope):
                     close()
-        except BaseException:
-            failed = True
+        except BaseException as exc:
+            failed = request_failed(exc=exc, disconnected=disconnected)
             raise
         finally:
             self.finish(failed=failed)
@@ -220,6 +226,13 @@ class ScopedRequest:
         """Hand the events over now (idempotent)."""
         self.unwatch()
         self.dispatcher.close_scope(self.scope, failed=failed)
+
+
+def _status_code(status: str) -> int | None:
+    try:
+        return int(status[:3])
+    except ValueError:
+        return None
 
 
 def _close_uncollected(dispatcher: RequestScopedEventDispatcher, scope: RequestScope) -> None:
@@ -270,12 +283,13 @@ atexit.register(hand_over_released_bodies)
 class ScopedBody:
     """The response body, iterated and closed inside the request's scope."""
 
-    __slots__ = ("__weakref__", "_body", "_closed", "_iterator", "_request")
+    __slots__ = ("__weakref__", "_body", "_closed", "_exhausted", "_iterator", "_request")
 
     def __init__(self, body: Iterable[bytes], request: ScopedRequest) -> None:
         self._body = body
         self._iterator: Iterator[bytes] | None = None
         self._closed = False
+        self._exhausted = False
         self._request = request
         request.watch(self)
 
@@ -293,13 +307,19 @@ class ScopedBody:
             # The server has written the whole body. Finish the request now, app
             # close() included, rather than wait for the server's close(): some
             # callers (test clients) call it late or never.
+            self._exhausted = True
             self.close()
             raise
-        except BaseException:
-            request.scope.mark_failed()
+        except BaseException as exc:
+            if request_failed(exc=exc):
+                request.scope.mark_failed()
             raise
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._request.close_body(getattr(self._body, "close", None))
+            # Closed before the last chunk was taken: the server stopped
+            # writing, which is how a WSGI app learns that the client went away.
+            self._request.close_body(
+                getattr(self._body, "close", None), disconnected=not self._exhausted
+            )
