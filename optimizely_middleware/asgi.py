@@ -21,16 +21,14 @@ Each HTTP request gets its own scope. The events the SDK produces while the
 app handles it (in the endpoint, in a thread-pool endpoint, while a streaming
 body is produced, in ``BackgroundTasks``) are handed over in one non-blocking
 call when the app call returns. On ``lifespan.shutdown`` the dispatcher is
-flushed and closed within ``shutdown_timeout`` seconds, in a thread of its own.
+flushed within ``shutdown_timeout`` seconds, in a thread of its own, and stays
+usable (see :mod:`optimizely_middleware.lifespan`); under Mangum it is also
+flushed after each request.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import threading
-import time
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -38,6 +36,15 @@ from typing import TYPE_CHECKING, Any
 from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.errors import WiringWarning
+from optimizely_middleware.lifespan import (
+    NO_LIFESPAN_HINT,
+    LifespanResponder,
+    flush_for_shutdown,
+    is_serverless_scope,
+    no_lifespan_risk,
+    run_in_anyio_thread,
+    run_in_own_thread,
+)
 from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
 
@@ -45,7 +52,7 @@ if TYPE_CHECKING:
     from optimizely.event_builder import Event
     from optimizely.optimizely import Optimizely
 
-__all__ = ["OptimizelyASGIMiddleware"]
+__all__ = ["OptimizelyASGIMiddleware", "run_in_anyio_thread", "run_in_own_thread"]
 
 logger = logging.getLogger("optimizely_middleware")
 
@@ -58,15 +65,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # The key under ``scope["state"]`` (``request.state.optimizely`` in Starlette).
 STATE_KEY = "optimizely"
 
-NO_LIFESPAN_HINT = (
-    "OptimizelyASGIMiddleware is serving HTTP requests but has not seen a lifespan "
-    "startup, so it cannot flush Optimizely events when the server stops and the "
-    "events of the last requests may be lost. Run the server with the lifespan "
-    "protocol on (uvicorn's default; --lifespan on), add the middleware to the "
-    "outermost app rather than to a mounted sub-app, or pass close_on_shutdown=False "
-    "and call dispatcher.close(timeout) from your own shutdown code."
-)
-
 
 class OptimizelyASGIMiddleware:
     """Hands the Optimizely events of each request over after the response.
@@ -78,11 +76,12 @@ class OptimizelyASGIMiddleware:
     dispatcher's ``failed_requests`` policy; exceptions propagate unchanged.
 
     ``lifespan`` is passed through to the app; when the server sends
-    ``lifespan.shutdown``, the dispatcher is flushed and closed within
-    ``shutdown_timeout`` seconds, on a thread of its own, before the server is
-    told the shutdown is complete. An app that does not speak the lifespan
-    protocol gets it answered by the middleware. Under uvicorn this is the only
-    shutdown hook that runs: ``atexit`` handlers do not.
+    ``lifespan.shutdown``, the dispatcher is flushed within ``shutdown_timeout``
+    seconds, on a thread of its own, before the server is told the shutdown is
+    complete. The dispatcher stays usable (Mangum runs a lifespan around every
+    invocation); it is closed by the exit handler. An app that does not speak
+    the lifespan protocol gets it answered by the middleware. Under uvicorn
+    this is the only shutdown hook that runs: ``atexit`` handlers do not.
 
     ``websocket`` connections are handed over step by step: the events fired
     since the last step go out each time the app sends a message or waits for
@@ -92,9 +91,13 @@ class OptimizelyASGIMiddleware:
 
     * ``client``: the Optimizely client; put in ``scope["state"]`` so endpoints
       read it as ``request.state.optimizely`` (and checked for wiring).
-    * ``shutdown_timeout``: seconds to deliver what is queued at shutdown.
-    * ``close_on_shutdown``: set False when the dispatcher is shared and closed
-      elsewhere (it also silences the missing-lifespan warning).
+    * ``shutdown_timeout``: seconds to deliver what is queued at shutdown
+      (and, with ``flush_after_request``, after each request).
+    * ``close_on_shutdown``: set False when the dispatcher is shared and flushed
+      elsewhere (no flush at lifespan shutdown, no missing-lifespan warning).
+    * ``flush_after_request``: flush after every request, for platforms that
+      freeze the process once the response is returned. ``None`` (default):
+      on when the request comes from Mangum (``scope["aws.event"]``).
 
     Example::
 
@@ -110,6 +113,7 @@ class OptimizelyASGIMiddleware:
         client: Optimizely | None = None,
         shutdown_timeout: float = 5.0,
         close_on_shutdown: bool = True,
+        flush_after_request: bool | None = None,
     ) -> None:
         if not isinstance(dispatcher, RequestScopedEventDispatcher):
             raise TypeError(
@@ -125,6 +129,7 @@ class OptimizelyASGIMiddleware:
         self.client = client
         self.shutdown_timeout = shutdown_timeout
         self.close_on_shutdown = close_on_shutdown
+        self.flush_after_request = flush_after_request
         self._saw_lifespan = False
         self._warned_no_lifespan = False
 
@@ -143,8 +148,16 @@ class OptimizelyASGIMiddleware:
             await self.app(scope, receive, send)
             return
         if scope_type == "http":
-            self._check_lifespan()
-            await HTTPResponder(self.app, self.dispatcher)(scope, receive, send)
+            flush = self.flush_after_request
+            if flush is None:
+                flush = is_serverless_scope(scope)
+            if not flush:
+                self._check_lifespan()
+            try:
+                await HTTPResponder(self.app, self.dispatcher)(scope, receive, send)
+            finally:
+                if flush:
+                    await self.flush("flush_after_request")
         else:
             await WebSocketResponder(self.app, self.dispatcher)(scope, receive, send)
 
@@ -152,41 +165,37 @@ class OptimizelyASGIMiddleware:
         if self._saw_lifespan or self._warned_no_lifespan or not self.close_on_shutdown:
             return
         self._warned_no_lifespan = True
-        logger.warning(NO_LIFESPAN_HINT)
-        warnings.warn(NO_LIFESPAN_HINT, WiringWarning, stacklevel=3)
+        why = no_lifespan_risk()
+        if why is None:
+            logger.info(
+                "This server sends no ASGI lifespan events; it exits normally, so the "
+                "exit handler delivers the Optimizely events still queued then."
+            )
+            return
+        hint = NO_LIFESPAN_HINT.format(why=why)
+        logger.warning(hint)
+        warnings.warn(hint, WiringWarning, stacklevel=3)
 
     async def shutdown(self) -> None:
-        """Flush and close the dispatcher without blocking the event loop."""
-        if not self.close_on_shutdown:
-            return
+        """Flush the dispatcher at lifespan shutdown, without blocking the event
+        loop; it stays usable for later requests."""
+        if self.close_on_shutdown:
+            await self.flush("shutdown_timeout")
+
+    async def flush(self, setting: str) -> None:
         finished = await run_in_own_thread(
-            self._flush_and_close,
+            lambda: flush_for_shutdown(self.dispatcher, self.shutdown_timeout),
             name="optimizely-shutdown",
-            # The sender's own timeouts bound the thread; this only guards the loop
-            # against a sender that overruns them.
+            # The flush's own timeout bounds the thread; this only guards the loop
+            # against a sender that overruns it.
             timeout=self.shutdown_timeout + 1.0,
         )
         if not finished:
             logger.warning(
-                "Closing the Optimizely event sender took longer than shutdown_timeout=%.1f s; "
-                "the server goes on shutting down.",
+                "Flushing the Optimizely event sender took longer than %s (shutdown_timeout="
+                "%.1f s); the server goes on.",
+                setting,
                 self.shutdown_timeout,
-            )
-
-    def _flush_and_close(self) -> None:
-        deadline = time.monotonic() + self.shutdown_timeout
-        flushed = self.dispatcher.flush(self.shutdown_timeout)
-        self.dispatcher.close(max(0.0, deadline - time.monotonic()))
-        if flushed:
-            logger.debug("All Optimizely events were delivered before shutdown.")
-        else:
-            stats = self.dispatcher.stats()
-            logger.warning(
-                "shutdown_timeout=%.1f s passed before every Optimizely event was delivered "
-                "(queue depth %s, dropped %s).",
-                self.shutdown_timeout,
-                stats.get("queue_depth"),
-                stats.get("dropped"),
             )
 
 
@@ -318,132 +327,3 @@ class WebSocketResponder:
             failed = request_failed(status=status, disconnected=disconnected)
         finally:
             connection.finish(failed=failed)
-
-
-class LifespanResponder:
-    """Passes the lifespan protocol through; closes the dispatcher on shutdown.
-
-    If the app does not speak the protocol (it raises or returns before
-    answering ``lifespan.startup``), the responder answers it itself.
-    """
-
-    __slots__ = ("answered", "middleware", "shutdown_done", "shutdown_received", "startup_received")
-
-    def __init__(self, middleware: OptimizelyASGIMiddleware) -> None:
-        self.middleware = middleware
-        self.startup_received = False
-        self.shutdown_received = False
-        self.answered = False
-        self.shutdown_done = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def receive_observed() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.startup_received = True
-                self.middleware._saw_lifespan = True
-            elif message["type"] == "lifespan.shutdown":
-                self.shutdown_received = True
-            return message
-
-        async def send_observed(message: Message) -> None:
-            self.answered = True
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await self.shut_down()
-            await send(message)
-
-        try:
-            await self.middleware.app(scope, receive_observed, send_observed)
-        except Exception as exc:
-            if self.answered:
-                if self.shutdown_received:
-                    await self.shut_down()
-                raise
-            logger.info(
-                "The app does not handle the ASGI lifespan protocol (it raised %s); "
-                "OptimizelyASGIMiddleware answers it so that events are flushed at shutdown.",
-                type(exc).__name__,
-            )
-            logger.debug("The app's lifespan error:", exc_info=True)
-        else:
-            if self.answered:
-                if self.shutdown_received:
-                    await self.shut_down()
-                return
-            logger.info(
-                "The app does not handle the ASGI lifespan protocol; "
-                "OptimizelyASGIMiddleware answers it so that events are flushed at shutdown."
-            )
-        await self.serve(receive, send)
-
-    async def serve(self, receive: Receive, send: Send) -> None:
-        if not self.startup_received:
-            message = await receive()
-            if message["type"] != "lifespan.startup":
-                raise RuntimeError(f"Expected 'lifespan.startup', got {message['type']!r}")
-            self.middleware._saw_lifespan = True
-        await send({"type": "lifespan.startup.complete"})
-        while (await receive())["type"] != "lifespan.shutdown":
-            pass
-        await self.shut_down()
-        await send({"type": "lifespan.shutdown.complete"})
-
-    async def shut_down(self) -> None:
-        if not self.shutdown_done:
-            self.shutdown_done = True
-            await self.middleware.shutdown()
-
-
-async def run_in_own_thread(fn: Callable[[], None], *, name: str, timeout: float) -> bool:
-    """Run blocking ``fn`` on a new daemon thread and wait for it without
-    blocking the loop or taking a worker of the loop's thread pool.
-
-    Returns False when ``fn`` did not finish within ``timeout`` seconds (it
-    then goes on in the background). Exceptions from ``fn`` are logged.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return await run_in_anyio_thread(fn, timeout=timeout)
-    done: asyncio.Future[None] = loop.create_future()
-
-    def mark_done() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def target() -> None:
-        try:
-            fn()
-        except Exception:
-            logger.exception("Error while closing the Optimizely event sender")
-        finally:
-            # RuntimeError: the loop has already been closed, nobody is waiting.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(mark_done)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    try:
-        await asyncio.wait_for(asyncio.shield(done), timeout)
-    except asyncio.TimeoutError:
-        return False
-    return True
-
-
-async def run_in_anyio_thread(fn: Callable[[], None], *, timeout: float) -> bool:
-    """:func:`run_in_own_thread` for loops other than asyncio (trio), through
-    anyio with a limiter of its own, so the app's thread pool is not used."""
-    import anyio
-    import anyio.to_thread
-
-    def guarded() -> None:
-        try:
-            fn()
-        except Exception:
-            logger.exception("Error while closing the Optimizely event sender")
-
-    with anyio.move_on_after(timeout):
-        await anyio.to_thread.run_sync(
-            guarded, limiter=anyio.CapacityLimiter(1), abandon_on_cancel=True
-        )
-        return True
-    return False

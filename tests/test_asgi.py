@@ -7,14 +7,11 @@ at what the dispatcher had handed over at the moment of each ASGI message.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import pytest
 from optimizely.optimizely import Optimizely
 
@@ -24,7 +21,6 @@ from optimizely_middleware import (
     WiringWarning,
     create_client,
 )
-from optimizely_middleware.asgi import run_in_anyio_thread, run_in_own_thread
 from tests.support import RecordingSink
 
 Message = dict[str, Any]
@@ -313,194 +309,6 @@ def test_http_without_lifespan_warns_once_with_the_fix(
     with warnings.catch_warnings():
         warnings.simplefilter("error", WiringWarning)
         asyncio.run(call_http(silent))
-
-
-# -- lifespan ------------------------------------------------------------------
-
-
-async def run_lifespan(
-    app: Any, *, after_startup: Callable[[], Any] | None = None
-) -> tuple[list[Message], list[Any]]:
-    """Play the server's side of the lifespan protocol; return what the app
-    sent and, for each message, whether the sink was closed at that moment."""
-    inbox: asyncio.Queue[Message] = asyncio.Queue()
-    sent: list[Message] = []
-    startup_answered = asyncio.Event()
-    closed_when_sent: list[Any] = []
-
-    async def receive() -> Message:
-        return await inbox.get()
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-        closed_when_sent.append(app.dispatcher.sender.closed)
-        if message["type"].startswith("lifespan.startup"):
-            startup_answered.set()
-
-    task = asyncio.create_task(app({"type": "lifespan", "state": {}}, receive, send))
-    await inbox.put({"type": "lifespan.startup"})
-    await startup_answered.wait()
-    if after_startup is not None:
-        result = after_startup()
-        if asyncio.iscoroutine(result):
-            await result
-    await inbox.put({"type": "lifespan.shutdown"})
-    await task
-    return sent, closed_when_sent
-
-
-async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
-    """An app that speaks the lifespan protocol (like Starlette's router)."""
-    assert scope["type"] == "lifespan"
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def http_only_app(scope: Any, receive: Any, send: Any) -> None:
-    assert scope["type"] == "http", "this app knows nothing about lifespan"
-    for message in response():
-        await send(message)
-
-
-async def returns_at_once(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    for message in response():
-        await send(message)
-
-
-@pytest.mark.parametrize("app", [lifespan_app, http_only_app, returns_at_once])
-def test_lifespan_shutdown_flushes_and_closes_on_a_thread_of_its_own(
-    app: Any, dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink
-) -> None:
-    middleware = OptimizelyASGIMiddleware(app, dispatcher)
-    loop_thread = threading.current_thread().name
-    sent, closed_when_sent = asyncio.run(run_lifespan(middleware))
-
-    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert closed_when_sent == [False, True]  # closed before the server hears "complete"
-    assert sink.threads == ["optimizely-shutdown", "optimizely-shutdown"]
-    assert loop_thread not in sink.threads
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", WiringWarning)
-        if app is not lifespan_app:
-            asyncio.run(call_http(middleware))  # startup was seen: no warning
-
-
-def test_a_failed_startup_propagates_and_leaves_the_dispatcher_open(
-    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink
-) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "lifespan.startup.failed", "message": "no database"})
-        raise ConnectionError("no database")
-
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    with pytest.raises(ConnectionError):
-        asyncio.run(OptimizelyASGIMiddleware(app, dispatcher)({"type": "lifespan"}, receive, send))
-    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
-    assert not sink.closed
-
-
-def test_close_on_shutdown_false_leaves_the_dispatcher_open(
-    dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink
-) -> None:
-    middleware = OptimizelyASGIMiddleware(lifespan_app, dispatcher, close_on_shutdown=False)
-    sent, _ = asyncio.run(run_lifespan(middleware))
-    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert not sink.closed
-    assert sink.threads == []
-
-
-def test_the_loop_keeps_running_while_the_shutdown_flush_is_held() -> None:
-    sink = ShutdownSink(hold=True)
-    middleware = OptimizelyASGIMiddleware(lifespan_app, RequestScopedEventDispatcher(sink))
-    released_by_the_loop = []
-
-    async def release_from_the_loop() -> None:
-        # Runs on the loop while the shutdown flush waits on the gate: if the
-        # flush blocked the loop, the gate would only open by its own timeout.
-        assert await asyncio.to_thread(sink.flush_started.wait, 10)
-        released_by_the_loop.append(True)
-        sink.gate.set()
-
-    async def main() -> list[Message]:
-        releaser = asyncio.create_task(release_from_the_loop())
-        sent, _ = await run_lifespan(middleware)
-        await releaser
-        return sent
-
-    sent = asyncio.run(main())
-    assert released_by_the_loop == [True]
-    assert sent[-1]["type"] == "lifespan.shutdown.complete"
-    assert sink.closed
-
-
-def test_a_sender_that_overruns_the_deadline_does_not_hold_the_shutdown(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    sink = ShutdownSink(hold=True)
-    middleware = OptimizelyASGIMiddleware(
-        lifespan_app, RequestScopedEventDispatcher(sink), shutdown_timeout=0.1
-    )
-    try:
-        with caplog.at_level(logging.WARNING, logger="optimizely_middleware"):
-            sent, _ = asyncio.run(run_lifespan(middleware))
-        assert sent[-1]["type"] == "lifespan.shutdown.complete"
-        assert not sink.gate.is_set()  # the flush was still held when shutdown completed
-        assert "shutdown_timeout=0.1" in caplog.text
-    finally:
-        sink.gate.set()
-
-
-def test_the_shutdown_thread_does_not_need_the_thread_pool() -> None:
-    """With every token of anyio's default limiter (the pool that sync
-    endpoints use) taken, both ways of running the close still finish."""
-    ran: list[str] = []
-
-    async def main() -> tuple[bool, bool]:
-        limiter = anyio.to_thread.current_default_thread_limiter()
-        limiter.total_tokens = 1
-        async with limiter:
-            own = await run_in_own_thread(lambda: ran.append("own"), name="t", timeout=10)
-            via_anyio = await run_in_anyio_thread(lambda: ran.append("anyio"), timeout=10)
-        return own, via_anyio
-
-    assert anyio.run(main) == (True, True)
-    assert ran == ["own", "anyio"]
-
-
-def test_run_in_own_thread_reports_an_overrun_and_logs_errors(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    gate = threading.Event()
-
-    def fails() -> None:
-        raise OSError("sender broke")
-
-    async def main() -> tuple[bool, bool, bool]:
-        overrun = await run_in_own_thread(lambda: gate.wait(10) and None, name="t", timeout=0.05)
-        gate.set()
-        failed = await run_in_own_thread(fails, name="t", timeout=10)
-        failed_anyio = await run_in_anyio_thread(fails, timeout=10)
-        return overrun, failed, failed_anyio
-
-    with caplog.at_level(logging.ERROR, logger="optimizely_middleware"):
-        assert asyncio.run(main()) == (False, True, True)
-    errors = [r for r in caplog.records if r.exc_info and "sender broke" in str(r.exc_info[1])]
-    assert len(errors) == 2
 
 
 # -- websocket -----------------------------------------------------------------
