@@ -18,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
     from optimizely_middleware.scope import RequestScope
     from optimizely_middleware.sender import EventSender
+    from optimizely_middleware.signals import install_sigterm_flush
     from optimizely_middleware.sink import EventSink
     from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware
 
@@ -46,6 +48,7 @@ _EXPORTS = {
     "WiringWarning": "optimizely_middleware.errors",
     "check_client": "optimizely_middleware.client",
     "create_client": "optimizely_middleware.client",
+    "install_sigterm_flush": "optimizely_middleware.signals",
 }
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "__version__",
     "check_client",
     "create_client",
+    "install_sigterm_flush",
 ]
 
 
@@ -74,3 +78,10 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+if "uwsgi" in sys.modules:
+    # Inside uWSGI: warn if its Python threads are off, chain uwsgi.atexit.
+    from optimizely_middleware.servers import check_uwsgi
+
+    check_uwsgi()
