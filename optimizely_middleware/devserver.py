@@ -16,6 +16,10 @@ and point the sender at it::
     sender = EventSender(endpoint="http://127.0.0.1:8765/v1/events")
     dispatcher = RequestScopedEventDispatcher(sender)
 
+Open ``http://127.0.0.1:8765/`` in a browser for the inspector: a live list
+of what arrived, with filters and counts (see
+:mod:`optimizely_middleware.inspector`).
+
 Or embed it (tests, demos)::
 
     with DevServer(port=0, output=None) as server:
@@ -24,26 +28,32 @@ Or embed it (tests, demos)::
         server.wait_for_visitors(3)
         print(server.posts[0].visitors)
 
-Event payloads carry user ids and attributes, and printing them is the point
-of this tool, so it listens on 127.0.0.1 only unless told otherwise.
+Event payloads carry user ids and attributes, and showing them is the point
+of this tool, so it listens on 127.0.0.1 only unless told otherwise, and the
+inspector answers requests from this machine only.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
+from optimizely_middleware.inspector import EventCounts, handle_inspector
+from optimizely_middleware.received import (
+    ReceivedPost,
+    describe_conversion,
+    describe_decision,
+    format_post,
+    format_summary,
+    iso_time,
+)
 from optimizely_middleware.validation import payload_errors
 
 __all__ = [
@@ -60,38 +70,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 EVENTS_PATH = "/v1/events"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-# The SDK marks the impression half of a decision with this event key.
-IMPRESSION_KEY = "campaign_activated"
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 OutputFormat = Literal["text", "json", "quiet"]
-
-
-@dataclass
-class ReceivedPost:
-    """One POST the server received, with the status it answered."""
-
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int
-    received_at: float  # time.monotonic() when the body was read
-    wall_time: float  # time.time() at the same moment, for display
-    answered_at: float = 0.0  # time.monotonic() when the answer was sent (after any delay)
-    payload: Any = None  # the decoded JSON body, None if it was not JSON
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def visitors(self) -> list[dict[str, Any]]:
-        """The visitors of the batch (one per SDK event)."""
-        if isinstance(self.payload, dict) and isinstance(self.payload.get("visitors"), list):
-            return list(self.payload["visitors"])
-        return []
-
-    @property
-    def accepted(self) -> bool:
-        """True when the server answered 2xx, so the sender counts it as delivered."""
-        return 200 <= self.status < 300
 
 
 class DevServer:
@@ -142,6 +123,11 @@ class DevServer:
         self.output_format: OutputFormat = output_format
         self._posts: list[ReceivedPost] = []
         self._cond = threading.Condition()
+        self._last_id = 0
+        self._generation = 0  # changes when the list is cleared
+        self._stopping = False
+        self.started_at = time.time()
+        self._counts = EventCounts(self.started_at)
         self._output_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -166,6 +152,7 @@ class DevServer:
             raise RuntimeError("the server is already running")
         server = self.bind()._server
         assert server is not None
+        self._set_stopping(False)
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -181,6 +168,7 @@ class DevServer:
         thread, self._thread = self._thread, None
         if server is None:
             return
+        self._set_stopping(True)
         if thread is not None:
             server.shutdown()
             thread.join(timeout=5)
@@ -193,8 +181,15 @@ class DevServer:
         try:
             server.serve_forever()
         finally:
+            self._set_stopping(True)
             self._server = None
             server.server_close()
+
+    def _set_stopping(self, stopping: bool) -> None:
+        # Releases the inspector's long polls, so they do not outlive the server.
+        with self._cond:
+            self._stopping = stopping
+            self._cond.notify_all()
 
     def __enter__(self) -> DevServer:
         return self.start()
@@ -212,6 +207,13 @@ class DevServer:
         """Where to send events: ``http://host:port/v1/events``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}{EVENTS_PATH}"
+
+    @property
+    def inspector_url(self) -> str:
+        """The inspector page for a browser on this machine: ``http://host:port/``."""
+        host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
 
     # -- what was received ---------------------------------------------------
 
@@ -247,15 +249,59 @@ class DevServer:
             return self._cond.wait_for(lambda: len(self._posts) >= n, timeout)
 
     def clear(self) -> None:
-        """Forget the POSTs received so far."""
+        """Forget the POSTs received so far (the inspector's counts stay)."""
         with self._cond:
             self._posts.clear()
+            self._generation += 1
+            self._cond.notify_all()
+
+    @property
+    def generation(self) -> int:
+        """How many times the list was cleared: the inspector starts over when it changes."""
+        with self._cond:
+            return self._generation
+
+    def counts(self) -> dict[str, Any]:
+        """Visitors, impressions per variation and conversions per event since the start.
+
+        Only accepted POSTs count; :meth:`clear` leaves the counts as they are.
+        """
+        with self._cond:
+            return self._counts.as_json()
+
+    def post_by_id(self, post_id: int) -> ReceivedPost | None:
+        """The post with this :attr:`ReceivedPost.id`, unless it was cleared."""
+        with self._cond:
+            return next((p for p in self._posts if p.id == post_id), None)
+
+    def posts_after(
+        self, since: int, generation: int | None = None, timeout: float = 0.0
+    ) -> tuple[list[ReceivedPost], int, int]:
+        """The posts newer than id ``since``, oldest first, with the generation and last id.
+
+        Waits up to ``timeout`` seconds for one to arrive, or for the list to
+        be cleared when ``generation`` is no longer the current one.
+        """
+
+        def news() -> bool:
+            changed = generation is not None and generation != self._generation
+            return self._stopping or changed or self._last_id > since
+
+        with self._cond:
+            if timeout > 0:
+                self._cond.wait_for(news, timeout)
+            newer = [p for p in self._posts if p.id > since]
+            return newer, self._generation, self._last_id
 
     # -- called by the handler -----------------------------------------------
 
     def _record(self, post: ReceivedPost) -> None:
+        post.visitor_events  # noqa: B018  (parse once, outside the lock)
         with self._cond:
+            self._last_id += 1
+            post.id = self._last_id
             self._posts.append(post)
+            self._counts.add(post)
             self._cond.notify_all()
         self._print(post)
 
@@ -265,7 +311,7 @@ class DevServer:
         if self.output_format == "json":
             text = json.dumps(
                 {
-                    "received_at": _iso(post.wall_time),
+                    "received_at": iso_time(post.wall_time),
                     "path": post.path,
                     "status": post.status,
                     "problems": post.problems,
@@ -322,9 +368,36 @@ def _handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
             self._answer(status)
 
         def do_GET(self) -> None:
+            if not self._inspector("GET"):
+                self._explain()
+
+        def do_DELETE(self) -> None:
+            if not self._inspector("DELETE"):
+                self._answer(HTTPStatus.METHOD_NOT_ALLOWED)
+
+        def _inspector(self, method: str) -> bool:
+            peer = str(self.client_address[0])
+            response = handle_inspector(devserver, method, self.path, peer, self.headers["Host"])
+            if response is None:
+                return False
+            try:
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.content_type)
+                self.send_header("Content-Length", str(len(response.body)))
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(response.body)
+            except (BrokenPipeError, ConnectionResetError):
+                # The page gave up on a long poll (a filter changed, the tab closed).
+                self.close_connection = True
+            return True
+
+        def _explain(self) -> None:
             text = (
                 f"Optimizely event devserver: POST events to {devserver.url}\n"
                 f"{len(devserver.posts)} POST(s) received so far.\n"
+                f"See them at {devserver.inspector_url}\n"
             ).encode()
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -344,202 +417,14 @@ def _handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-# -- formatting ------------------------------------------------------------------
-
-
-def _clock(wall_time: float) -> str:
-    return datetime.fromtimestamp(wall_time).strftime("%H:%M:%S.%f")[:-3]
-
-
-def _iso(wall_time: float) -> str:
-    return datetime.fromtimestamp(wall_time).astimezone().isoformat(timespec="milliseconds")
-
-
-def _status_text(status: int) -> str:
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return str(status)
-
-
-def format_summary(post: ReceivedPost) -> str:
-    """One line for a POST: arrival time, path, batch size and the answer."""
-    visitors = post.visitors
-    n_events = sum(len(s.get("events", [])) for v in visitors for s in v.get("snapshots", []))
-    return (
-        f"{_clock(post.wall_time)}  POST {post.path}  {len(visitors)} visitor(s), "
-        f"{n_events} event(s), {len(post.body)} bytes -> {_status_text(post.status)}"
-    )
-
-
-def format_post(post: ReceivedPost) -> str:
-    """A readable, multi-line description of one POST.
-
-    Example output::
-
-        14:03:07.412  POST /v1/events  2 visitor(s), 3 event(s), 1187 bytes -> 204 No Content
-          visitor 'user-1'  plan='pro'
-            decision    new_checkout: new_checkout_test (feature-test) -> on
-            conversion  purchase  revenue=4200 value=42.5 tags={'category': 'shoes'}
-    """
-    lines = [format_summary(post)]
-    payload = post.payload
-    if isinstance(payload, dict):
-        lines.append(
-            f"  account {payload.get('account_id')}, project {payload.get('project_id')}, "
-            f"revision {payload.get('revision')}, "
-            f"{payload.get('client_name')} {payload.get('client_version')}"
-        )
-    for visitor in post.visitors:
-        lines.extend(_visitor_lines(visitor))
-    for problem in post.problems:
-        lines.append(f"  ! {problem}")
-    return "\n".join(lines)
-
-
-def _visitor_lines(visitor: dict[str, Any]) -> Iterator[str]:
-    attributes = " ".join(
-        f"{a.get('key')}={a.get('value')!r}"
-        for a in visitor.get("attributes", [])
-        if isinstance(a, dict) and not str(a.get("key", "")).startswith("$opt_")
-    )
-    yield f"  visitor {visitor.get('visitor_id')!r}" + (f"  {attributes}" if attributes else "")
-    for snapshot in visitor.get("snapshots", []):
-        if not isinstance(snapshot, dict):
-            continue
-        for decision in snapshot.get("decisions", []) or []:
-            yield f"    decision    {describe_decision(decision)}"
-        for event in snapshot.get("events", []) or []:
-            if isinstance(event, dict) and event.get("key") != IMPRESSION_KEY:
-                yield f"    conversion  {describe_conversion(event)}"
-
-
-def describe_decision(decision: dict[str, Any]) -> str:
-    """``flag: rule (rule type) -> variation`` from a decision's metadata.
-
-    A decision made by ``activate()`` has no flag, so it reads
-    ``rule (experiment) -> variation``; without metadata the ids are shown.
-    """
-    metadata = decision.get("metadata") or {}
-    rule = metadata.get("rule_key") or f"experiment {decision.get('experiment_id')}"
-    variation = metadata.get("variation_key") or f"variation {decision.get('variation_id')}"
-    flag = metadata.get("flag_key")
-    text = f"{flag}: {rule}" if flag else str(rule)
-    if metadata.get("rule_type"):
-        text += f" ({metadata['rule_type']})"
-    text += f" -> {variation}"
-    if metadata.get("enabled") is False and flag:
-        text += "  [flag off]"
-    return text
-
-
-def describe_conversion(event: dict[str, Any]) -> str:
-    """``key revenue=.. value=.. tags={..}`` for one conversion event."""
-    parts = [str(event.get("key") or f"event {event.get('entity_id')}")]
-    for name in ("revenue", "value"):
-        if name in event:
-            parts.append(f"{name}={event[name]}")
-    tags = {k: v for k, v in (event.get("tags") or {}).items() if k not in ("revenue", "value")}
-    if tags:
-        parts.append(f"tags={tags}")
-    return "  ".join([parts[0], " ".join(parts[1:])]).rstrip()
-
-
 # -- command line ------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="optimizely-devserver",
-        description=(
-            "A local Optimizely event endpoint: accepts the SDK's event POSTs, answers "
-            "204 and prints each one readably."
-        ),
-    )
-    parser.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help="address to listen on (default %(default)s; payloads carry user ids, "
-        "so think twice before listening on other interfaces)",
-    )
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s; 0 picks one)"
-    )
-    parser.add_argument(
-        "--delay",
-        type=float,
-        default=0.0,
-        help="seconds to wait before answering each POST, to simulate a slow endpoint",
-    )
-    parser.add_argument(
-        "--status",
-        type=int,
-        default=int(HTTPStatus.NO_CONTENT),
-        help="status to answer with (default %(default)s; e.g. 503 or 429 to simulate failures)",
-    )
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument(
-        "--quiet", action="store_true", help="one summary line per POST, no user data"
-    )
-    output.add_argument("--json", action="store_true", help="one JSON line per POST")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the devserver until Ctrl+C (the ``optimizely-devserver`` command)."""
-    args = _parser().parse_args(argv)
-    output_format: OutputFormat = "json" if args.json else "quiet" if args.quiet else "text"
-    try:
-        server = DevServer(
-            args.host,
-            args.port,
-            status=args.status,
-            delay=args.delay,
-            output=sys.stdout,
-            output_format=output_format,
-        )
-    except ValueError as exc:
-        print(f"optimizely-devserver: {exc}", file=sys.stderr)
-        return 2
-    notes = sys.stderr
-    # Before anything is printed: whoever reads "Send events to" may stop us at once.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        try:
-            server.bind()
-        except OSError as exc:
-            print(
-                f"optimizely-devserver: cannot listen on {args.host}:{args.port}: {exc}",
-                file=notes,
-            )
-            return 1
-        if server.host in LOCAL_HOSTS:
-            print(f"Listening on {server.host} only (event payloads carry user ids).", file=notes)
-        else:
-            print(
-                f"WARNING: listening on {server.host}: event payloads carry user ids and "
-                "attributes, and anyone who can reach this address can send or read them.",
-                file=notes,
-            )
-        delay = f" after {server.delay:g}s" if server.delay else ""
-        print(
-            f"Send events to {server.url} (answering {_status_text(server.status)}{delay}). "
-            "Ctrl+C to stop.",
-            file=notes,
-            flush=True,
-        )
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.stop()
-        posts = server.posts
-        visitors = sum(len(p.visitors) for p in posts)
-        print(f"\nStopped after {len(posts)} POST(s) with {visitors} visitor(s).", file=notes)
-    return 0
+    from optimizely_middleware.devserver_cli import run
 
-
-def _interrupt(signum: int, frame: object) -> None:
-    # Stop on SIGTERM the way Ctrl+C does, so the summary line is printed.
-    raise KeyboardInterrupt
+    return run(argv)
 
 
 if __name__ == "__main__":
