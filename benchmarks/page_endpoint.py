@@ -1,8 +1,9 @@
 """A local stand-in for the Optimizely event API, run as its own process.
 
 It answers every POST after a fixed delay (like a real internet round trip)
-with 200 or with 500, and counts POSTs and visitors. ``GET /_counts`` returns
-the counters as JSON. It listens on 127.0.0.1 only, handles HTTP/1.1
+with 200 or with 500, and counts POSTs, visitors and event uuids (unique and
+repeated, so that "delivered exactly once" can be checked). ``GET /_counts``
+returns the counters as JSON. It listens on 127.0.0.1 only, handles HTTP/1.1
 keep-alive, and uses asyncio so a slow answer costs no thread.
 
 Usage::
@@ -29,11 +30,29 @@ class Counters:
         self.accepted_posts = 0  # answered 2xx
         self.visitors = 0  # visitors in accepted POSTs: events delivered
         self.rejected_visitors = 0  # visitors in POSTs answered with an error
+        self.events = 0  # events (snapshots[].events[]) in accepted POSTs
+        self.unique_uuids = 0  # distinct event uuids among them
+        self.duplicate_uuids = 0  # events whose uuid had been accepted before
         self.bad_bodies = 0
         self.connections = 0
+        self._seen: set[str] = set()
+
+    def count_events(self, visitors: list[Any]) -> None:
+        """Count the events of an accepted body, and the uuids seen before."""
+        seen = self._seen
+        for visitor in visitors:
+            for snapshot in visitor.get("snapshots", ()):
+                for event in snapshot.get("events", ()):
+                    self.events += 1
+                    uuid = event.get("uuid")
+                    if uuid in seen:
+                        self.duplicate_uuids += 1
+                    else:
+                        seen.add(uuid)
+                        self.unique_uuids += 1
 
     def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
 class EndpointServer:
@@ -89,14 +108,19 @@ class EndpointServer:
         counters = self.counters
         counters.posts += 1
         try:
-            visitors = len(json.loads(body).get("visitors", []))
+            visitor_list = json.loads(body).get("visitors", [])
+            visitors = len(visitor_list)
         except (ValueError, AttributeError):
             counters.bad_bodies += 1
-            visitors = 0
+            visitor_list, visitors = [], 0
         # Counted on arrival, as the real event API records what it receives.
         if 200 <= self.status < 300:
             counters.accepted_posts += 1
             counters.visitors += visitors
+            try:
+                counters.count_events(visitor_list)
+            except (AttributeError, TypeError):
+                counters.bad_bodies += 1
         else:
             counters.rejected_visitors += visitors
         if self.delay:

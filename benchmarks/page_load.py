@@ -11,6 +11,13 @@ as soon as the previous answer is in, so the server runs flat out. With
 seconds, and its latency is counted from that moment, so time spent waiting
 for a free connection counts too (no coordinated omission).
 
+To show that the generator itself is not the bottleneck it also reports its
+own CPU time (``cpu_s``, ``cpu_share`` of one core over the wall time), the
+rate at which it actually sent (``sent_rate``), how late its timers fired
+when a connection was free before a request was due (``late_p99``: this grows
+when the generator, not the server, falls behind), and the share of requests
+that found every connection still busy at their due time (``behind``).
+
 Usage::
 
     python benchmarks/page_load.py --port 8000 --requests 3000 --concurrency 16 --tag run1
@@ -97,13 +104,17 @@ async def run(
     rate: float | None = None,
 ) -> dict[str, Any]:
     latencies: list[float] = []
+    lateness: list[float] = []
+    behind = 0
+    last_send = 0.0
     errors: dict[str, int] = {}
     next_index = 0
+    cpu_started = time.process_time()
     started = time.perf_counter()
     deadline = started + max_seconds
 
     async def worker() -> None:
-        nonlocal next_index
+        nonlocal next_index, behind, last_send
         client = Client(port)
         try:
             while next_index < requests and time.perf_counter() < deadline:
@@ -114,8 +125,12 @@ async def run(
                     wait = begin - time.perf_counter()
                     if wait > 0:
                         await asyncio.sleep(wait)
+                        lateness.append(time.perf_counter() - begin)
+                    else:
+                        behind += 1
                 else:
                     begin = time.perf_counter()
+                last_send = time.perf_counter()
                 try:
                     status = await asyncio.wait_for(
                         client.get(f"/page?u={tag}-{index}"), REQUEST_TIMEOUT
@@ -133,9 +148,19 @@ async def run(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     latencies.sort()
+    lateness.sort()
+    send_span = last_send - started
     return {
         "sent": next_index,
+        "offered_rate": rate,
+        "sent_rate": next_index / send_span if send_span > 0 else float("nan"),
+        "late_p50": percentile(lateness, 50),
+        "late_p99": percentile(lateness, 99),
+        "behind": behind / next_index if next_index else 0.0,
+        "cpu_s": cpu,
+        "cpu_share": cpu / elapsed if elapsed > 0 else float("nan"),
         "ok": len(latencies),
         "errors": errors,
         "elapsed": elapsed,

@@ -21,6 +21,44 @@ HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def describe_machine() -> str:
+    """One header line: CPUs, load average, Python, and which package code is measured.
+
+    The package is found as the benchmark's processes will import it (so
+    ``PYTHONPATH=<a checkout of another commit>`` measures that commit), and
+    named by its git commit, or by a ``COMMIT`` file beside it.
+    """
+    import importlib.util
+
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    spec = importlib.util.find_spec("optimizely_middleware")
+    where = Path(spec.origin).resolve().parent.parent if spec and spec.origin else None
+    commit = "unknown"
+    if where is not None:
+        described = subprocess.run(
+            ["git", "-C", str(where), "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        marker = where / "COMMIT"
+        if described:
+            dirty = subprocess.run(
+                ["git", "-C", str(where), "status", "--porcelain", "--", "optimizely_middleware"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            commit = described + (" (+ uncommitted changes)" if dirty else "")
+        elif marker.exists():
+            commit = marker.read_text().strip()
+    python = sys.version.split()[0]
+    return (
+        f"# {os.cpu_count()} CPUs, load average {load}, Python {python}; "
+        f"optimizely_middleware from {where} at {commit}"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -243,6 +281,10 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                # Not the repository: gunicorn and ``python -m`` put the working
+                # directory first on sys.path, and the package measured must be
+                # the one on PYTHONPATH or installed (see describe_machine).
+                cwd=self.work_dir,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

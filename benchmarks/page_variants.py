@@ -43,7 +43,7 @@ VARIANTS = {
     "sdk-batch": "BatchEventProcessor(EventDispatcher) with its class defaults "
     "(batch size 10), started, shared NotificationCenter",
     "middleware": "create_client + OptimizelyWSGIMiddleware / OptimizelyASGIMiddleware, "
-    "default EventSender",
+    "EventSender with its defaults (endpoint= the local endpoint)",
 }
 
 EVENTS_PER_PAGE = 3
@@ -191,9 +191,12 @@ def build_variant(name: str, datafile: str) -> Variant:
         )
         variant = Variant(name, client, close_client=True)
     elif name == "middleware":
-        from optimizely_middleware import RequestScopedEventDispatcher, create_client
+        from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 
-        dispatcher = RequestScopedEventDispatcher()  # default EventSender: posts to event.url
+        # A default EventSender, with endpoint= naming the local endpoint, so that
+        # no event can leave this machine whichever URL the package builds.
+        sender = EventSender(endpoint=os.environ["BENCH_EVENT_URL"])
+        dispatcher = RequestScopedEventDispatcher(sender)
         client = create_client(dispatcher, datafile=datafile)
         variant = Variant(name, client, dispatcher=dispatcher)
     else:

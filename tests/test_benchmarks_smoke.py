@@ -1,13 +1,16 @@
-"""The page latency benchmark still runs end to end and reports what it measured.
+"""The benchmarks still run end to end and report what they measured.
 
-A tiny run (20 requests, one run) of the baseline and the middleware variant
-on both frameworks: real gunicorn and uvicorn servers, the real event endpoint
-process and load generator. No timing is asserted, only the report's content.
+Tiny runs (a few dozen requests or pages, one run): the page latency
+benchmark's baseline and middleware variants on both frameworks (real
+gunicorn and uvicorn servers, the real event endpoint process and load
+generator), the per-page CPU benchmark, and the wrk benchmark. No timing is
+asserted, only the report's content: what was counted and delivered.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +95,101 @@ def test_middleware_delivers_every_event_after_shutdown(report: tuple[dict[str, 
         assert 0 < row["posts_per_request"] <= 1, row
         assert f"PASS  middleware ({framework}, endpoint delay): 72/72 delivered" in stdout
         assert f"| {framework} | 10 ms | middleware | {REQUESTS} |" in stdout
+
+
+# -- per-page CPU in one process (benchmarks/page_cpu.py) -------------------------
+
+CPU_PAGES = 30
+CPU_WARMUP = 5
+
+
+@pytest.fixture(scope="module")
+def cpu_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "page_cpu.py"),
+            *("--runs", "1", "--pages", str(CPU_PAGES), "--warmup", str(CPU_WARMUP)),
+            *("--endpoint-delay", "0.01", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return json.loads(out.read_text()), completed.stdout
+
+
+@pytest.mark.timeout(120)
+def test_page_cpu_reports_every_variant_against_the_baseline(
+    cpu_report: tuple[dict[str, Any], str],
+) -> None:
+    data, stdout = cpu_report
+    by_variant = {r["variant"]: r for r in data["medians"]}
+    assert set(by_variant) == {"baseline", "sdk-userevents", "package"}
+    for row in by_variant.values():
+        assert row["runs"] == 1
+        assert row["pages"] == CPU_PAGES + CPU_WARMUP
+        assert row["thread_us"] > 0 and row["process_us"] > 0, row
+        assert row["thread_ratio"] > 0 and row["process_ratio"] > 0, row
+    assert by_variant["baseline"]["thread_ratio"] == 1.0
+    assert "CPUs, load average" in stdout
+    assert "| package | 1 |" in stdout
+
+
+@pytest.mark.timeout(120)
+def test_page_cpu_counts_three_events_per_page_and_each_delivered_once(
+    cpu_report: tuple[dict[str, Any], str],
+) -> None:
+    data, stdout = cpu_report
+    by_variant = {r["variant"]: r for r in data["medians"]}
+    expected = 3 * (CPU_PAGES + CPU_WARMUP)
+    assert by_variant["baseline"]["produced"] == expected
+    assert by_variant["sdk-userevents"]["produced"] == expected
+    package = by_variant["package"]
+    assert package["unique"] == package["delivered"] == expected, package
+    assert package["duplicates"] == 0 and package["dropped"] == {}, package
+    assert f"PASS  package: {expected}/{expected} events delivered, 0 repeated" in stdout
+
+
+# -- closed and open loop with wrk (benchmarks/page_wrk.py) -----------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> None:
+    out = tmp_path / "wrk.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "page_wrk.py"),
+            *("--runs", "1", "--seconds", "1", "--warmup-seconds", "1"),
+            *("--endpoint-delay", "0.01", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    data = json.loads(out.read_text())
+    phases = {(r["framework"], r["phase"], r["variant"]) for r in data["medians"]}
+    assert phases == {
+        (framework, phase, variant)
+        for framework in ("flask", "starlette")
+        for phase in ("closed", "open50", "open80")
+        for variant in ("baseline", "middleware")
+    }
+    for row in data["medians"]:
+        assert row["requests"] > 0 and row["errors"] == {}, row
+        assert row["p99"] >= row["p50"] > 0, row
+        assert row["generator_cpu_share"] > 0, row
+        if row["phase"] != "closed":
+            assert row["offered_rate"] > 0 and row["sent_rate"] > 0, row
+    for delivery in data["deliveries"]:
+        assert delivery["produced"] == 3 * delivery["pages"] > 0, delivery
+        assert delivery["unique"] == delivery["produced"], delivery
+        assert delivery["duplicates"] == 0, delivery
