@@ -1,0 +1,265 @@
+"""Django middleware that sends a request's Optimizely events after the response.
+
+Usage (``settings.py``)::
+
+    MIDDLEWARE = [
+        "optimizely_middleware.django.OptimizelyMiddleware",   # first: outermost
+        ...
+    ]
+    OPTIMIZELY = {"DATAFILE_PATH": BASE_DIR / "datafile.json"}   # or "SDK_KEY"
+
+and in a view::
+
+    def checkout(request):
+        user = request.optimizely.create_user_context(visitor_id(request))
+        decision = user.decide("new_checkout")   # the event leaves after the response
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+
+from optimizely_middleware.django.state import DjangoOptimizely, current_state, get_state
+from optimizely_middleware.django.visitor import apply_visitor_cookie
+from optimizely_middleware.outcome import request_failed
+from optimizely_middleware.scope import RequestScope
+from optimizely_middleware.wsgi import ScopedRequest
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponseBase
+
+__all__ = ["OptimizelyMiddleware"]
+
+logger = logging.getLogger("optimizely_middleware")
+
+GetResponse = Callable[["HttpRequest"], "HttpResponseBase"]
+AsyncGetResponse = Callable[["HttpRequest"], Awaitable["HttpResponseBase"]]
+
+NO_ASGI_WRAPPER_HINT = (
+    "OptimizelyMiddleware serves an ASGI request that no OptimizelyASGIMiddleware owns, so "
+    "nothing flushes Optimizely events when the server stops (uvicorn runs no atexit "
+    "handlers) and the events of the last requests may be lost. In asgi.py, serve "
+    "optimizely_middleware.django.asgi_application(get_asgi_application())."
+)
+
+
+class OptimizelyMiddleware:
+    """Hands the Optimizely events of each request over after its response was sent.
+
+    Add it first in ``MIDDLEWARE`` (outermost, so that the events of other
+    middleware belong to the request too and it sees the final response). It
+    works in sync (WSGI) and async (ASGI) handlers alike. Each request runs
+    in a scope of the process's one dispatcher, built from
+    ``settings.OPTIMIZELY`` when Django loads the middleware (a mistake
+    raises :class:`~django.core.exceptions.ImproperlyConfigured` then); the
+    client is ``request.optimizely``.
+
+    The events are handed over once, in one non-blocking call, when Django's
+    handler closes the response: under WSGI when the server calls
+    ``close()`` after writing the body, under ASGI after the last body
+    message was sent, in the test ``Client`` when the content has been read.
+    A streaming response's iterator runs inside the request's scope, so the
+    events it fires belong to the request; ``FileResponse`` keeps the
+    server's ``sendfile`` path. A request that raised or answered with a 5xx
+    status follows ``FAILED_REQUESTS``.
+
+    Behind ``OptimizelyWSGIMiddleware`` / ``OptimizelyASGIMiddleware`` of the
+    same dispatcher (such as :func:`~optimizely_middleware.django.asgi_application`),
+    the outer middleware owns the request and this one only sets
+    ``request.optimizely``, so nothing is handed over twice.
+
+    Example::
+
+        MIDDLEWARE = ["optimizely_middleware.django.OptimizelyMiddleware", *MIDDLEWARE]
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse | AsyncGetResponse) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        get_state()  # settings mistakes surface when Django loads the middleware
+        self._warned_no_asgi_wrapper = False
+
+    def __repr__(self) -> str:
+        return f"<OptimizelyMiddleware async_mode={self.async_mode}>"
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        state = get_state()
+        request.optimizely = state.client
+        if state.dispatcher.current_scope() is not None:
+            # An outer middleware of the same dispatcher owns this request.
+            response: HttpResponseBase = self.get_response(request)
+            apply_visitor_cookie(request, response)
+            return response
+        scoped = ScopedRequest(state.dispatcher)
+        try:
+            with state.dispatcher.activate(scoped.scope):
+                response = self.get_response(request)
+                apply_visitor_cookie(request, response)
+        except BaseException as exc:
+            scoped.finish(failed=request_failed(exc=exc))
+            raise
+        hand_over_on_close(response, scoped)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        state = current_state() or await sync_to_async(get_state, thread_sensitive=False)()
+        request.optimizely = state.client
+        get_response: AsyncGetResponse = self.get_response
+        if state.dispatcher.current_scope() is not None:
+            response = await get_response(request)
+            apply_visitor_cookie(request, response)
+            return response
+        self._check_asgi_wrapper(request, state)
+        scoped = ScopedRequest(state.dispatcher)
+        try:
+            with state.dispatcher.activate(scoped.scope):
+                response = await get_response(request)
+                apply_visitor_cookie(request, response)
+        except BaseException as exc:
+            scoped.finish(failed=request_failed(exc=exc))
+            raise
+        hand_over_on_close(response, scoped)
+        return response
+
+    def _check_asgi_wrapper(self, request: HttpRequest, state: DjangoOptimizely) -> None:
+        if self._warned_no_asgi_wrapper:
+            return
+        self._warned_no_asgi_wrapper = True
+        asgi_scope = getattr(request, "scope", None)
+        # Django's AsyncClient is not a server: nothing to flush at its "shutdown".
+        if isinstance(asgi_scope, dict) and asgi_scope.get("server") != ("testserver", "80"):
+            logger.warning(NO_ASGI_WRAPPER_HINT)
+
+
+def hand_over_on_close(response: HttpResponseBase, scoped: ScopedRequest) -> None:
+    """Tie the hand-off of ``scoped`` to ``response.close()``.
+
+    Django's handlers call ``close()`` once the body went out (WSGI: the
+    server does, through the response or its file wrapper; ASGI: the
+    handler, after the last body message). The response's own closers (the
+    streaming iterator's ``close``, the file's) run inside the scope, then
+    the events are handed over. A response dropped without ``close()`` (a
+    middleware replaced it) hands over when it is collected.
+    """
+    if request_failed(status=response.status_code):
+        scoped.scope.mark_failed()
+    if response.streaming and getattr(response, "file_to_stream", None) is None:
+        # A FileResponse only reads a file: leave it as it is for sendfile().
+        content = response.streaming_content
+        if response.is_async:
+            response.streaming_content = ScopedAsyncStream(content, scoped)
+        else:
+            response.streaming_content = ScopedStream(content, scoped)
+    entry = EnterScope(scoped)
+    closers: list[Callable[[], object]] = response._resource_closers
+    closers.insert(0, entry)
+    closers.append(HandOver(entry))
+    scoped.watch(response)
+
+
+class Released:
+    """What a closer becomes when a response is pickled (Django's cache): nothing."""
+
+    __slots__ = ()
+
+    def __call__(self) -> None:
+        pass
+
+
+class EnterScope:
+    """The first closer of the response: the request's scope is current for the others."""
+
+    __slots__ = ("activation", "scoped")
+
+    def __init__(self, scoped: ScopedRequest) -> None:
+        self.scoped = scoped
+        self.activation: AbstractContextManager[RequestScope] | None = None
+
+    def __call__(self) -> None:
+        if self.activation is None and not self.scoped.scope.closed:
+            activation = self.scoped.dispatcher.activate(self.scoped.scope)
+            activation.__enter__()
+            self.activation = activation
+
+    def __reduce__(self) -> tuple[type[Released], tuple[()]]:
+        return (Released, ())
+
+
+class HandOver:
+    """The last closer of the response: leaves the scope and hands its events over."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: EnterScope) -> None:
+        self.entry = entry
+
+    def __call__(self) -> None:
+        activation, self.entry.activation = self.entry.activation, None
+        if activation is not None:
+            activation.__exit__(None, None, None)
+        self.entry.scoped.finish()
+
+    def __reduce__(self) -> tuple[type[Released], tuple[()]]:
+        return (Released, ())
+
+
+class ScopedStream:
+    """A streaming response's iterator, run inside the request's scope."""
+
+    __slots__ = ("_iterator", "_scoped")
+
+    def __init__(self, content: Iterator[bytes], scoped: ScopedRequest) -> None:
+        self._iterator = content
+        self._scoped = scoped
+
+    def __iter__(self) -> ScopedStream:
+        return self
+
+    def __next__(self) -> bytes:
+        scoped = self._scoped
+        try:
+            with scoped.dispatcher.activate(scoped.scope):
+                return next(self._iterator)
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            if request_failed(exc=exc):
+                scoped.scope.mark_failed()
+            raise
+
+
+class ScopedAsyncStream:
+    """An async streaming response's iterator, run inside the request's scope."""
+
+    __slots__ = ("_iterator", "_scoped")
+
+    def __init__(self, content: AsyncIterator[bytes], scoped: ScopedRequest) -> None:
+        self._iterator = content
+        self._scoped = scoped
+
+    def __aiter__(self) -> ScopedAsyncStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        scoped = self._scoped
+        try:
+            with scoped.dispatcher.activate(scoped.scope):
+                return await self._iterator.__anext__()
+        except StopAsyncIteration:
+            raise
+        except BaseException as exc:
+            if request_failed(exc=exc):
+                scoped.scope.mark_failed()
+            raise

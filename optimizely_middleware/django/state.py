@@ -1,0 +1,134 @@
+"""The process's one Optimizely client and dispatcher, built from settings on first use.
+
+Usage::
+
+    from optimizely_middleware.django import get_client, get_dispatcher
+
+    def renew(subscription):                        # a task, a management command
+        user = get_client().create_user_context(str(subscription.user_id))
+        with get_dispatcher().request_scope():
+            user.track_event("subscription_renewed")
+
+The middleware, :func:`get_client`, :func:`get_dispatcher` and the ASGI
+wrapper all share one :class:`DjangoOptimizely`, built once per process under
+a lock. The package's exit handler closes its sender within
+``SHUTDOWN_TIMEOUT`` seconds when the process exits normally (gunicorn,
+uWSGI, management commands); under an ASGI server the wrapper from
+:func:`~optimizely_middleware.django.asgi_application` does it at lifespan
+shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+from optimizely_middleware.client import create_client
+from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+from optimizely_middleware.django.config import SETTING, OptimizelySettings, load_settings
+from optimizely_middleware.sender import EventSender
+
+if TYPE_CHECKING:
+    from optimizely.optimizely import Optimizely
+
+__all__ = ["DjangoOptimizely", "get_client", "get_dispatcher", "get_state", "reset"]
+
+logger = logging.getLogger("optimizely_middleware")
+
+
+@dataclass(frozen=True)
+class DjangoOptimizely:
+    """What the Django integration runs on: the client, its dispatcher, the settings."""
+
+    client: Optimizely
+    dispatcher: RequestScopedEventDispatcher
+    settings: OptimizelySettings
+
+
+_lock = threading.Lock()
+_state: DjangoOptimizely | None = None
+
+
+def current_state() -> DjangoOptimizely | None:
+    """The state if it is built already (no lock, no I/O), else None."""
+    return _state
+
+
+def get_state() -> DjangoOptimizely:
+    """The process's state; built from ``settings.OPTIMIZELY`` on the first call.
+
+    Raises :class:`~django.core.exceptions.ImproperlyConfigured` for a
+    mistake in the settings (each call, until it is fixed).
+    """
+    global _state
+    state = _state
+    if state is not None:
+        return state
+    with _lock:
+        if _state is None:
+            _state = build(load_settings())
+        return _state
+
+
+def get_client() -> Optimizely:
+    """The Optimizely client that ``request.optimizely`` is, for code outside views."""
+    return get_state().client
+
+
+def get_dispatcher() -> RequestScopedEventDispatcher:
+    """The dispatcher: ``flush(timeout)``, ``stats()``, ``request_scope()``."""
+    return get_state().dispatcher
+
+
+def build(config: OptimizelySettings) -> DjangoOptimizely:
+    """A new client and dispatcher for ``config`` (the middleware uses :func:`get_state`)."""
+    dispatcher = RequestScopedEventDispatcher(
+        EventSender(endpoint=config.event_endpoint, shutdown_timeout=config.shutdown_timeout),
+        failed_requests=config.failed_requests,
+        outside_scope=config.outside_scope,
+        max_events_per_request=config.max_events_per_request,
+    )
+    try:
+        client = create_client(
+            dispatcher, config.datafile, sdk_key=config.sdk_key, **config.client_options
+        )
+    except TypeError as exc:
+        dispatcher.close(0)
+        raise ImproperlyConfigured(f"settings.OPTIMIZELY['CLIENT_OPTIONS']: {exc}") from exc
+    config_manager = getattr(client, "config_manager", None)
+    if config.sdk_key is None and config_manager is not None and not config_manager.get_config():
+        dispatcher.close(0)
+        raise ImproperlyConfigured(
+            "The Optimizely SDK rejected the datafile of settings.OPTIMIZELY (its log says "
+            "why); check that it is a datafile of your project's environment."
+        )
+    return DjangoOptimizely(client=client, dispatcher=dispatcher, settings=config)
+
+
+def reset(timeout: float = 5.0) -> None:
+    """Close the current dispatcher (delivering what it holds) and forget the state.
+
+    The next request, or the next :func:`get_client`, builds a new one from
+    the settings. Django's ``override_settings(OPTIMIZELY=...)`` calls it.
+    """
+    global _state
+    with _lock:
+        state, _state = _state, None
+    if state is not None:
+        state.dispatcher.close(timeout)
+        client_close = getattr(state.client, "close", None)
+        if callable(client_close):
+            client_close()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING:
+        reset()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="optimizely_middleware.django")

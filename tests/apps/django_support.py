@@ -1,0 +1,74 @@
+"""Helpers shared by the Django tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from optimizely_middleware.dispatcher import (
+    RequestScopedEventDispatcher,
+    add_request_end_listener,
+    remove_request_end_listener,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DATAFILE_PATH = ROOT / "tests" / "data" / "datafile.json"
+EXAMPLE_PROJECT = ROOT / "examples" / "django_project"
+
+
+def configure_django() -> None:
+    """Configure Django in this process once, for the in-process tests.
+
+    Called by a fixture, not at import, so collecting the suite does not
+    configure Django (pytest-django stays inactive for the other tests).
+    """
+    import django
+    from django.conf import settings
+
+    if settings.configured:
+        return
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="tests-only",
+        ALLOWED_HOSTS=["testserver", "127.0.0.1", "localhost"],
+        INSTALLED_APPS=[],
+        DATABASES={},
+        MIDDLEWARE=["optimizely_middleware.django.OptimizelyMiddleware"],
+        ROOT_URLCONF="tests.apps.django_views",
+        USE_TZ=True,
+        OPTIMIZELY={"DATAFILE_PATH": str(DATAFILE_PATH)},
+    )
+    django.setup()
+
+
+def user_of(item: Any) -> str:
+    """The visitor id of an event in a scope (a LogEvent or a pending UserEvent)."""
+    user_event = getattr(item, "user_event", None)
+    if user_event is not None:
+        return str(user_event.user_id)
+    return str(item.params["visitors"][0]["visitor_id"])
+
+
+class HandOffs:
+    """Each request scope that closed: (visitor ids, failed), in order."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[list[str], bool]] = []
+
+    def __call__(self, d: RequestScopedEventDispatcher, events: list[Any], failed: bool) -> None:
+        self.ended.append(([user_of(e) for e in events], failed))
+
+    def __len__(self) -> int:
+        return len(self.ended)
+
+
+@contextmanager
+def recording_hand_offs() -> Iterator[HandOffs]:
+    hand_offs = HandOffs()
+    add_request_end_listener(hand_offs)
+    try:
+        yield hand_offs
+    finally:
+        remove_request_end_listener(hand_offs)
