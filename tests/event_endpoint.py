@@ -1,5 +1,10 @@
 """A real HTTP event endpoint on 127.0.0.1 for tests: records every POST,
-can hold POSTs until released, answer with a chosen status, or be slow."""
+can hold POSTs until released, answer with a chosen status, or be slow.
+
+Each accepted POST records two times (``time.monotonic()``, which is one
+clock for every process of the machine): ``arrived_at``, when the request
+reached the endpoint (before any hold), and ``received_at``, when the
+endpoint accepted it (after the hold and the delay)."""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ class ReceivedPost:
     path: str
     headers: dict[str, str]
     body: bytes
-    received_at: float  # time.monotonic()
+    received_at: float  # time.monotonic() when accepted, after any hold
+    arrived_at: float  # time.monotonic() when the request reached the endpoint
 
     @property
     def json(self) -> Any:
@@ -53,6 +59,7 @@ class EventEndpoint:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                arrived_at = time.monotonic()
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 with endpoint._cond:
@@ -65,7 +72,9 @@ class EventEndpoint:
                 if 200 <= status < 300:
                     with endpoint._cond:
                         endpoint.posts.append(
-                            ReceivedPost(self.path, dict(self.headers), body, time.monotonic())
+                            ReceivedPost(
+                                self.path, dict(self.headers), body, time.monotonic(), arrived_at
+                            )
                         )
                         endpoint._cond.notify_all()
                 else:

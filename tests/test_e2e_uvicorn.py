@@ -17,8 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websocket
 
-from tests.apps.asgi_support import EXAMPLES, event_keys, posts_per_visitor, visitor_ids
+from tests.apps.asgi_support import (
+    EXAMPLES,
+    arrivals_by_visitor,
+    event_keys,
+    posts_per_visitor,
+    visitor_ids,
+)
 from tests.event_endpoint import EventEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,11 +64,18 @@ class Server:
 
 @contextmanager
 def uvicorn(
-    app: str, endpoint: EventEndpoint, tmp_path: Path, *, app_dir: Path = ROOT
+    app: str,
+    endpoint: EventEndpoint,
+    tmp_path: Path,
+    *,
+    app_dir: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     port = free_port()
     log_path = tmp_path / f"uvicorn-{port}.log"
-    env = dict(os.environ, OPTIMIZELY_EVENT_ENDPOINT=endpoint.url, PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, OPTIMIZELY_EVENT_ENDPOINT=endpoint.url, PYTHONUNBUFFERED="1", **(env or {})
+    )
     command = [
         sys.executable,
         "-m",
@@ -114,13 +128,11 @@ def test_the_response_is_complete_while_every_post_is_held(
             assert len(response.content) == int(response.headers["content-length"]) > 10_000
         event_endpoint.wait_for_arrivals(arrived_before + 1)  # delivery started, held
         posts_before_release = len(event_endpoint.posts)
-        released_at = time.monotonic()
         event_endpoint.release()
         event_endpoint.wait_for_visitors(2 + 10)
         server.terminate()
 
     new_posts = event_endpoint.posts[posts_before_release:]
-    assert all(post.received_at >= released_at for post in new_posts)
     per_visitor = posts_per_visitor(new_posts)
     assert per_visitor == {f"u{i}": 1 for i in range(5)}
     assert own_visitors(event_endpoint) == sorted([f"u{i}" for i in range(5)] * 2)
@@ -157,25 +169,88 @@ def test_the_event_loop_is_never_blocked_while_delivery_is_held(
     assert probe["max_lag"] < held_for
 
 
-def test_a_client_disconnect_mid_stream_loses_nothing(
+def test_events_arrive_only_after_the_client_has_the_whole_response(
     event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
+    received_at: dict[str, float] = {}
     with uvicorn("tests.apps.starlette_e2e:app", event_endpoint, tmp_path) as server:
         event_endpoint.wait_for_visitors(2)
-        port = int(server.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=EXIT_TIMEOUT) as sock:
-            sock.sendall(b"GET /stream?user=streamer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            received = b""
-            while b"chunk2" not in received:
-                data = sock.recv(4096)
-                assert data, "the server closed the stream early"
-                received += data
-        # the socket is closed: the stream is cancelled and its request ends
-        event_endpoint.wait_for_visitors(2 + 3)
+        with httpx.Client(base_url=server.url) as http:
+            for i in range(3):
+                user = f"g{i}"
+                # /gated flushes the sender inside the request, so events that
+                # escaped the request early would arrive before the response.
+                response = http.get("/gated", params={"user": user})
+                assert response.status_code == 200, response.text
+                assert response.text.startswith(f"{user}:")
+                assert len(response.content) == int(response.headers["content-length"])
+                received_at[user] = time.monotonic()
+                # The request ends (and its events may go) only after this.
+                assert httpx.get(server.url + "/ack", params={"user": user}).text == "ok"
+        event_endpoint.wait_for_visitors(2 + 6)
         server.terminate()
 
-    assert own_visitors(event_endpoint) == ["streamer"] * 3
-    assert posts_per_visitor(event_endpoint.posts)["streamer"] == 1
+    arrivals = arrivals_by_visitor(event_endpoint.posts)
+    for user, at in received_at.items():
+        assert len(arrivals[user]) == 1
+        assert arrivals[user][0] >= at, f"{user}'s events arrived before its response was read"
+
+
+def stream_then_disconnect(port: int, user: str) -> None:
+    """Read a streaming response up to its third chunk, then go away."""
+    with socket.create_connection(("127.0.0.1", port), timeout=EXIT_TIMEOUT) as sock:
+        sock.sendall(f"GET /stream?user={user} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        received = b""
+        while b"chunk2" not in received:
+            data = sock.recv(4096)
+            assert data, "the server closed the stream early"
+            received += data
+
+
+def upload_then_disconnect(port: int, user: str) -> None:
+    """Announce a 100 kB body, send 10 bytes of it, then go away."""
+    with socket.create_connection(("127.0.0.1", port), timeout=EXIT_TIMEOUT) as sock:
+        sock.sendall(
+            f"POST /upload?user={user} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n".encode()
+            + b"0123456789"
+        )
+
+
+def websocket_then_disconnect(port: int, user: str) -> None:
+    """One message and its reply, then the TCP connection closes without a close frame."""
+    connection = websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=EXIT_TIMEOUT)
+    connection.send(user)
+    assert connection.recv() == f"hello {user}"
+    connection.shutdown()
+
+
+@pytest.mark.parametrize("app", ["app", "decorated_app"], ids=["middleware", "decorator"])
+def test_the_same_client_disconnect_is_never_a_failed_request(
+    app: str, event_endpoint: EventEndpoint, tmp_path: Path
+) -> None:
+    """With failed_requests="discard": a request that raised is discarded, while
+    a client that goes away mid-stream, mid-upload or from a websocket loses
+    nothing, whether the app has the middleware or the endpoint decorator."""
+    env = {"OPTIMIZELY_TEST_FAILED_REQUESTS": "discard"}
+    with uvicorn(f"tests.apps.starlette_e2e:{app}", event_endpoint, tmp_path, env=env) as server:
+        readiness = 2 if app == "app" else 1
+        event_endpoint.wait_for_visitors(readiness)
+        port = int(server.url.rsplit(":", 1)[1])
+        assert httpx.get(server.url + "/boom", params={"user": "boom"}).status_code == 500
+        stream_then_disconnect(port, "streamer")
+        upload_then_disconnect(port, "uploader")
+        expected = ["streamer"] * 3 + ["uploader"]
+        if app == "app":  # the decorator is for HTTP endpoints
+            websocket_then_disconnect(port, "ws-user")
+            expected.append("ws-user")
+        event_endpoint.wait_for_visitors(readiness + len(expected))
+        stats = httpx.get(server.url + "/stats").json()
+        server.terminate()
+
+    assert own_visitors(event_endpoint) == sorted(expected)
+    assert (stats["failed_requests"], stats["dropped"]) == (1, {"failed_request": 1}), server.log
+    assert stats["open_scopes"] == (1 if app == "app" else 0)  # the /stats request itself
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,9 @@ class Timeline:
         self.dispatcher = dispatcher
         self.entries: list[str] = []
         self.handed_over: list[list[Any]] = []
+        # time.monotonic() once each response's last body message was sent:
+        # in-process (TestClient), the client then holds the whole response.
+        self.ended_at: list[float] = []
 
     def on_request_end(
         self, dispatcher: RequestScopedEventDispatcher, events: list[Any], failed: bool
@@ -55,6 +59,7 @@ class Timeline:
                 if message["type"] == "http.response.start":
                     self.entries.append(f"response.start:{message['status']}")
                 elif message["type"] == "http.response.body" and not message.get("more_body"):
+                    self.ended_at.append(time.monotonic())
                     self.entries.append("response.end")
 
             await app(scope, receive, send_recorded)
@@ -105,3 +110,12 @@ class Wired:
         )
         self.client = create_client(self.dispatcher, datafile=datafile)
         self.timeline = Timeline(self.dispatcher)
+
+
+def arrivals_by_visitor(posts: list[ReceivedPost]) -> dict[str, list[float]]:
+    """For each visitor id, when each POST carrying its events reached the endpoint."""
+    arrivals: dict[str, list[float]] = {}
+    for post in posts:
+        for visitor_id in {v["visitor_id"] for v in post.visitors}:
+            arrivals.setdefault(visitor_id, []).append(post.arrived_at)
+    return arrivals
