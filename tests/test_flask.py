@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,6 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from optimizely.optimizely import Optimizely
+from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
 from optimizely_middleware import (
@@ -34,6 +38,7 @@ from tests.apps.wsgi_support import (
     DATAFILE_PATH,
     ROOT,
     event_keys,
+    get,
     hand_offs,
     posts_of,
     visitors_of,
@@ -416,6 +421,70 @@ def test_a_decorated_view_whose_response_is_dropped_still_hands_over(
         assert ended == []
         replaced.clear()  # the unserved response is released
         assert ended == [(["sam", "sam"], False)]
+
+
+# -- a client that goes away, under the werkzeug server ---------------------------
+
+
+@contextmanager
+def werkzeug_server(app: Flask) -> Iterator[int]:
+    """``app`` served by werkzeug's threaded server on 127.0.0.1; yields the port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.port
+    finally:
+        server.shutdown()
+        thread.join(30)
+        server.server_close()
+
+
+def stream_then_disconnect(port: int, path: str) -> None:
+    """Read the first bytes of an endless response, then go away."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def upload_then_disconnect(port: int, path: str) -> None:
+    """Announce a 100 kB body, send 10 bytes of it, then go away."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n".encode()
+            + b"0123456789"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(4096)  # the answer (400) or the close
+
+
+@pytest.mark.parametrize("mounted", ["extension", "decorator"])
+def test_the_same_client_disconnect_is_never_a_failed_request(
+    mounted: str, event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    """With failed_requests="discard": a view that raised is discarded, while a
+    client that goes away mid-stream or mid-upload loses nothing, with the
+    extension (the WSGI middleware) and with the view decorator alike."""
+    if mounted == "extension":
+        app = create_app(settings(event_endpoint, OPTIMIZELY_FAILED_REQUESTS="discard"))
+        dispatcher = state(app).dispatcher
+        prefix = ""
+    else:
+        setup = Decorated(event_endpoint, datafile, failed_requests="discard")
+        app, dispatcher, prefix = setup.app, setup.dispatcher, "deferred-"
+    try:
+        with hand_offs(dispatcher) as ended, werkzeug_server(app) as port:
+            status, _ = get(port, f"/{prefix}raise/boom")
+            assert status == 500
+            stream_then_disconnect(port, f"/{prefix}endless/streamer")
+            upload_then_disconnect(port, f"/{prefix}upload/uploader")
+            visitors = event_endpoint.wait_for_visitors(3)
+        assert sorted(v["visitor_id"] for v in visitors) == ["streamer", "streamer", "uploader"]
+        assert sorted(ended) == [(["boom"], True), (["streamer"] * 2, False), (["uploader"], False)]
+        stats = dispatcher.stats()
+        assert (stats["failed_requests"], stats["dropped"]) == (1, {"failed_request": 1})
+    finally:
+        dispatcher.close(10)
 
 
 # -- the example ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, send_file, stream_with_context
+from flask import Flask, Response, jsonify, request, send_file, stream_with_context
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 from optimizely_middleware.flask import OptimizelyFlask, current_optimizely, defer_events
@@ -99,7 +99,26 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def deferred(user_id: str) -> Any:
         return jsonify(user=user_id, enabled=decide(user_id))
 
+    @app.get("/endless/<user_id>")
+    def endless(user_id: str) -> Response:
+        decide(user_id)
+        return Response(stream_with_context(endless_body(decide, user_id)))
+
+    @app.post("/upload/<user_id>")
+    def upload(user_id: str) -> Any:
+        decide(user_id)
+        return f"{len(request.get_data())} bytes"  # ClientDisconnected if the client left
+
     return app
+
+
+def endless_body(decide: Any, user_id: str) -> Iterator[bytes]:
+    """Chunks until the server stops (the client went away); then one more event."""
+    try:
+        while True:
+            yield b"x" * 65536
+    finally:
+        decide(user_id)
 
 
 def create_decorated_app_from_env() -> Flask:
@@ -158,6 +177,18 @@ def create_decorated_app(dispatcher: RequestScopedEventDispatcher, client: Any) 
     def deferred_500(user_id: str) -> Any:
         decide(user_id)
         return "unavailable", 503
+
+    @app.get("/deferred-endless/<user_id>")
+    @defer_events(dispatcher)
+    def deferred_endless(user_id: str) -> Response:
+        decide(user_id)
+        return Response(endless_body(decide, user_id))
+
+    @app.post("/deferred-upload/<user_id>")
+    @defer_events(dispatcher)
+    def deferred_upload(user_id: str) -> Any:
+        decide(user_id)
+        return f"{len(request.get_data())} bytes"
 
     @app.get("/plain/<user_id>")
     def plain(user_id: str) -> Any:
