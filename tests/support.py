@@ -1,7 +1,8 @@
-"""Small fakes for unit tests of one class."""
+"""Small fakes and helpers shared by the unit tests (no test module imports another)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -33,3 +34,19 @@ class RecordingSink:
     @property
     def events(self) -> list[LogEvent]:
         return [e for b in self.batches for e in b]
+
+
+def visitor_id_of(item: object) -> str:
+    """The visitor of one handed-over item: a LogEvent (its params) or a
+    pending SDK UserEvent (``.user_event.user_id``)."""
+    params = getattr(item, "params", None)
+    if params is not None:
+        return str(params["visitors"][0]["visitor_id"])
+    return str(item.user_event.user_id)  # type: ignore[attr-defined]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

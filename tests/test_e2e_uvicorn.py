@@ -27,16 +27,11 @@ from tests.apps.asgi_support import (
     visitor_ids,
 )
 from tests.event_endpoint import EventEndpoint
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0
 EXIT_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

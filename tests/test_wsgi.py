@@ -23,7 +23,7 @@ from optimizely_middleware import (
 )
 from optimizely_middleware.dispatcher import add_request_end_listener, remove_request_end_listener
 from optimizely_middleware.wsgi import ENVIRON_KEY
-from tests.support import RecordingSink
+from tests.support import RecordingSink, visitor_id_of
 
 DATAFILE_PATH = Path(__file__).parent / "data" / "datafile.json"
 
@@ -45,7 +45,7 @@ class Setup:
         self.client.create_user_context(user_id).decide("new_checkout")
 
     def users(self, batch: int) -> list[str]:
-        return [e.params["visitors"][0]["visitor_id"] for e in self.sink.batches[batch]]
+        return [visitor_id_of(e) for e in self.sink.batches[batch]]
 
 
 @pytest.fixture
@@ -75,27 +75,29 @@ class Server:
         return app(self.environ, self.start_response)
 
 
-def hand_offs(dispatcher: RequestScopedEventDispatcher) -> list[tuple[int, bool]]:
-    """(event count, failed) of each request of ``dispatcher`` that ends from now on."""
-    seen: list[tuple[int, bool]] = []
-
-    def listener(d: RequestScopedEventDispatcher, events: list[Any], failed: bool) -> None:
-        if d is dispatcher:
-            seen.append((len(events), failed))
-
-    add_request_end_listener(listener)
-    return seen
+HandOffs = Callable[[RequestScopedEventDispatcher], list[tuple[int, bool]]]
 
 
-@pytest.fixture(autouse=True)
-def _remove_listeners() -> Iterator[None]:
-    from optimizely_middleware import dispatcher as module
+@pytest.fixture
+def hand_offs() -> Iterator[HandOffs]:
+    """``hand_offs(dispatcher)``: a list of (event count, failed), one per request
+    of ``dispatcher`` that ends from then on until the end of the test."""
+    listeners: list[Any] = []
 
-    before = list(module._request_end_listeners)
-    yield
-    for listener in list(module._request_end_listeners):
-        if listener not in before:
-            remove_request_end_listener(listener)
+    def record(dispatcher: RequestScopedEventDispatcher) -> list[tuple[int, bool]]:
+        seen: list[tuple[int, bool]] = []
+
+        def listener(d: RequestScopedEventDispatcher, events: list[Any], failed: bool) -> None:
+            if d is dispatcher:
+                seen.append((len(events), failed))
+
+        add_request_end_listener(listener)
+        listeners.append(listener)
+        return seen
+
+    yield record
+    for listener in listeners:
+        remove_request_end_listener(listener)
 
 
 def test_events_are_handed_over_once_the_body_is_written(setup: Setup) -> None:
@@ -190,7 +192,9 @@ def test_the_scope_is_active_only_while_app_code_runs(setup: Setup) -> None:
     assert setup.sink.batches == []
 
 
-def test_an_exception_before_returning_propagates_and_hands_over(setup: Setup) -> None:
+def test_an_exception_before_returning_propagates_and_hands_over(
+    setup: Setup, hand_offs: HandOffs
+) -> None:
     error = RuntimeError("boom")
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -206,7 +210,9 @@ def test_an_exception_before_returning_propagates_and_hands_over(setup: Setup) -
     assert setup.dispatcher.current_scope() is None
 
 
-def test_an_exception_while_iterating_propagates_and_hands_over(setup: Setup) -> None:
+def test_an_exception_while_iterating_propagates_and_hands_over(
+    setup: Setup, hand_offs: HandOffs
+) -> None:
     error = ValueError("body failed")
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
@@ -258,7 +264,7 @@ def test_failed_requests_are_discarded_with_the_discard_policy(discarding: Setup
 
 
 def test_a_5xx_status_or_exc_info_in_start_response_marks_the_request_failed(
-    setup: Setup,
+    setup: Setup, hand_offs: HandOffs
 ) -> None:
     def lazy_500(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
         # start_response called on the first next(), as generator apps do
@@ -406,7 +412,7 @@ def test_wrapping_twice_hands_each_event_over_once(setup: Setup) -> None:
     assert setup.dispatcher.stats()["requests"] == 1
 
 
-def test_an_exception_in_close_propagates_and_hands_over(setup: Setup) -> None:
+def test_an_exception_in_close_propagates_and_hands_over(setup: Setup, hand_offs: HandOffs) -> None:
     class Body:
         def __iter__(self) -> Iterator[bytes]:
             yield b"x"

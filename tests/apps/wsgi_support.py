@@ -22,6 +22,7 @@ from optimizely_middleware.dispatcher import (
     remove_request_end_listener,
 )
 from tests.event_endpoint import ReceivedPost
+from tests.support import free_port, visitor_id_of
 
 ROOT = Path(__file__).resolve().parents[2]
 DATAFILE_PATH = ROOT / "tests" / "data" / "datafile.json"
@@ -34,7 +35,7 @@ def hand_offs(dispatcher: RequestScopedEventDispatcher) -> Iterator[list[tuple[l
 
     def listener(d: RequestScopedEventDispatcher, events: list[Any], failed: bool) -> None:
         if d is dispatcher:
-            ended.append(([e.params["visitors"][0]["visitor_id"] for e in events], failed))
+            ended.append(([visitor_id_of(e) for e in events], failed))
 
     add_request_end_listener(listener)
     try:
@@ -58,12 +59,6 @@ def posts_of(posts: list[ReceivedPost], user: str) -> list[ReceivedPost]:
 
 def visitors_of(posts: list[ReceivedPost], user: str) -> list[dict[str, Any]]:
     return [v for p in posts for v in p.visitors if v["visitor_id"] == user]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
