@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from optimizely_middleware.client import check_client
+from optimizely_middleware.adapters import checked_dispatcher, owned_by_outer
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.errors import WiringWarning
 from optimizely_middleware.lifespan import (
@@ -115,17 +115,10 @@ class OptimizelyASGIMiddleware:
         close_on_shutdown: bool = True,
         flush_after_request: bool | None = None,
     ) -> None:
-        if not isinstance(dispatcher, RequestScopedEventDispatcher):
-            raise TypeError(
-                "OptimizelyASGIMiddleware needs a RequestScopedEventDispatcher, "
-                f"not {type(dispatcher).__name__}"
-            )
         if shutdown_timeout < 0:
             raise ValueError("shutdown_timeout must not be negative")
-        if client is not None:
-            check_client(client, dispatcher)
+        self.dispatcher = checked_dispatcher("OptimizelyASGIMiddleware", dispatcher, client)
         self.app = app
-        self.dispatcher = dispatcher
         self.client = client
         self.shutdown_timeout = shutdown_timeout
         self.close_on_shutdown = close_on_shutdown
@@ -143,8 +136,7 @@ class OptimizelyASGIMiddleware:
             return
         if self.client is not None:
             scope.setdefault("state", {})[STATE_KEY] = self.client
-        if self.dispatcher.current_scope() is not None:
-            # An outer middleware of the same dispatcher already owns this request.
+        if owned_by_outer(self.dispatcher):
             await self.app(scope, receive, send)
             return
         if scope_type == "http":

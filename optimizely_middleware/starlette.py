@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from optimizely_middleware.adapters import owned_by_outer
 from optimizely_middleware.asgi import STATE_KEY
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.outcome import request_failed
@@ -67,7 +68,7 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
 
             @functools.wraps(endpoint)
             async def async_endpoint(*args: Any, **kwargs: Any) -> Any:
-                if dispatcher.current_scope() is not None:
+                if owned_by_outer(dispatcher):
                     return await endpoint(*args, **kwargs)
                 with endpoint_scope(dispatcher) as request:
                     response = await endpoint(*args, **kwargs)
@@ -79,7 +80,7 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
         def sync_endpoint(*args: Any, **kwargs: Any) -> Any:
             # Runs in the thread pool, in a copy of the request's context: the
             # scope opened here is the one the endpoint's events go to.
-            if dispatcher.current_scope() is not None:
+            if owned_by_outer(dispatcher):
                 return endpoint(*args, **kwargs)
             with endpoint_scope(dispatcher) as request:
                 response = endpoint(*args, **kwargs)

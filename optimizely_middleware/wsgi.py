@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 # Imported for its exit handler, which must be registered before this module's.
 import optimizely_middleware.sender  # noqa: F401
-from optimizely_middleware.client import check_client
+from optimizely_middleware.adapters import checked_dispatcher, owned_by_outer
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
@@ -96,15 +96,8 @@ class OptimizelyWSGIMiddleware:
         *,
         client: Optimizely | None = None,
     ) -> None:
-        if not isinstance(dispatcher, RequestScopedEventDispatcher):
-            raise TypeError(
-                "OptimizelyWSGIMiddleware needs a RequestScopedEventDispatcher, "
-                f"not {type(dispatcher).__name__}"
-            )
-        if client is not None:
-            check_client(client, dispatcher)
+        self.dispatcher = checked_dispatcher("OptimizelyWSGIMiddleware", dispatcher, client)
         self.app = app
-        self.dispatcher = dispatcher
         self.client = client
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -112,8 +105,7 @@ class OptimizelyWSGIMiddleware:
             hand_over_released_bodies()
         if self.client is not None:
             environ[ENVIRON_KEY] = self.client
-        if self.dispatcher.current_scope() is not None:
-            # An outer middleware of the same dispatcher already owns this request.
+        if owned_by_outer(self.dispatcher):
             return self.app(environ, start_response)
         request = ScopedRequest(self.dispatcher)
         return request.run(self.app, environ, start_response)

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
+from optimizely_middleware import wsgi
 from optimizely_middleware.django.state import DjangoOptimizely, current_state, get_state
 from optimizely_middleware.django.visitor import apply_visitor_cookie
 from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
-from optimizely_middleware.wsgi import ScopedRequest
+from optimizely_middleware.wsgi import ScopedRequest, hand_over_released_bodies
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponseBase
@@ -95,6 +96,10 @@ class OptimizelyMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
+        if wsgi._released_during_gc:
+            # Responses released during a garbage collection (never closed) are
+            # handed over here, outside the collector (see ScopedRequest.watch).
+            hand_over_released_bodies()
         state = get_state()
         request.optimizely = state.client
         if state.dispatcher.current_scope() is not None:
@@ -114,6 +119,8 @@ class OptimizelyMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if wsgi._released_during_gc:
+            hand_over_released_bodies()
         state = current_state() or await sync_to_async(get_state, thread_sensitive=False)()
         request.optimizely = state.client
         get_response: AsyncGetResponse = self.get_response
