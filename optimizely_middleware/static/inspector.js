@@ -172,6 +172,7 @@
     $("posts").replaceChildren();
     state.ids.clear();
     state.since = 0;
+    delete document.body.dataset.lastId;
     updateShown();
   }
 
@@ -185,7 +186,7 @@
     empty.hidden = n > 0;
     if (filtering()) empty.textContent = "Nothing here matches the filters.";
     $("shown").textContent = filtering()
-      ? `${plural(n, "POST")} match the filters, of ${state.listed} in the list.`
+      ? `${plural(n, "POST")} ${n === 1 ? "matches" : "match"} the filters, of ${state.listed} in the list.`
       : `${plural(n, "POST")} in the list, newest first.`;
   }
 
@@ -280,6 +281,8 @@
         renderStats(data.stats);
         addPosts(data.posts, fresh);
         state.since = data.last_id;
+        // Scripts and tests can wait on this: every POST up to it has been shown or filtered out.
+        document.body.dataset.lastId = String(data.last_id);
         setLive("live");
       } catch (error) {
         if (controller.signal.aborted) continue;
