@@ -7,6 +7,7 @@ import asyncio
 import gc
 import pickle
 import threading
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from optimizely_middleware.django import (
     get_dispatcher,
     get_state,
 )
+from optimizely_middleware.django import state as state_module
 from optimizely_middleware.testing import EventCapture
 from tests.apps.django_support import (
     DATAFILE_PATH,
@@ -117,7 +119,7 @@ def test_request_optimizely_is_the_process_client() -> None:
 
 
 def test_the_state_is_built_once_under_concurrent_first_use(
-    optimizely_settings: dict[str, Any],
+    optimizely_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with override_settings(OPTIMIZELY={**optimizely_settings, "SHUTDOWN_TIMEOUT": 1.0}):
         barrier = threading.Barrier(8)
@@ -127,6 +129,15 @@ def test_the_state_is_built_once_under_concurrent_first_use(
             barrier.wait()
             states.append(get_state())
 
+        builds: list[int] = []
+
+        def slow_build(config: Any) -> Any:
+            builds.append(1)
+            time.sleep(0.05)  # widens the window in which a second build could start
+            return real_build(config)
+
+        real_build = state_module.build
+        monkeypatch.setattr(state_module, "build", slow_build)
         threads = [threading.Thread(target=first_use) for _ in range(8)]
         for thread in threads:
             thread.start()
@@ -134,6 +145,7 @@ def test_the_state_is_built_once_under_concurrent_first_use(
             thread.join()
         assert len(states) == 8
         assert len({id(state) for state in states}) == 1
+        assert len(builds) == 1
         assert states[0].settings.shutdown_timeout == 1.0
 
 
@@ -410,3 +422,85 @@ def test_missing_settings_say_what_to_add() -> None:
         del settings.OPTIMIZELY
         with pytest.raises(ImproperlyConfigured, match=r"needs settings\.OPTIMIZELY"):
             get_state()
+
+
+# -- visitor ids ------------------------------------------------------------------------
+
+
+def test_visitor_id_sets_a_cookie_once_and_keeps_the_id(hand_offs: HandOffs) -> None:
+    from optimizely_middleware.django import visitor_id
+
+    def view(request: Any) -> Any:
+        first = visitor_id(request)
+        assert visitor_id(request) == first  # stable within the request
+        return _decide_and_respond(request, first)
+
+    middleware = OptimizelyMiddleware(view)
+    new = middleware(RequestFactory().get("/"))
+    new.close()
+    cookie = new.cookies["optimizely_visitor_id"]
+    assert len(cookie.value) == 32 and cookie.value != "None"
+    assert cookie["max-age"] == 365 * 24 * 3600
+    assert "Cookie" in new["Vary"]
+
+    factory = RequestFactory()
+    factory.cookies["optimizely_visitor_id"] = cookie.value
+    again = middleware(factory.get("/"))
+    again.close()
+    assert "optimizely_visitor_id" not in again.cookies
+    assert "Cookie" in again["Vary"]
+
+    factory.cookies["optimizely_visitor_id"] = "not an id; <script>"
+    replaced = middleware(factory.get("/"))
+    replaced.close()
+    assert replaced.cookies["optimizely_visitor_id"].value != "not an id; <script>"
+    ids = [users[0] for users, _ in hand_offs.ended]
+    assert ids[0] == ids[1] == cookie.value
+    assert ids[2] == replaced.cookies["optimizely_visitor_id"].value
+
+
+def test_views_that_do_not_ask_for_a_visitor_id_set_no_cookie() -> None:
+    response = Client().get("/decide/wes")
+    assert "optimizely_visitor_id" not in response.cookies
+    assert not response.has_header("Vary")
+
+
+# -- ASGI without the wrapper ------------------------------------------------------------
+
+
+def test_serving_asgi_without_the_wrapper_logs_a_warning_once(
+    caplog: pytest.LogCaptureFixture, hand_offs: HandOffs
+) -> None:
+    from django.core.asgi import get_asgi_application
+
+    application = get_asgi_application()
+
+    async def request(path: str) -> int:
+        sent: list[MutableMapping[str, Any]] = []
+        incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        incoming.put_nowait({"type": "http.request", "body": b""})
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "path": path,
+            "query_string": b"",
+            "headers": [(b"host", b"127.0.0.1")],
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 5000),
+        }
+        await application(scope, incoming.get, send)
+        return int(sent[0]["status"])
+
+    async def run() -> list[int]:
+        return [await request("/async/xena"), await request("/decide/yuri")]
+
+    assert asyncio.run(run()) == [200, 200]
+    assert hand_offs.ended == [(["xena"], False), (["yuri"], False)]
+    hints = [r for r in caplog.records if "asgi_application" in r.getMessage()]
+    assert len(hints) == 1

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
 from optimizely_middleware import wsgi
+from optimizely_middleware.adapters import owned_by_outer
 from optimizely_middleware.django.state import DjangoOptimizely, current_state, get_state
 from optimizely_middleware.django.visitor import apply_visitor_cookie
 from optimizely_middleware.outcome import request_failed
@@ -102,7 +103,7 @@ class OptimizelyMiddleware:
             hand_over_released_bodies()
         state = get_state()
         request.optimizely = state.client
-        if state.dispatcher.current_scope() is not None:
+        if owned_by_outer(state.dispatcher):
             # An outer middleware of the same dispatcher owns this request.
             response: HttpResponseBase = self.get_response(request)
             apply_visitor_cookie(request, response)
@@ -124,7 +125,7 @@ class OptimizelyMiddleware:
         state = current_state() or await sync_to_async(get_state, thread_sensitive=False)()
         request.optimizely = state.client
         get_response: AsyncGetResponse = self.get_response
-        if state.dispatcher.current_scope() is not None:
+        if owned_by_outer(state.dispatcher):
             response = await get_response(request)
             apply_visitor_cookie(request, response)
             return response
