@@ -275,8 +275,11 @@ class Command:
                 return seen
 
     def url(self) -> str:
-        line = self.read_until(self.stderr, "Send events to ")[-1]
-        return line.split("Send events to ")[1].split(" ")[0]
+        return self.url_from(self.read_until(self.stderr, "Send events to "))
+
+    @staticmethod
+    def url_from(notes: list[str]) -> str:
+        return notes[-1].split("Send events to ")[1].split(" ")[0]
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -332,7 +335,33 @@ def test_command_says_it_listens_on_localhost_only(command: list[Command]) -> No
     notes = cmd.read_until(cmd.stderr, "Send events to ")
     assert "Listening on 127.0.0.1 only (event payloads carry user ids)." in notes
     assert "answering 503 Service Unavailable after 0.25s" in notes[-1]
+    assert not any("WARNING" in line for line in notes)
+    (inspector,) = [line for line in notes if line.startswith("Inspector: ")]
+    page = inspector.split()[1]
+    assert page == cmd.url_from(notes).replace("/v1/events", "/")
+    assert "<title>Optimizely events" in requests.get(page, timeout=WAIT).text
     assert cmd.stop() == 0
+
+
+def test_command_warns_when_told_to_listen_elsewhere(command: list[Command]) -> None:
+    # 127.0.0.2 is not one of the names the devserver knows as local-only, so it warns.
+    cmd = Command("--host", "127.0.0.2", "--port", "0")
+    command.append(cmd)
+    notes = cmd.read_until(cmd.stderr, "Send events to ")
+    (warning,) = [line for line in notes if line.startswith("WARNING: listening on 127.0.0.2")]
+    assert "payloads carry user ids" in warning
+    assert "The inspector still answers this machine only." in warning
+    (inspector,) = [line for line in notes if line.startswith("Inspector: ")]
+    page = inspector.split()[1]
+    assert page.startswith("http://127.0.0.2:")
+    assert requests.get(page + "api/stats", timeout=WAIT).json()["posts"] == 0
+    assert cmd.stop() == 0
+
+
+def test_inspector_url_for_a_wildcard_address_is_loopback() -> None:
+    assert DevServer("0.0.0.0", 8765).inspector_url == "http://127.0.0.1:8765/"
+    assert DevServer("::1", 8765).inspector_url == "http://[::1]:8765/"
+    assert DevServer("127.0.0.1", 9000).url == "http://127.0.0.1:9000/v1/events"
 
 
 def test_command_reports_a_port_in_use() -> None:
@@ -360,3 +389,4 @@ def test_command_help_lists_the_options() -> None:
     assert result.returncode == 0
     for option in ("--host", "--port", "--delay", "--status", "--quiet", "--json"):
         assert option in result.stdout
+    assert "inspector page at /" in result.stdout
