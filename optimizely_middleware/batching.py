@@ -2,8 +2,9 @@
 
 Usage::
 
-    a = encode_event(log_event_1)
-    b = encode_event(log_event_2)
+    encoder = LogEventEncoder()          # one per sender: it holds its envelope cache
+    a = encoder.encode(log_event_1)
+    b = encoder.encode(log_event_2)
     if a.key == b.key:
         body = merged_body([a, b])  # the SDK's own batch payload for both events
 
@@ -16,9 +17,11 @@ checked on the serialised form, which is stricter than ``==`` (``1`` and
 Visitors are serialised one by one and joined as bytes: never modified,
 never deduplicated, never re-ordered.
 
-Each event is serialised exactly once, on a worker thread, with
-``json.dumps(..., separators=(",", ":"))``; a body made of one event is
-byte-for-byte ``json.dumps(event.params, separators=(",", ":"))``.
+Each event is serialised exactly once, by the delivery engine's worker
+thread, in short slices (see :mod:`optimizely_middleware.engine`), never on
+the request's thread. :class:`LogEventEncoder` serialises the SDK's
+``LogEvent`` with ``json.dumps(..., separators=(",", ":"))``; a body made of
+one event is byte-for-byte ``json.dumps(event.params, separators=(",", ":"))``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ import itertools
 import json
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from optimizely.event_builder import Event
 
 __all__ = [
     "EncodedEvent",
+    "ItemEncoder",
+    "LogEventEncoder",
     "UnserializableEvent",
     "body_of",
     "encode_event",
@@ -50,27 +55,37 @@ class UnserializableEvent(ValueError):
     """The event's payload cannot be turned into JSON. The message never contains the payload."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class EncodedEvent:
     """One event, serialised: ``prefix + visitors + suffix`` is its own POST body.
 
-    ``key`` is equal for two events exactly when they may share a POST.
+    ``key`` is equal for two events exactly when they may share a POST, as
+    ``prefix + b",".join(visitors) + suffix``. ``event`` is the item it was
+    made from (passed to ``on_error``), or None.
     """
 
-    event: Event
     key: Hashable
     url: str
     headers: dict[str, str]
     prefix: bytes
     visitors: bytes
     suffix: bytes
-    seq: int = 0
-    queued_at: float = 0.0  # time.monotonic() when it entered the sender's queue
+    event: object | None = None
 
     @property
     def nbytes(self) -> int:
         """Memory held by the serialised event (what the queue's byte cap counts)."""
         return len(self.prefix) + len(self.visitors) + len(self.suffix)
+
+
+class ItemEncoder(Protocol):
+    """Turns one handed-over item into an :class:`EncodedEvent`.
+
+    Raises :class:`UnserializableEvent` (whose message never contains the
+    payload) when the item cannot be encoded. Called on a worker thread.
+    """
+
+    def encode(self, item: object) -> EncodedEvent: ...
 
 
 def post_headers(event: Event) -> dict[str, str]:
@@ -90,46 +105,76 @@ _unmergeable_keys = itertools.count()
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _JSON_HEADERS_KEY: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
-
-# Serialised envelopes by their (key, type, value) items: every event of one SDK
-# client and datafile revision shares one, so most events skip that work.
-_envelope_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 _ENVELOPE_CACHE_SIZE = 256
 
 
-def encode_event(event: Event, *, seq: int = 0, queued_at: float = 0.0) -> EncodedEvent:
-    """Serialise ``event`` once; raise :class:`UnserializableEvent` if it cannot be.
+class LogEventEncoder:
+    """Encodes the SDK's ``LogEvent`` objects; its envelope cache lives on the instance.
 
+    Every event of one SDK client and datafile revision shares one envelope
+    (every top-level key except ``visitors``), so most events skip that work.
     Values JSON cannot represent (objects, NaN, infinities, circular
-    references) are refused here, so that one bad event cannot spoil a merged
-    POST that the API would reject as a whole.
+    references) are refused, so that one bad event cannot spoil a merged POST
+    that the API would reject as a whole.
+
+    Example::
+
+        encoder = LogEventEncoder()
+        encoded = encoder.encode(log_event)
+        assert encoded.prefix + encoded.visitors + encoded.suffix == compact_json(log_event.params)
     """
-    url = str(event.url)
-    raw_headers = getattr(event, "headers", None)
-    if not raw_headers or raw_headers == _JSON_HEADERS:
-        headers, headers_key = dict(_JSON_HEADERS), _JSON_HEADERS_KEY
-    else:
-        headers = post_headers(event)
-        headers_key = tuple(sorted(headers.items()))
-    params = event.params
-    try:
-        envelope = _split_envelope(params)
-        if envelope is None:
-            body = _dumps(params).encode()
-            key: Hashable = ("unmergeable", next(_unmergeable_keys))
-            return EncodedEvent(event, key, url, headers, b"", body, b"", seq, queued_at)
-        prefix, suffix, visitor_list = envelope
-        if len(visitor_list) == 1:
-            visitors = _dumps(visitor_list[0]).encode()
+
+    def __init__(self) -> None:
+        self._envelopes: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+
+    def encode(self, item: object) -> EncodedEvent:
+        """Serialise ``item`` (a ``LogEvent``); :class:`UnserializableEvent` if it cannot be."""
+        try:
+            url = str(item.url)  # type: ignore[attr-defined]
+            raw_headers = getattr(item, "headers", None)
+            params = item.params  # type: ignore[attr-defined]
+        except AttributeError as exc:
+            raise UnserializableEvent(f"{type(exc).__name__} while reading the event") from None
+        if not raw_headers or raw_headers == _JSON_HEADERS:
+            headers, headers_key = dict(_JSON_HEADERS), _JSON_HEADERS_KEY
         else:
-            visitors = ",".join(_dumps(visitor) for visitor in visitor_list).encode()
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise UnserializableEvent(f"{type(exc).__name__}: {_first_line(exc)}") from None
-    key = (url, headers_key, prefix, suffix)
-    return EncodedEvent(event, key, url, headers, prefix, visitors, suffix, seq, queued_at)
+            headers = post_headers(item)  # type: ignore[arg-type]
+            headers_key = tuple(sorted(headers.items()))
+        try:
+            envelope = _split_envelope(params, self._envelopes)
+            if envelope is None:
+                body = _dumps(params).encode()
+                key: Hashable = ("unmergeable", next(_unmergeable_keys))
+                return EncodedEvent(
+                    key=key, url=url, headers=headers, prefix=b"", visitors=body, suffix=b"",
+                    event=item,
+                )  # fmt: skip
+            prefix, suffix, visitor_list = envelope
+            if len(visitor_list) == 1:
+                visitors = _dumps(visitor_list[0]).encode()
+            else:
+                visitors = ",".join(_dumps(visitor) for visitor in visitor_list).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise UnserializableEvent(f"{type(exc).__name__}: {_first_line(exc)}") from None
+        return EncodedEvent(
+            key=(url, headers_key, prefix, suffix),
+            url=url,
+            headers=headers,
+            prefix=prefix,
+            visitors=visitors,
+            suffix=suffix,
+            event=item,
+        )
 
 
-def _split_envelope(params: Any) -> tuple[bytes, bytes, list[Any]] | None:
+def encode_event(event: Event) -> EncodedEvent:
+    """Serialise one ``LogEvent`` (with a fresh :class:`LogEventEncoder`, so no shared cache)."""
+    return LogEventEncoder().encode(event)
+
+
+def _split_envelope(
+    params: Any, cache: dict[tuple[Any, ...], tuple[bytes, bytes]]
+) -> tuple[bytes, bytes, list[Any]] | None:
     """``(prefix, suffix, visitors)`` such that ``prefix + ",".join(visitors) + suffix``
     is the compact JSON of ``params``; None when ``params`` is not mergeable."""
     if not isinstance(params, dict):
@@ -138,7 +183,7 @@ def _split_envelope(params: Any) -> tuple[bytes, bytes, list[Any]] | None:
     if not isinstance(visitors, list) or not visitors:
         return None
     cache_key = _envelope_cache_key(params)
-    cached = _envelope_cache.get(cache_key) if cache_key is not None else None
+    cached = cache.get(cache_key) if cache_key is not None else None
     if cached is not None:
         return cached[0], cached[1], visitors
     if not all(isinstance(name, str) for name in params):
@@ -156,9 +201,9 @@ def _split_envelope(params: Any) -> tuple[bytes, bytes, list[Any]] | None:
     prefix = ("{" + head + ("," if head else "") + '"visitors":[').encode()
     suffix = ("]" + ("," + tail if tail else "") + "}").encode()
     if cache_key is not None:
-        if len(_envelope_cache) >= _ENVELOPE_CACHE_SIZE:
-            _envelope_cache.clear()
-        _envelope_cache[cache_key] = (prefix, suffix)
+        if len(cache) >= _ENVELOPE_CACHE_SIZE:
+            cache.clear()
+        cache[cache_key] = (prefix, suffix)
     return prefix, suffix, visitors
 
 

@@ -26,7 +26,6 @@ Or, for a single view and no middleware::
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import time
@@ -40,6 +39,7 @@ from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
+from optimizely_middleware import process_hooks
 from optimizely_middleware.client import check_client, create_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.outcome import request_failed
@@ -162,7 +162,8 @@ class OptimizelyFlask:
         # The client was checked above (or built right), so it is not passed here.
         app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)  # type: ignore[method-assign]
         if config.get("OPTIMIZELY_CLOSE_AT_EXIT", True):
-            atexit.register(close_at_exit, weakref.ref(state))
+            at_exit = functools.partial(close_at_exit, weakref.ref(state))
+            process_hooks.on_exit("close_apps", at_exit)
 
     def _dispatcher_of(self, client: Optimizely | None) -> RequestScopedEventDispatcher | None:
         if client is None:

@@ -6,19 +6,91 @@ Usage::
     if is_retryable_status(503) and attempt <= policy.max_retries:
         time.sleep(policy.delay(attempt, retry_after=parse_retry_after("2")))
 
-Network failures (refused connection, timeout), 408, 429 and 5xx are
-transient and retried; any other status outside 2xx is final.
+Network failures (refused connection, reset, timeout), 408, 429 and 5xx
+are transient and retried; any other status outside 2xx is final, and so is
+an error that a retry cannot heal: an invalid URL or header, a TLS
+certificate that fails verification, or any exception that is not a
+network failure (see :func:`is_transient_error`).
 """
 
 from __future__ import annotations
 
+import http.client
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-__all__ = ["RetryPolicy", "is_retryable_status", "is_success_status", "parse_retry_after"]
+__all__ = [
+    "PermanentError",
+    "RetryPolicy",
+    "is_retryable_status",
+    "is_success_status",
+    "is_transient_error",
+    "parse_retry_after",
+]
+
+
+class PermanentError(Exception):
+    """A POST failed in a way that a retry cannot fix (raise it from a custom transport)."""
+
+
+# Exception classes (by name, anywhere in the class hierarchy) of requests and
+# urllib3 that are OSError/HTTPError subclasses yet never heal on a retry.
+_PERMANENT_NAMES = frozenset(
+    {
+        "InvalidURL",
+        "InvalidHeader",
+        "InvalidSchema",
+        "MissingSchema",
+        "URLRequired",
+        "InvalidJSONError",
+        "LocationValueError",
+        "LocationParseError",
+        "URLSchemeUnknown",
+        "ProxySchemeUnknown",
+        "HeaderParsingError",
+    }
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    # urllib3 keeps the cause of MaxRetryError / ProxyError in .reason
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException) and reason not in seen:
+        seen.extend(_chain(reason))
+    return seen
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True for network failures worth retrying; False for errors a retry cannot heal.
+
+    Not transient: :class:`PermanentError`; an invalid URL, scheme or header
+    (``requests``' and ``urllib3``'s own classes); a TLS certificate failure
+    (:class:`ssl.SSLCertVerificationError` anywhere in the cause chain); any
+    exception that is not an :class:`OSError`, :class:`http.client.HTTPException`
+    or ``urllib3`` ``HTTPError`` (a ``ValueError`` for a header with a newline,
+    a ``TypeError``, a bug in a custom transport).
+    """
+    chain = _chain(exc)
+    for error in chain:
+        if isinstance(error, (PermanentError, ssl.SSLCertVerificationError)):
+            return False
+        if any(cls.__name__ in _PERMANENT_NAMES for cls in type(error).__mro__):
+            return False
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        return True
+    return any(
+        cls.__name__ == "HTTPError" and cls.__module__.startswith("urllib3")
+        for cls in type(exc).__mro__
+    )
 
 
 def is_success_status(status: int) -> bool:

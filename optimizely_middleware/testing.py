@@ -26,7 +26,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,13 +38,14 @@ from optimizely_middleware.payloads import (
     conversions_in,
     impressions_in,
 )
-from optimizely_middleware.transport import TransportResponse
+from optimizely_middleware.transport import Transport, TransportResponse
 from optimizely_middleware.validation import InvalidEventPayload, payload_errors
 
 if TYPE_CHECKING:
     from optimizely.event_builder import Event
 
     from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+    from optimizely_middleware.sender import EventSender
     from optimizely_middleware.sink import EventSink
 
 __all__ = [
@@ -273,6 +275,20 @@ class CaptureTransport:
 # Installed captures, innermost last: the innermost one receives the POSTs.
 _installed: list[EventCapture] = []
 _installed_lock = threading.Lock()
+# Each captured sender's own transport, restored when the last capture goes.
+_originals: weakref.WeakKeyDictionary[EventSender, Transport] = weakref.WeakKeyDictionary()
+_unsubscribe: list[Callable[[], None]] = []
+
+
+def _route_sender(sender: EventSender) -> None:
+    """Point ``sender`` at the innermost installed capture, or back at its own transport."""
+    if _installed:
+        _originals.setdefault(sender, sender.transport)
+        sender.transport = _installed[-1].transport
+    else:
+        original = _originals.pop(sender, None)
+        if original is not None:
+            sender.transport = original
 
 
 class EventCapture(_EventAssertions):
@@ -308,14 +324,17 @@ class EventCapture(_EventAssertions):
     def install(self) -> EventCapture:
         """Route every sender's POSTs here and start grouping events per request."""
         from optimizely_middleware.dispatcher import add_request_end_listener
-        from optimizely_middleware.sender import set_transport_override
+        from optimizely_middleware.sender import iter_senders, on_new_sender
 
         with _installed_lock:
             if self._installed:
                 raise RuntimeError("this EventCapture is already installed")
             _installed.append(self)
             self._installed = True
-            set_transport_override(self.transport)
+            if not _unsubscribe:  # senders created from now on are captured too
+                _unsubscribe.append(on_new_sender(_route_sender))
+            for sender in iter_senders():
+                _route_sender(sender)
         add_request_end_listener(self._on_request_end)
         return self
 
@@ -325,7 +344,7 @@ class EventCapture(_EventAssertions):
         Idempotent; never raises for invalid payloads (see :meth:`check`).
         """
         from optimizely_middleware.dispatcher import remove_request_end_listener
-        from optimizely_middleware.sender import set_transport_override
+        from optimizely_middleware.sender import iter_senders
 
         if not self._installed:
             return
@@ -341,7 +360,10 @@ class EventCapture(_EventAssertions):
             with _installed_lock:
                 _installed.remove(self)
                 self._installed = False
-                set_transport_override(_installed[-1].transport if _installed else None)
+                for sender in iter_senders():
+                    _route_sender(sender)
+                if not _installed:
+                    _unsubscribe.pop()()
 
     def __enter__(self) -> EventCapture:
         return self.install()

@@ -25,16 +25,13 @@ calls ``close()`` on it, whichever comes first.
 
 from __future__ import annotations
 
-import atexit
-import gc
 import logging
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-# Imported for its exit handler, which must be registered before this module's.
-import optimizely_middleware.sender  # noqa: F401
+from optimizely_middleware import process_hooks
 from optimizely_middleware.adapters import checked_dispatcher, owned_by_outer
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.outcome import request_failed
@@ -251,7 +248,7 @@ def _track_collection(phase: str, info: dict[str, Any]) -> None:
     _collecting = phase == "start"
 
 
-gc.callbacks.append(_track_collection)
+process_hooks.on_gc(_track_collection)
 
 
 def hand_over_released_bodies() -> None:
@@ -268,8 +265,8 @@ def hand_over_released_bodies() -> None:
         dispatcher.close_scope(scope)
 
 
-# Registered after the sender's exit handler (imported above), so it runs first.
-atexit.register(hand_over_released_bodies)
+# The "hand_over" exit phase runs before the senders close (see process_hooks).
+process_hooks.on_exit("hand_over", hand_over_released_bodies)
 
 
 class ScopedBody:

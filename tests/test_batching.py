@@ -3,70 +3,20 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import pytest
-from optimizely.error_handler import NoOpErrorHandler
-from optimizely.event.event_factory import EventFactory
 from optimizely.event.log_event import LogEvent
-from optimizely.event.user_event import UserEvent
-from optimizely.event.user_event_factory import UserEventFactory
-from optimizely.project_config import ProjectConfig
 
 from optimizely_middleware.batching import (
+    EncodedEvent,
+    LogEventEncoder,
     UnserializableEvent,
     encode_event,
     merged_body,
     post_headers,
 )
-
-SDK_LOGGER = logging.getLogger("optimizely.sdk.tests")
-
-
-def compact(params: Any) -> bytes:
-    return json.dumps(params, separators=(",", ":")).encode()
-
-
-def project_config(datafile: str, *, revision: str | None = None) -> ProjectConfig:
-    if revision is not None:
-        data = json.loads(datafile)
-        data["revision"] = revision
-        datafile = json.dumps(data)
-    return ProjectConfig(datafile, SDK_LOGGER, NoOpErrorHandler())
-
-
-def impression(config: ProjectConfig, user_id: str, variation: str = "bold") -> UserEvent:
-    experiment = config.get_experiment_from_key("headline_test")
-    variation_id = config.get_variation_from_key("headline_test", variation).id
-    event = UserEventFactory.create_impression_event(
-        config,
-        experiment,
-        variation_id,
-        "",
-        "headline_test",
-        "experiment",
-        True,
-        user_id,
-        {"plan": "pro"},
-        None,
-    )
-    assert event is not None
-    return event
-
-
-def conversion(config: ProjectConfig, user_id: str, revenue: int = 1299) -> UserEvent:
-    event = UserEventFactory.create_conversion_event(
-        config, "purchase", user_id, {"plan": "free"}, {"revenue": revenue, "value": 1.5}
-    )
-    assert event is not None
-    return event
-
-
-def log_event(user_events: UserEvent | list[UserEvent]) -> LogEvent:
-    event = EventFactory.create_log_event(user_events, SDK_LOGGER)  # type: ignore[arg-type]
-    assert event is not None
-    return event
+from tests.engine_support import compact, conversion, impression, log_event, project_config
 
 
 def test_one_event_body_is_the_compact_json_of_its_params(datafile: str) -> None:
@@ -120,8 +70,9 @@ def test_visitors_key_in_the_middle_keeps_key_order() -> None:
     ],
 )
 def test_unmergeable_payloads_are_sent_alone_and_unchanged(params: Any) -> None:
-    first = encode_event(LogEvent("http://h/v1/events", params), seq=1)
-    second = encode_event(LogEvent("http://h/v1/events", params), seq=2)
+    encoder = LogEventEncoder()
+    first = encoder.encode(LogEvent("http://h/v1/events", params))
+    second = encoder.encode(LogEvent("http://h/v1/events", params))
     assert first.key != second.key
     assert merged_body([first]) == compact(params)
 
@@ -168,9 +119,34 @@ def test_equal_but_differently_serialised_envelopes_are_never_confused(
 ) -> None:
     a = {"anonymize_ip": first, "visitors": [{"v": 1}]}
     b = {"anonymize_ip": second, "visitors": [{"v": 2}]}
+    encoder = LogEventEncoder()
     for _ in range(2):  # the second pass hits the envelope cache
-        encoded_a = encode_event(LogEvent("http://h/v1/events", a))
-        encoded_b = encode_event(LogEvent("http://h/v1/events", b))
+        encoded_a = encoder.encode(LogEvent("http://h/v1/events", a))
+        encoded_b = encoder.encode(LogEvent("http://h/v1/events", b))
         assert encoded_a.key != encoded_b.key
         assert merged_body([encoded_a]) == compact(a)
         assert merged_body([encoded_b]) == compact(b)
+
+
+def test_each_encoder_has_its_own_envelope_cache() -> None:
+    params = {"account_id": "1", "visitors": [{"v": 1}]}
+    first, second = LogEventEncoder(), LogEventEncoder()
+    first.encode(LogEvent("http://h/v1/events", params))
+    assert len(first._envelopes) == 1
+    assert second._envelopes == {}
+    encode_event(LogEvent("http://h/v1/events", params))  # no module-level cache either
+    assert second._envelopes == {}
+
+
+def test_an_item_that_is_not_a_log_event_is_unserialisable() -> None:
+    with pytest.raises(UnserializableEvent, match="AttributeError"):
+        LogEventEncoder().encode(object())
+
+
+def test_encoded_events_are_built_with_keywords_and_carry_their_item() -> None:
+    event = LogEvent("http://h/v1/events", {"visitors": [{"v": 1}]})
+    encoded = LogEventEncoder().encode(event)
+    assert encoded.event is event
+    with pytest.raises(TypeError):
+        EncodedEvent("k", "u", {}, b"", b"", b"")  # type: ignore[misc]
+    assert encoded.nbytes == len(merged_body([encoded]))

@@ -1,5 +1,6 @@
 """A real os.fork(): the child starts a clean engine, never re-sends the parent's queue,
-and never deadlocks on a lock a parent thread held at fork time."""
+and never deadlocks on a lock a parent thread held at fork time; the same without the
+fork hooks (as under uWSGI, which forks in C), by pid alone."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from typing import Any
 import pytest
 from optimizely.event.log_event import LogEvent
 
-from optimizely_middleware import EventSender
+from optimizely_middleware import EventSender, process_hooks
+from tests.engine_support import three_events
 from tests.event_endpoint import EventEndpoint
-from tests.test_sender import sdk_events  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+@pytest.fixture
+def sdk_events(datafile: str) -> list[LogEvent]:
+    return three_events(datafile)
 
 
 def wait_child(pid: int, timeout: float = 60.0) -> int:
@@ -32,13 +38,18 @@ def wait_child(pid: int, timeout: float = 60.0) -> int:
     raise AssertionError("the forked child did not finish (deadlock?)")
 
 
-def run_in_child(body: Any) -> int:
-    """Fork; the child runs ``body()`` and exits 0 if it returns True."""
+def run_in_child(body: Any, parent: Any = None) -> int:
+    """Fork; the child runs ``body(signal)`` and exits 0 if it returns True.
+
+    ``signal()`` in the child makes ``parent()`` run in the parent (if given).
+    """
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            code = 0 if body() else 2
+            os.close(read_end)
+            code = 0 if body(lambda: os.write(write_end, b"x")) else 2
         except BaseException:
             import traceback
 
@@ -47,11 +58,19 @@ def run_in_child(body: Any) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    os.close(write_end)
+    try:
+        if parent is not None:
+            signalled = os.read(read_end, 1)  # b"" if the child exited without signalling
+            if signalled:
+                parent()
+    finally:
+        os.close(read_end)
     return wait_child(pid)
 
 
 def test_child_never_resends_the_parents_queue_and_nothing_is_lost(
-    sdk_events: list[LogEvent],  # noqa: F811
+    sdk_events: list[LogEvent],
     event_endpoint: EventEndpoint,
 ) -> None:
     sender = EventSender(endpoint=event_endpoint.url, max_in_flight=1, max_events_per_post=1)
@@ -66,20 +85,18 @@ def test_child_never_resends_the_parents_queue_and_nothing_is_lost(
         event_endpoint.wait_for_arrivals(1)
         assert sender.stats()["queue_depth"] == 2
 
-        def child() -> bool:
+        def child(signal: Any) -> bool:
             fresh = sender.stats()
             if fresh["submitted"] or fresh["queue_depth"] or fresh["in_flight"]:
                 return False
             sender.submit([child_event])
+            signal()  # the parent releases the endpoint only now, after the fork
             ok = sender.flush(30)
             stats = sender.stats()
             sender.close(5)
             return ok and stats["submitted"] == 1 and stats["delivered_events"] == 1
 
-        release = threading.Timer(0.2, event_endpoint.release)
-        release.start()
-        code = run_in_child(child)
-        release.join()
+        code = run_in_child(child, parent=event_endpoint.release)
         assert code == 0
         assert sender.flush(30)
     finally:
@@ -91,7 +108,7 @@ def test_child_never_resends_the_parents_queue_and_nothing_is_lost(
 
 
 def test_child_does_not_deadlock_on_a_lock_held_by_a_parent_thread(
-    sdk_events: list[LogEvent],  # noqa: F811
+    sdk_events: list[LogEvent],
     event_endpoint: EventEndpoint,
 ) -> None:
     sender = EventSender(endpoint=event_endpoint.url)
@@ -101,7 +118,7 @@ def test_child_does_not_deadlock_on_a_lock_held_by_a_parent_thread(
     done = threading.Event()
 
     def hold_the_lock() -> None:
-        with sender._cond:
+        with sender._engine._cond:
             holding.set()
             done.wait(30)
 
@@ -110,7 +127,7 @@ def test_child_does_not_deadlock_on_a_lock_held_by_a_parent_thread(
     try:
         assert holding.wait(10)
 
-        def child() -> bool:
+        def child(signal: Any) -> bool:
             sender.submit(sdk_events[1:])
             return sender.flush(30) and sender.stats()["delivered_events"] == 2
 
@@ -118,5 +135,35 @@ def test_child_does_not_deadlock_on_a_lock_held_by_a_parent_thread(
     finally:
         done.set()
         holder.join()
+        sender.close(5)
+    assert len(event_endpoint.all_visitors()) == 3
+
+
+def test_without_fork_hooks_the_child_notices_the_new_pid_on_its_first_hand_off(
+    sdk_events: list[LogEvent],
+    event_endpoint: EventEndpoint,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uWSGI forks in C: os.register_at_fork handlers do not run there.
+    sender = EventSender(endpoint=event_endpoint.url, max_in_flight=1)
+    event_endpoint.hold()
+    sender.submit(sdk_events[:1])  # the parent's worker is now stuck in a POST
+    event_endpoint.wait_for_arrivals(1)
+    monkeypatch.setattr(process_hooks, "_fork_hooks", {p: [] for p in process_hooks.FORK_PHASES})
+    try:
+
+        def child(signal: Any) -> bool:
+            inherited = sender._engine._in_flight  # no hook ran: the parent's state is here
+            sender.submit(sdk_events[1:])  # the first hand-off re-initialises by pid
+            stats = sender.stats()
+            signal()
+            ok = sender.flush(30)
+            sender.close(5)
+            return inherited == 1 and stats["submitted"] == 2 and ok
+
+        assert run_in_child(child, parent=event_endpoint.release) == 0
+        assert sender.flush(30)
+    finally:
+        event_endpoint.release()
         sender.close(5)
     assert len(event_endpoint.all_visitors()) == 3

@@ -5,60 +5,47 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from optimizely.event.log_event import LogEvent
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
-from optimizely_middleware.sender import iter_senders, set_transport_override
-from optimizely_middleware.transport import TransportResponse
+from optimizely_middleware.batching import EncodedEvent
+from optimizely_middleware.sender import default_encoder, iter_senders, on_new_sender
+from tests.engine_support import (
+    SENDER_LOGGER,
+    LogWatcher,
+    RecordingTransport,
+    compact,
+    conversion,
+    free_port,
+    impression,
+    log_event,
+    project_config,
+    three_events,
+)
 from tests.event_endpoint import EventEndpoint
-from tests.test_batching import compact, conversion, impression, log_event, project_config
 
 FAST_RETRIES: dict[str, Any] = {"backoff_base": 0.01, "backoff_cap": 0.05}
-SENDER_LOGGER = "optimizely_middleware.sender"
 
 
 def total_dropped(stats: dict[str, Any]) -> int:
     return sum(stats["dropped"].values())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LogWatcher(logging.Handler):
-    """Sets ``seen`` when a record containing ``text`` is logged by the sender."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.text = text
-        self.seen = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.seen.set()
-
-
 @pytest.fixture
 def sdk_events(datafile: str) -> list[LogEvent]:
-    config = project_config(datafile)
-    return [
-        log_event(impression(config, "user-1")),
-        log_event(conversion(config, "user-1")),
-        log_event(impression(config, "user-2", "control")),
-    ]
+    return three_events(datafile)
 
 
 @pytest.fixture
@@ -90,17 +77,15 @@ def http_server() -> Iterator[HTTPServer]:
 @pytest.fixture
 def watch_log() -> Iterator[Any]:
     watchers: list[LogWatcher] = []
-    logger = logging.getLogger(SENDER_LOGGER)
 
     def watch(text: str) -> LogWatcher:
         watcher = LogWatcher(text)
-        logger.addHandler(watcher)
         watchers.append(watcher)
         return watcher
 
     yield watch
     for watcher in watchers:
-        logger.removeHandler(watcher)
+        watcher.remove()
 
 
 # -- bodies and headers --------------------------------------------------------
@@ -219,13 +204,16 @@ def test_an_event_bigger_than_the_byte_cap_is_still_sent_alone(
     assert [len(p.visitors) for p in event_endpoint.posts] == [1, 1, 1]
 
 
-def test_a_lone_event_leaves_after_the_flush_interval_without_flush(
+def test_a_lone_event_waits_the_flush_interval_for_company_then_leaves_without_flush(
     sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
 ) -> None:
-    sender = sender_factory(endpoint=event_endpoint.url, flush_interval=0.05)
+    sender = sender_factory(endpoint=event_endpoint.url, flush_interval=0.3)
+    submitted_at = time.monotonic()
     sender.submit(sdk_events[:1])
     (post,) = event_endpoint.wait_for_posts(1)
     assert len(post.visitors) == 1
+    # A lower bound on the real gap: fails if the linger is removed.
+    assert post.received_at - submitted_at >= 0.3
 
 
 def test_flush_does_not_wait_for_a_long_flush_interval(
@@ -261,43 +249,54 @@ def test_unserialisable_event_is_a_counted_drop_and_the_rest_of_its_batch_goes(
     assert stats["delivered_events"] == 2
     assert failures == [([bad], "unserializable")]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("serialised to JSON" in r.getMessage() for r in errors)
+    assert any("cannot be encoded to JSON" in r.getMessage() for r in errors)
     assert all("secret-user" not in r.getMessage() for r in caplog.records)
 
 
-class _ThreadRecordingDict(dict):  # type: ignore[type-arg]
-    """A visitor whose serialisation records the thread that did it."""
+class ThreadRecordingEncoder:
+    """The default encoder, recording the thread of every call."""
 
-    threads: ClassVar[list[str]] = []
+    def __init__(self) -> None:
+        self.inner = default_encoder()
+        self.threads: list[str] = []
 
-    def items(self) -> Any:
-        type(self).threads.append(threading.current_thread().name)
-        return super().items()
+    def encode(self, item: object) -> EncodedEvent:
+        self.threads.append(threading.current_thread().name)
+        return self.inner.encode(item)
 
 
-def test_events_are_serialised_by_the_submitting_thread_not_a_worker(
+def test_submit_encodes_nothing_on_the_callers_thread(
     sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
 ) -> None:
-    # A worker serialising thousands of events holds the GIL in long stretches
-    # and stalls request threads and the event loop; the submitting thread
-    # (after its response) pays a few microseconds per event instead.
-    params = json.loads(json.dumps(sdk_events[0].params))
-    params["visitors"][0] = _ThreadRecordingDict(params["visitors"][0])
-    _ThreadRecordingDict.threads = []
-    sender = sender_factory(endpoint=event_endpoint.url)
-    sender.submit([LogEvent(sdk_events[0].url, params, "POST", sdk_events[0].headers)])
-    assert _ThreadRecordingDict.threads == [threading.current_thread().name]
+    # The caller may be the event loop: submit appends the list and returns;
+    # a worker encodes it, in slices that release the GIL.
+    encoder = ThreadRecordingEncoder()
+    sender = sender_factory(endpoint=event_endpoint.url, encoder=encoder)
+    sender.submit(sdk_events)
+    assert encoder.threads == []
+    assert sender.stats()["queue_depth"] == 3
     assert sender.flush(10)
-    assert _ThreadRecordingDict.threads == [threading.current_thread().name]
-    assert event_endpoint.all_visitors() == sdk_events[0].params["visitors"]
+    assert len(encoder.threads) == 3
+    assert all(name.startswith("optimizely-event-sender") for name in encoder.threads)
+    assert event_endpoint.all_visitors() == [v for e in sdk_events for v in e.params["visitors"]]
 
 
-def test_an_unserialisable_event_is_counted_before_submit_returns(
+def test_submit_is_one_append_per_request_whatever_its_size(sender_factory: Any) -> None:
+    sender = sender_factory(transport=RecordingTransport(), flush_interval=3600)
+    items = [object()] * 50
+    sender.submit(items)
+    queue = sender._engine._queue
+    assert len(queue.raw) == 1
+    assert queue.raw[0][2] is items  # the caller's list itself: nothing copied or encoded
+
+
+def test_an_unserialisable_event_is_counted_once_encoded(
     sdk_events: list[LogEvent], sender_factory: Any
 ) -> None:
     bad = LogEvent(sdk_events[0].url, {"visitors": [{"value": float("nan")}]}, "POST", {})
     sender = sender_factory(endpoint="http://127.0.0.1:9/v1/events")
     sender.submit([bad])
+    assert sender.flush(10)
     assert sender.stats()["dropped"] == {"unserializable": 1}
     assert sender.stats()["queue_depth"] == 0
 
@@ -314,23 +313,34 @@ def test_unmergeable_events_each_go_alone_even_after_the_sdk_objects_are_freed(
     assert sorted(post.json["n"] for post in event_endpoint.posts) == list(range(20))
 
 
-def test_queued_events_are_left_alone_by_the_garbage_collector_unless_on_error_needs_them(
-    sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
+def test_encoded_events_are_left_alone_by_the_garbage_collector_unless_on_error_needs_them(
+    sdk_events: list[LogEvent], sender_factory: Any
 ) -> None:
     # Thousands of tracked objects waiting in the queue would reach the oldest
     # generation, whose collections pause every thread for tens of milliseconds.
-    plain = sender_factory(endpoint=event_endpoint.url, flush_interval=3600)
-    plain.submit(sdk_events)
+    plain = sender_factory(transport=RecordingTransport(), flush_interval=3600)
+    plain.submit(sdk_events * 40)  # enough to be encoded before the linger ends
+    queued = wait_encoded(plain, 120)
     gc.collect()
-    queued = [item for group in plain._groups.values() for item in group.items]
-    assert len(queued) == 3
     assert not any(gc.is_tracked(item) for item in queued)
     reporting = sender_factory(
-        endpoint=event_endpoint.url, flush_interval=3600, on_error=lambda events, why: None
+        transport=RecordingTransport(), flush_interval=3600, on_error=lambda events, why: None
     )
-    reporting.submit(sdk_events)
-    kept = [item[-1] for group in reporting._groups.values() for item in group.items]
-    assert kept == sdk_events
+    reporting.submit(sdk_events * 40)
+    kept = [item[-1] for item in wait_encoded(reporting, 120)]
+    assert kept == sdk_events * 40
+
+
+def wait_encoded(sender: EventSender, n: int) -> list[Any]:
+    engine = sender._engine
+    with engine._cond:
+        assert engine._cond.wait_for(
+            lambda: engine._queue.nbytes and not engine._encoding and not engine._queue.raw, 10
+        )
+        groups = engine._queue._groups.values()
+        items = [item for group in groups for item in group.items]
+    assert len(items) == n
+    return items
 
 
 # -- retries -----------------------------------------------------------------------
@@ -358,26 +368,25 @@ def test_500_then_200_delivers_once(
 
 
 def test_429_with_retry_after_waits_as_told(
-    sdk_events: list[LogEvent],
-    http_server: HTTPServer,
-    sender_factory: Any,
-    caplog: pytest.LogCaptureFixture,
+    sdk_events: list[LogEvent], http_server: HTTPServer, sender_factory: Any
 ) -> None:
-    http_server.expect_ordered_request("/v1/events", method="POST").respond_with_data(
-        "", status=429, headers={"Retry-After": "1"}
-    )
-    http_server.expect_ordered_request("/v1/events", method="POST").respond_with_data("")
+    arrivals: list[float] = []
+
+    def answer(request: Request) -> Response:
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 1:
+            return Response(status=429, headers={"Retry-After": "1"})
+        return Response(status=200)
+
+    http_server.expect_request("/v1/events", method="POST").respond_with_handler(answer)
     # With backoff_base=0 a retry would be immediate unless Retry-After is honoured.
     sender = sender_factory(endpoint=http_server.url_for("/v1/events"), backoff_base=0)
-    with caplog.at_level(logging.WARNING, logger=SENDER_LOGGER):
-        sender.submit(sdk_events)
-        assert sender.flush(10)
-    http_server.check_assertions()
-    assert len(http_server.log) == 2
-    assert any(
-        "HTTP 429" in r.getMessage() and "in 1.00s" in r.getMessage() for r in caplog.records
-    )
-    assert sender.stats()["delivered_events"] == 3
+    sender.submit(sdk_events)
+    assert sender.flush(10)
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 1.0  # fails if the wait becomes wait(0)
+    stats = sender.stats()
+    assert (stats["delivered_events"], stats["retries"]) == (3, 1)
 
 
 def test_connection_refused_then_server_up_delivers(
@@ -487,13 +496,23 @@ def test_endpoint_down_keeps_the_queue_bounded_and_counts_every_drop(
         sender.submit(sdk_events)
         assert sender.stats()["queue_depth"] <= 50
     stats = sender.stats()
-    assert stats["dropped"]["queue_full"] >= 300 - 50 - 2 * 10
+    assert stats["dropped"]["queue_full"] >= 300 - 50
     sender.close(timeout=0.5)
+    # Batches waiting out their backoff are counted by close() itself, without
+    # a grace period; a POST still on the network is reported as in flight.
     stats = sender.stats()
     assert stats["delivered_events"] == 0
-    assert total_dropped(stats) == stats["submitted"] == 300
+    assert total_dropped(stats) + stats["in_flight"] == stats["submitted"] == 300
     assert stats["queue_depth"] == 0
+    retries_at_close = stats["retries"]
+    threads = list(sender._engine._pool.threads)
+    for thread in threads:
+        thread.join(10)  # a refused connection ends fast; then the worker exits
+    assert threads and not any(t.is_alive() for t in threads)
+    stats = sender.stats()
+    assert total_dropped(stats) == 300
     assert set(stats["dropped"]) <= {"queue_full", "shutdown"}
+    assert stats["retries"] == retries_at_close  # none is counted once close() gave up
 
 
 def test_byte_cap_bounds_the_serialised_queue(
@@ -504,6 +523,7 @@ def test_byte_cap_bounds_the_serialised_queue(
         endpoint=event_endpoint.url,
         max_in_flight=1,
         max_events_per_post=1,
+        max_bytes_per_post=event_size,
         max_queue_bytes=event_size * 5,
     )
     event_endpoint.hold()
@@ -548,8 +568,9 @@ def test_close_flushes_then_later_submits_are_counted_drops(
     assert stats["dropped"] == {"closed": 3}
     assert stats["submitted"] == 6
     assert sender.flush(1)
-    assert stats["workers"] >= 1
-    assert all(not t.is_alive() for t in sender._threads)
+    threads = sender._engine._pool.threads
+    assert stats["workers"] == len(threads) >= 1
+    assert not any(t.is_alive() for t in threads)  # close() joined them
 
 
 def test_submit_never_raises_into_the_caller(sender_factory: Any) -> None:
@@ -560,33 +581,82 @@ def test_submit_never_raises_into_the_caller(sender_factory: Any) -> None:
     assert sender.stats()["dropped"] == {"unserializable": 1}
 
 
-def test_drop_logging_is_rate_limited(
-    sdk_events: list[LogEvent], sender_factory: Any, caplog: pytest.LogCaptureFixture
+def test_drop_logging_is_rate_limited_and_never_under_reports(
+    sdk_events: list[LogEvent], sender_factory: Any
 ) -> None:
     sender = sender_factory(transport=RecordingTransport())
     sender.close()
-    with caplog.at_level(logging.ERROR, logger=SENDER_LOGGER):
+    watcher = LogWatcher()
+    try:
         for _ in range(100):
             sender.submit(sdk_events)
+        lines = [m for _, m in watcher.messages if "[closed]" in m]
+        assert len(lines) == 1
+        sender.flush(1)  # the end of a flush logs what was held back
+        lines = [m for _, m in watcher.messages if "[closed]" in m]
+    finally:
+        watcher.remove()
     assert sender.stats()["dropped"] == {"closed": 300}
-    assert len([r for r in caplog.records if "closed" in r.getMessage()]) == 1
+    assert lines == [
+        "Dropped 3 Optimizely event(s) [closed]: the sender is closed",
+        "Dropped 297 more Optimizely event(s) [closed]: the sender is closed",
+    ]
 
 
-# -- seams: custom transport, override, registry, dispatcher ----------------------
+def test_close_logs_held_back_drops_and_a_final_line_with_totals(
+    sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
+) -> None:
+    event_endpoint.status = 400
+    sender = sender_factory(endpoint=event_endpoint.url, max_events_per_post=1)
+    watcher = LogWatcher()
+    try:
+        sender.submit(sdk_events)
+        sender.close(10)
+    finally:
+        watcher.remove()
+    messages = [m for _, m in watcher.messages]
+    rejected = [int(m.split()[1]) for m in messages if "[rejected]" in m]
+    assert sum(rejected) == 3
+    assert messages[-1] == (
+        "Optimizely event sender closed: 0 events delivered in 0 POSTs, 3 dropped (rejected: 3)."
+    )
 
 
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, bytes, dict[str, str]]] = []
-        self.lock = threading.Lock()
+def test_a_transport_is_swapped_on_the_instance(
+    sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
+) -> None:
+    sender = sender_factory(endpoint=event_endpoint.url)
+    other = sender_factory(endpoint=event_endpoint.url)
+    capture = RecordingTransport()
+    with sender.use_transport(capture):
+        assert sender.transport is capture
+        sender.submit(sdk_events[:1])
+        other.submit(sdk_events[1:2])
+        assert sender.flush(10)
+        assert other.flush(10)
+    assert len(capture.posts) == 1  # only the sender it was swapped on
+    assert len(event_endpoint.posts) == 1
+    sender.submit(sdk_events[2:])
+    assert sender.flush(10)
+    assert len(event_endpoint.posts) == 2
+    sender.transport = capture
+    sender.submit(sdk_events[:1])
+    assert sender.flush(10)
+    assert len(capture.posts) == 2
 
-    def post(self, url: str, body: bytes, headers: dict[str, str]) -> TransportResponse:
-        with self.lock:
-            self.posts.append((url, body, headers))
-        return TransportResponse(200, {})
 
-    def close(self) -> None:
-        pass
+def test_new_senders_are_announced_to_subscribers() -> None:
+    seen: list[EventSender] = []
+    unsubscribe = on_new_sender(seen.append)
+    try:
+        sender = EventSender(transport=RecordingTransport())
+    finally:
+        unsubscribe()
+    later = EventSender(transport=RecordingTransport())
+    assert seen == [sender]
+    assert later not in seen
+    sender.close(1)
+    later.close(1)
 
 
 def test_a_custom_transport_gets_url_body_and_headers(
@@ -600,27 +670,6 @@ def test_a_custom_transport_gets_url_body_and_headers(
     assert url == "https://logx.optimizely.com/v1/events"
     assert body == compact(sdk_events[0].params)
     assert headers == {"Content-Type": "application/json"}
-
-
-def test_transport_override_applies_to_senders_created_before_and_after(
-    sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
-) -> None:
-    before = sender_factory(endpoint=event_endpoint.url)
-    capture = RecordingTransport()
-    set_transport_override(capture)
-    try:
-        after = sender_factory(endpoint=event_endpoint.url)
-        before.submit(sdk_events[:1])
-        after.submit(sdk_events[1:2])
-        assert before.flush(10)
-        assert after.flush(10)
-    finally:
-        set_transport_override(None)
-    assert len(capture.posts) == 2
-    assert event_endpoint.posts == []
-    before.submit(sdk_events[2:])
-    assert before.flush(10)
-    assert len(event_endpoint.posts) == 1
 
 
 def test_iter_senders_lists_live_senders_only() -> None:

@@ -1,31 +1,55 @@
-"""RequestsTransport against a real HTTP endpoint on 127.0.0.1."""
+"""The transports against a real HTTP endpoint on 127.0.0.1."""
 
 from __future__ import annotations
 
-import socket
+import os
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import requests
 
-from optimizely_middleware.transport import RequestsTransport, TransportResponse, serialize
+from optimizely_middleware.retry import PermanentError, is_transient_error
+from optimizely_middleware.transport import (
+    PooledTransport,
+    RequestsTransport,
+    Transport,
+    serialize,
+)
+from tests.engine_support import free_port
 from tests.event_endpoint import EventEndpoint
+
+TRANSPORTS: list[Callable[..., Any]] = [PooledTransport, RequestsTransport]
+
+
+@pytest.fixture(params=TRANSPORTS, ids=lambda t: t.__name__)
+def make(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    made: list[Transport] = []
+
+    def factory(**kwargs: Any) -> Any:
+        transport = request.param(**kwargs)
+        made.append(transport)
+        return transport
+
+    yield factory
+    for transport in made:
+        transport.close()
 
 
 def test_serialize_is_compact_json() -> None:
     assert serialize({"a": [1, {"b": "é"}], "c": None}) == b'{"a":[1,{"b":"\\u00e9"}],"c":null}'
 
 
-def test_post_sends_body_and_headers_exactly(event_endpoint: EventEndpoint) -> None:
-    transport = RequestsTransport()
+def test_post_sends_body_and_headers_exactly(event_endpoint: EventEndpoint, make: Any) -> None:
+    event_endpoint.response_headers = {"X-Answer": "received"}
     body = serialize({"visitors": [{"visitor_id": "u1"}]})
-    response = transport.post(
+    response = make().post(
         event_endpoint.url, body, {"Content-Type": "application/json", "X-Trace": "t-1"}
     )
-    transport.close()
-    assert response == TransportResponse(200, response.headers)
+    assert response.status == 200
+    assert response.headers["X-Answer"] == "received"  # what the server really sent
+    assert response.headers["Content-Length"] == "0"
     (post,) = event_endpoint.wait_for_posts(1)
     assert post.body == body
     assert post.path == "/v1/events"
@@ -34,42 +58,57 @@ def test_post_sends_body_and_headers_exactly(event_endpoint: EventEndpoint) -> N
     assert post.headers["Content-Length"] == str(len(body))
 
 
-def test_error_statuses_are_returned_not_raised(event_endpoint: EventEndpoint) -> None:
+def test_error_statuses_are_returned_not_raised(event_endpoint: EventEndpoint, make: Any) -> None:
     event_endpoint.status = 503
     event_endpoint.response_headers = {"Retry-After": "7"}
-    response = RequestsTransport().post(event_endpoint.url, b"{}", {})
+    response = make().post(event_endpoint.url, b"{}", {})
     assert response.status == 503
     assert response.headers["Retry-After"] == "7"
 
 
-def test_redirects_are_not_followed(event_endpoint: EventEndpoint) -> None:
+def test_redirects_are_not_followed(event_endpoint: EventEndpoint, make: Any) -> None:
     event_endpoint.status = 307
     event_endpoint.response_headers = {"Location": event_endpoint.url + "/elsewhere"}
-    response = RequestsTransport().post(event_endpoint.url, b"{}", {})
+    response = make().post(event_endpoint.url, b"{}", {})
     assert response.status == 307
     assert event_endpoint.arrived == 1
 
 
-def test_read_timeout_raises(event_endpoint: EventEndpoint) -> None:
+def test_read_timeout_raises_a_transient_error(event_endpoint: EventEndpoint, make: Any) -> None:
     event_endpoint.hold()
-    transport = RequestsTransport(timeout=(2.0, 0.2))
+    transport = make(timeout=(2.0, 0.2))
     try:
-        with pytest.raises(requests.Timeout):
+        with pytest.raises(Exception) as info:
             transport.post(event_endpoint.url, b"{}", {})
     finally:
         event_endpoint.release()
-        transport.close()
+    assert is_transient_error(info.value)
+    assert "timed out" in str(info.value).lower()
 
 
-def test_connection_refused_raises() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(requests.ConnectionError):
-        RequestsTransport().post(f"http://127.0.0.1:{port}/v1/events", b"{}", {})
+def test_connection_refused_raises_a_transient_error(make: Any) -> None:
+    with pytest.raises(Exception) as info:
+        make().post(f"http://127.0.0.1:{free_port()}/v1/events", b"{}", {})
+    assert is_transient_error(info.value)
 
 
-def test_connections_are_pooled_and_reused() -> None:
+@pytest.mark.parametrize(
+    "url", ["http://", "ftp://127.0.0.1/v1/events", "http://127.0.0.1:99999/v1/events"]
+)
+def test_an_invalid_url_is_a_permanent_error(url: str) -> None:
+    with pytest.raises(PermanentError) as info:
+        PooledTransport().post(url, b"{}", {})
+    assert not is_transient_error(info.value)
+
+
+def test_an_invalid_header_is_a_permanent_error(event_endpoint: EventEndpoint, make: Any) -> None:
+    with pytest.raises(Exception) as info:
+        make().post(event_endpoint.url, b"{}", {"X-Bad": "a\nb"})
+    assert not is_transient_error(info.value)
+    assert event_endpoint.arrived == 0
+
+
+def test_connections_are_pooled_and_reused(make: Any) -> None:
     client_ports: list[int] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -89,20 +128,48 @@ def test_connections_are_pooled_and_reused() -> None:
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    transport = RequestsTransport(pool_size=1)
+    transport = make(pool_size=1)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1/events"
         for _ in range(3):
             assert transport.post(url, b"{}", {}).status == 200
     finally:
-        transport.close()
         server.shutdown()
         server.server_close()
     assert len(client_ports) == 3
     assert len(set(client_ports)) == 1  # one TCP connection for all three POSTs
 
 
+def test_proxy_settings_are_read_once_at_construction(
+    event_endpoint: EventEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("no_proxy", raising=False)
+    through_proxy = PooledTransport()
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.delenv("http_proxy", raising=False)
+    direct = PooledTransport()
+    assert direct.post(event_endpoint.url, b"{}", {}).status == 200
+    with pytest.raises(Exception) as info:  # the proxy read at construction is still used
+        through_proxy.post(event_endpoint.url, b"{}", {})
+    assert is_transient_error(info.value)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert PooledTransport().post(event_endpoint.url, b"{}", {}).status == 200  # bypassed
+
+
+def test_a_forked_child_gets_fresh_pools_by_pid(event_endpoint: EventEndpoint) -> None:
+    transport = PooledTransport()
+    assert transport.post(event_endpoint.url, b"{}", {}).status == 200
+    parent_pools = transport._direct
+    transport._pid = os.getpid() + 1  # as if this were a child that no fork hook reached
+    assert transport.post(event_endpoint.url, b"{}", {}).status == 200
+    assert transport._direct is not parent_pools
+
+
 @pytest.mark.parametrize("timeout", [(0.0, 1.0), (1.0, -1.0)])
-def test_timeouts_must_be_positive(timeout: tuple[float, float]) -> None:
+@pytest.mark.parametrize("cls", TRANSPORTS, ids=lambda t: t.__name__)
+def test_timeouts_must_be_positive(cls: Any, timeout: tuple[float, float]) -> None:
     with pytest.raises(ValueError):
-        RequestsTransport(timeout=timeout)
+        cls(timeout=timeout)

@@ -1,0 +1,160 @@
+"""Background worker threads that know nothing about HTTP, and noticing a change of process.
+
+Usage (the engine holds ``condition`` around every call but ``join``)::
+
+    pool = WorkerPool(run_loop, max_workers=4, scale_up_after=0.1, clock=time.monotonic)
+    pool.wake(condition)                          # work arrived: wake an idle worker or start one
+    pool.maybe_grow(work_waiting=True)            # a second worker only when all are slow
+    pool.idle_wait(condition, wait, timeout)      # a worker with nothing to do
+
+    stamp = ProcessStamp()
+    if stamp.changed():                           # a fork, or gevent patched threading since
+        ...                                       # new locks, no threads
+
+``run_loop(generation)`` is the engine's worker loop; it returns when
+:attr:`WorkerPool.generation` is no longer the one it was started with.
+A worker with nothing queued waits on the condition with no timeout: an
+idle engine makes no wake-ups.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from optimizely_middleware.clock import Clock, Wait
+
+__all__ = ["ProcessStamp", "WorkerPool"]
+
+
+class ProcessStamp:
+    """The process and the threading library an engine's locks and threads belong to.
+
+    :meth:`changed` is True in a forked child (the pid differs: uWSGI forks in
+    C, where :func:`os.register_at_fork` handlers do not run) and after
+    gevent's monkey-patching (``threading.Lock`` or ``threading.Condition``
+    is no longer the object seen at creation: a native lock mixed with
+    patched code deadlocks). Cheap enough for every hand-off.
+
+    Example::
+
+        stamp = ProcessStamp()
+        os.fork() == 0 and stamp.changed()   # True in the child
+    """
+
+    __slots__ = ("condition_type", "lock_type", "pid")
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock_type: object = threading.Lock
+        self.condition_type: object = threading.Condition
+
+    def changed(self) -> bool:
+        return (
+            os.getpid() != self.pid
+            or threading.Lock is not self.lock_type
+            or threading.Condition is not self.condition_type
+        )
+
+    def same_pid(self) -> bool:
+        return os.getpid() == self.pid
+
+
+class WorkerPool:
+    """Up to ``max_workers`` daemon threads running ``run(generation)``, started on demand.
+
+    The first worker starts with the first work. Another starts only when
+    work is waiting while every worker has been busy for ``scale_up_after``
+    seconds (POSTs are slow).
+
+    Example::
+
+        pool = WorkerPool(engine_loop, max_workers=4, scale_up_after=0.1, clock=time.monotonic)
+    """
+
+    def __init__(
+        self,
+        run: Callable[[int], None],
+        *,
+        max_workers: int,
+        scale_up_after: float,
+        clock: Clock = time.monotonic,
+        name: str = "optimizely-event-sender",
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {max_workers!r}")
+        if scale_up_after < 0:
+            raise ValueError("scale_up_after must be >= 0")
+        self._run = run
+        self.max_workers = max_workers
+        self.scale_up_after = scale_up_after
+        self._clock = clock
+        self.name = name
+        self.generation = 0
+        self.threads: list[threading.Thread] = []
+        self.idle = 0
+        self._all_busy_since: float | None = None
+
+    def reset(self) -> None:
+        """Forget every thread (a new process or threading library): new ones start on demand."""
+        self.generation += 1
+        self.threads = []
+        self.idle = 0
+        self._all_busy_since = None
+
+    def start(self) -> None:
+        thread = threading.Thread(
+            target=self._run,
+            args=(self.generation,),
+            name=f"{self.name}-{len(self.threads) + 1}",
+            daemon=True,
+        )
+        self.threads.append(thread)
+        self._all_busy_since = None
+        thread.start()
+
+    def wake(self, condition: threading.Condition) -> None:
+        """Work arrived: wake one idle worker, or start the first."""
+        if self.idle:
+            condition.notify()
+        elif not self.threads:
+            self.start()
+
+    def maybe_grow(self, *, work_waiting: bool) -> None:
+        """Start another worker if work waits while all workers have been busy long enough."""
+        if not work_waiting or self.idle or len(self.threads) >= self.max_workers:
+            return
+        if not self.threads:
+            self.start()
+            return
+        since = self._all_busy_since
+        if since is not None and self._clock() - since >= self.scale_up_after:
+            self.start()
+
+    def idle_wait(self, condition: threading.Condition, wait: Wait, timeout: float | None) -> None:
+        """Wait for work: forever (``timeout=None``: no wake-ups) or ``timeout`` seconds."""
+        self.idle += 1
+        self._all_busy_since = None
+        try:
+            if timeout is None:
+                condition.wait()
+            else:
+                wait(condition, max(0.0, timeout))
+        finally:
+            self.idle -= 1
+            if self.idle == 0:
+                self._all_busy_since = self._clock()
+
+    def join(self, deadline: float | None) -> None:
+        """Join every worker, until ``deadline`` (``time.monotonic()``) at most."""
+        current = threading.current_thread()
+        for thread in list(self.threads):
+            if thread is current:
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+
+    def alive(self) -> int:
+        return sum(1 for thread in self.threads if thread.is_alive())
