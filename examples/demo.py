@@ -4,7 +4,7 @@ Run it::
 
     ./scripts/demo                  # sets up .venv, then runs this file
     python examples/demo.py         # in an environment that has the package
-    python examples/demo.py --serve # keep the app and the endpoint running for a browser
+    python examples/demo.py --serve # keep the app, the endpoint and its inspector running
 
 It starts the local event endpoint (slowed down to 200 ms per POST) and the
 plain WSGI example app with the middleware, both on 127.0.0.1, sends a few
@@ -266,9 +266,15 @@ def serve(app_url: str, endpoint: DevServer, dispatcher: RequestScopedEventDispa
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
+        links = (
+            (f"{app_url}/?user=alice", "the app"),
+            (f"{app_url}/buy?user=alice", "the app, with a purchase"),
+            (endpoint.inspector_url, "the inspector: what the app sent, live"),
+        )
+        width = max(len(url) for url, _ in links)
         print("Serving. Open in a browser:")
-        print(f"  {app_url}/?user=alice")
-        print(f"  {app_url}/buy?user=alice")
+        for url, what in links:
+            print(f"  {url:<{width}}  {what}")
         print(
             f"Events go to the local endpoint at {endpoint.url}, which prints each POST below "
             f"(answering after {endpoint.delay * 1000:.0f} ms). Ctrl+C to stop.",

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -121,13 +122,27 @@ def serving() -> Iterator[Serving]:
 
 def test_serve_keeps_running_for_a_browser(serving: Serving) -> None:
     printed = serving.read_until("Ctrl+C to stop.")
-    (buy_url,) = [line.strip() for line in printed if line.strip().endswith("/buy?user=alice")]
-    assert buy_url.startswith("http://127.0.0.1:")
+    links = dict(
+        (line.split(None, 1)[1], line.split()[0]) for line in printed if line.startswith("  http")
+    )
+    buy_url = links["the app, with a purchase"]
+    assert buy_url.startswith("http://127.0.0.1:") and buy_url.endswith("/buy?user=alice")
+    inspector = links["the inspector: what the app sent, live"]
+    assert inspector.startswith("http://127.0.0.1:") and inspector.endswith("/")
+    # On the event endpoint's port, not the app's.
+    assert urlsplit(inspector).port != urlsplit(buy_url).port
 
     response = requests.get(buy_url, timeout=WAIT)
     assert response.status_code == 200
     assert "Thanks for your order, alice" in response.text
     serving.read_until("conversion  purchase  revenue=4200 value=42.0")
+    # The inspector shows the same POSTs.
+    assert "<title>Optimizely events" in requests.get(inspector, timeout=WAIT).text
+    listing = requests.get(inspector + "api/posts", params={"event": "purchase"}, timeout=WAIT)
+    (purchase,) = [
+        c for p in listing.json()["posts"] for v in p["visitors"] for c in v["conversions"]
+    ]
+    assert (purchase["event_key"], purchase["revenue"]) == ("purchase", 4200)
 
     serving.process.send_signal(signal.SIGINT)
     stopped = serving.read_until("Stopped:")
