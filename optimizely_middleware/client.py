@@ -21,6 +21,8 @@ from optimizely.notification_center import NotificationCenter
 
 from optimizely_middleware.dispatcher import BATCH_PROCESSOR_HINT, RequestScopedEventDispatcher
 from optimizely_middleware.errors import WiringWarning
+from optimizely_middleware.processor import RequestScopedEventProcessor
+from optimizely_middleware.sdk_logging import SDKLogger
 
 __all__ = ["check_client", "create_client"]
 
@@ -37,12 +39,15 @@ def create_client(
 ) -> optimizely.Optimizely:
     """Build an ``Optimizely`` client wired to ``dispatcher`` the right way.
 
-    The SDK's default ``BatchEventProcessor`` calls the dispatcher from its own
-    thread, where no request is visible. This uses a ``ForwardingEventProcessor``
-    that shares the client's notification centre, so events stay on the
-    request's thread and ``LOG_EVENT`` listeners still fire. Every other keyword
-    (``logger``, ``user_profile_service``, ``default_decide_options``, ...) goes
-    to ``Optimizely`` unchanged.
+    The client gets a :class:`~optimizely_middleware.processor.RequestScopedEventProcessor`
+    that keeps the SDK's events in the current request's scope (one append,
+    no payload built on the request's thread) and shares the client's
+    notification centre, so ``LOG_EVENT`` listeners still fire (after the
+    response). Unless you pass ``logger=``, the SDK logs through
+    :class:`~optimizely_middleware.sdk_logging.SDKLogger`, which keeps
+    visitor ids out of INFO and above. Every other keyword
+    (``user_profile_service``, ``default_decide_options``, ...) goes to
+    ``Optimizely`` unchanged.
 
     With ``sdk_key`` the datafile is polled as the SDK does it by default;
     ``url_template`` (e.g. a datafile proxy), ``update_interval`` and
@@ -62,10 +67,12 @@ def create_client(
             raise TypeError(
                 f"create_client() sets {name} itself; pass the dispatcher as its first argument"
             )
+    if optimizely_kwargs.get("logger") is None:
+        optimizely_kwargs["logger"] = SDKLogger()
+    sdk_logger = optimizely_kwargs["logger"]
     notification_center = optimizely_kwargs.pop("notification_center", None)
     if notification_center is None:
-        sdk_logger = optimizely_kwargs.get("logger")
-        notification_center = NotificationCenter(adapt_logger(sdk_logger) if sdk_logger else None)
+        notification_center = NotificationCenter(adapt_logger(sdk_logger))
     if sdk_key is not None and (url_template or update_interval or blocking_timeout):
         if "config_manager" in optimizely_kwargs:
             raise TypeError("pass either config_manager or the polling options, not both")
@@ -75,16 +82,12 @@ def create_client(
             url_template=url_template,
             update_interval=update_interval,
             blocking_timeout=blocking_timeout,
-            logger=optimizely_kwargs.get("logger"),
+            logger=sdk_logger,
             error_handler=optimizely_kwargs.get("error_handler"),
             notification_center=notification_center,
             skip_json_validation=optimizely_kwargs.get("skip_json_validation", False),
         )
-    processor = ForwardingEventProcessor(
-        dispatcher,
-        logger=optimizely_kwargs.get("logger"),
-        notification_center=notification_center,
-    )
+    processor = RequestScopedEventProcessor(dispatcher, notification_center=notification_center)
     return optimizely.Optimizely(
         datafile=datafile,
         sdk_key=sdk_key,
@@ -98,16 +101,20 @@ def create_client(
 def check_client(client: optimizely.Optimizely, dispatcher: RequestScopedEventDispatcher) -> bool:
     """Warn (:class:`WiringWarning`) if ``client`` would bypass request scopes.
 
-    Returns True when the client forwards events to ``dispatcher`` on the
-    calling thread. Middleware and extensions call this when given a client.
+    Returns True when the client keeps its events in ``dispatcher``'s request
+    scopes: through a :class:`RequestScopedEventProcessor` (what
+    :func:`create_client` wires) or a ``ForwardingEventProcessor`` (which
+    calls ``dispatcher.dispatch_event`` on the calling thread). Middleware
+    and extensions call this when given a client.
     """
     processor = getattr(client, "event_processor", None)
     if isinstance(processor, BatchEventProcessor):
         message = BATCH_PROCESSOR_HINT
-    elif not isinstance(processor, ForwardingEventProcessor):
+    elif not isinstance(processor, (RequestScopedEventProcessor, ForwardingEventProcessor)):
         message = (
             f"The Optimizely client uses {type(processor).__name__} as its event "
-            "processor; request scoping needs a ForwardingEventProcessor. " + BATCH_PROCESSOR_HINT
+            "processor; request scoping needs a RequestScopedEventProcessor or a "
+            "ForwardingEventProcessor. " + BATCH_PROCESSOR_HINT
         )
     elif processor.event_dispatcher is not dispatcher:
         message = (
@@ -116,7 +123,7 @@ def check_client(client: optimizely.Optimizely, dispatcher: RequestScopedEventDi
         )
     elif processor.notification_center is not client.notification_center:
         message = (
-            "The client's ForwardingEventProcessor has its own notification centre, so "
+            f"The client's {type(processor).__name__} has another notification centre, so "
             "the client's LOG_EVENT listeners never fire. Pass the same "
             "notification_center to both, or use create_client()."
         )

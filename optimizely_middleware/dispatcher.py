@@ -14,15 +14,19 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import sys
 import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
+from optimizely_middleware.process_hooks import Registry
 from optimizely_middleware.scope import RequestScope, ScopeVar
 from optimizely_middleware.sink import EventSink
 
@@ -45,21 +49,39 @@ logger = logging.getLogger("optimizely_middleware")
 OutsideScopePolicy = Literal["send", "drop", "raise"]
 FailedRequestPolicy = Literal["keep", "discard"]
 
-# Called with (dispatcher, events, failed) each time a request scope closes.
-RequestEndListener = Callable[["RequestScopedEventDispatcher", "list[Event]", bool], None]
-_request_end_listeners: list[RequestEndListener] = []
+# Called with (dispatcher, items, failed) each time a request scope closes;
+# items are LogEvents and PendingUserEvents.
+RequestEndListener = Callable[["RequestScopedEventDispatcher", "list[Any]", bool], None]
+
+# Every live dispatcher, so that a process-wide listener reaches those created later too.
+_dispatchers: Registry[RequestScopedEventDispatcher] = Registry()
+_process_listeners: dict[RequestEndListener, Callable[[], None]] = {}
+_process_listeners_lock = threading.Lock()
 
 
 def add_request_end_listener(listener: RequestEndListener) -> None:
-    """Call ``listener(dispatcher, events, failed)`` whenever any request scope
-    of any dispatcher in the process closes (used by the testing kit to group
-    events per request). Listeners run on the request's thread: keep them O(1)."""
-    _request_end_listeners.append(listener)
+    """Call ``listener(dispatcher, items, failed)`` whenever a request scope of any
+    dispatcher in the process, existing or created later, closes (the testing
+    kit groups events per request this way, without changes to the app).
+    Listeners run on the request's thread: keep them O(1)."""
+    with _process_listeners_lock:
+        if listener in _process_listeners:
+            return
+        _process_listeners[listener] = _dispatchers.subscribe(
+            lambda dispatcher: dispatcher.add_request_end_listener(listener)
+        )
+    for dispatcher in _dispatchers.live():
+        dispatcher.add_request_end_listener(listener)
 
 
 def remove_request_end_listener(listener: RequestEndListener) -> None:
     """Undo :func:`add_request_end_listener`."""
-    _request_end_listeners.remove(listener)
+    with _process_listeners_lock:
+        unsubscribe = _process_listeners.pop(listener, None)
+    if unsubscribe is not None:
+        unsubscribe()
+    for dispatcher in _dispatchers.live():
+        dispatcher.remove_request_end_listener(listener)
 
 
 # The SDK's BatchEventProcessor runs dispatch_event on a thread of this name.
@@ -131,11 +153,24 @@ class RequestScopedEventDispatcher:
         self.failed_requests: FailedRequestPolicy = failed_requests
         self.max_events_per_request = max_events_per_request
         self._scope_var = ScopeVar(f"optimizely_middleware.scope.{id(self):x}")
+        self._listeners: tuple[RequestEndListener, ...] = ()
+        self._warned: set[str] = set()
+        self._reset_counters()
+        _dispatchers.add(self)
+
+    def _reset_counters(self) -> None:
+        """Zero counters and a new lock: at construction and in a new process
+        (after a fork the parent's counts are not this process's, and a parent
+        thread may have held the lock)."""
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._open_scopes = 0
-        self._warned: set[str] = set()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._reset_counters()
 
     # -- the SDK-facing side -------------------------------------------------
 
@@ -149,32 +184,59 @@ class RequestScopedEventDispatcher:
             if added is False:
                 self._note_overflow(scope)
                 return
-        self._dispatch_outside_scope(event)
+        # The SDK's ForwardingEventProcessor catches what dispatch_event raises
+        # and logs the whole event at ERROR: raising from there reaches nobody.
+        caller = sys._getframe(1).f_code
+        self._outside_scope(event, can_raise=caller is not _forwarding_process_code())
 
-    def _dispatch_outside_scope(self, event: Event) -> None:
+    def collect(self, item: object) -> None:
+        """Keep ``item`` (a ``PendingUserEvent`` or ``LogEvent``) for the current request;
+        O(1). Outside any request the ``outside_scope`` policy applies."""
+        scope = self._scope_var.get()
+        if scope is not None:
+            added = scope.add(item)
+            if added:
+                return
+            if added is False:
+                self._note_overflow(scope)
+                return
+        self._outside_scope(item, can_raise=True)
+
+    def _outside_scope(self, item: object, *, can_raise: bool) -> None:
+        self._check_pid()
         self._check_wiring()
         if self.outside_scope == "send":
             self._count("outside_scope_sent", 1)
-            self._submit([event])
+            self._submit([item])
         elif self.outside_scope == "drop":
             self._drop("outside_scope", 1)
-            self._log_once(
+            self._warn_once(
                 "outside_scope",
                 "An Optimizely event arrived outside any request scope and was dropped "
                 "(outside_scope='drop'); further drops are counted in stats() only.",
             )
         else:
-            self._count("outside_scope_raised", 1)
-            raise EventOutsideScopeError(
+            self._drop("outside_scope_raised", 1)
+            message = (
                 "An Optimizely event was dispatched outside any request scope "
                 "(outside_scope='raise'). Wrap the code in dispatcher.request_scope() "
                 "or serve it through the middleware."
+            )
+            if can_raise:
+                raise EventOutsideScopeError(message)
+            logger.error("%s It is dropped and counted in stats().", message)
+            self._warn_once(
+                "raise_swallowed",
+                "outside_scope='raise' cannot reach your code through the SDK's "
+                "ForwardingEventProcessor, which catches the error (and would log the "
+                "event's payload). Build the client with create_client() to get the error.",
+                category=WiringWarning,
             )
 
     def _check_wiring(self) -> None:
         thread_name = threading.current_thread().name
         if thread_name == SDK_EVENT_THREAD_NAME:
-            self._warn_once("event_thread", BATCH_PROCESSOR_HINT)
+            self._warn_once("event_thread", BATCH_PROCESSOR_HINT, category=WiringWarning)
         elif self._open_scopes > 0:
             self._warn_once(
                 "unscoped_while_serving",
@@ -182,6 +244,7 @@ class RequestScopedEventDispatcher:
                 f"are being served (thread {thread_name!r}). If it belongs to a request, "
                 "the thread does not carry the request's context: run it with "
                 "contextvars.copy_context().run(...). " + BATCH_PROCESSOR_HINT,
+                category=WiringWarning,
             )
 
     def _note_overflow(self, scope: RequestScope) -> None:
@@ -200,6 +263,7 @@ class RequestScopedEventDispatcher:
 
     def open_scope(self) -> RequestScope:
         """Create a scope for a new request. Activate it with :meth:`activate`."""
+        self._check_pid()
         with self._lock:
             self._open_scopes += 1
         return RequestScope(self.max_events_per_request)
@@ -218,15 +282,17 @@ class RequestScopedEventDispatcher:
         if events is None:
             return
         failed = failed or scope.failed
+        self._check_pid()
         with self._lock:
-            self._open_scopes -= 1
+            self._open_scopes = max(0, self._open_scopes - 1)
             self._counts["requests"] += 1
             if failed:
                 self._counts["failed_requests"] += 1
             self._counts["collected"] += len(events)
             if scope.overflowed:
                 self._dropped["request_cap"] += scope.overflowed
-        for listener in _request_end_listeners:
+            listeners = self._listeners
+        for listener in listeners:
             try:
                 listener(self, events, failed)
             except Exception:
@@ -239,6 +305,18 @@ class RequestScopedEventDispatcher:
             return
         self._submit(events)
 
+    def add_request_end_listener(self, listener: RequestEndListener) -> None:
+        """Call ``listener(self, items, failed)`` each time a request scope of this
+        dispatcher closes, on the request's thread (keep it O(1))."""
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners = (*self._listeners, listener)
+
+    def remove_request_end_listener(self, listener: RequestEndListener) -> None:
+        """Undo :meth:`add_request_end_listener` (no error if it was not added)."""
+        with self._lock:
+            self._listeners = tuple(item for item in self._listeners if item != listener)
+
     def request_scope(self) -> ScopeBlock:
         """A ``with`` / ``async with`` block that is one request.
 
@@ -249,7 +327,7 @@ class RequestScopedEventDispatcher:
 
     # -- delivery ------------------------------------------------------------
 
-    def _submit(self, events: list[Event]) -> None:
+    def _submit(self, events: list[Any]) -> None:
         try:
             self.sender.submit(events)
         except Exception as exc:
@@ -278,6 +356,7 @@ class RequestScopedEventDispatcher:
         sender (``queue_full``, ``retries_exhausted``, ...).
         """
         sender_stats = dict(self.sender.stats())
+        self._check_pid()
         with self._lock:
             counts = dict(self._counts)
             dropped = Counter(self._dropped)
@@ -305,16 +384,22 @@ class RequestScopedEventDispatcher:
         with self._lock:
             self._dropped[reason] += n
 
-    def _log_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(message)
+    def _warn_once(self, key: str, message: str, *, category: type[Warning] | None = None) -> None:
+        """Log ``message`` once per ``key``; with ``category``, also ``warnings.warn`` it."""
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        logger.warning(message)
+        if category is not None:
+            warnings.warn(message, category, stacklevel=4)
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(message)
-            warnings.warn(message, WiringWarning, stacklevel=4)
+
+@functools.cache
+def _forwarding_process_code() -> CodeType:
+    """The code of the SDK's ``ForwardingEventProcessor.process`` (imported on first use)."""
+    from optimizely.event.event_processor import ForwardingEventProcessor
+
+    return ForwardingEventProcessor.process.__code__
 
 
 class ScopeBlock:

@@ -322,7 +322,7 @@ class EventEncoder:
                 center.send_notifications(NotificationTypes.LOG_EVENT, log_event)
             except Exception:
                 logger.warning("A LOG_EVENT listener raised; the event is sent anyway.")
-        return self._encode_log_event(log_event, item)
+        return self._encode_log_event(log_event, item, kind)
 
     def _context_envelope(self, context: Any) -> _Envelope:
         cache_key = _context_cache_key(context)
@@ -351,7 +351,7 @@ class EventEncoder:
 
     # -- LogEvents ----------------------------------------------------------------
 
-    def _encode_log_event(self, event: Any, item: object) -> EncodedEvent:
+    def _encode_log_event(self, event: Any, item: object, kind: str = "LogEvent") -> EncodedEvent:
         try:
             url = str(event.url)
             params = event.params
@@ -379,7 +379,7 @@ class EventEncoder:
             encoded = [_dumps_visitor(visitor) for visitor in visitors]
         except (TypeError, ValueError, RecursionError) as exc:
             raise UnserializableEvent(
-                f"the event payload has no JSON form ({type(exc).__name__})"
+                f"the payload of this {kind} has no JSON form ({type(exc).__name__})"
             ) from None
         return EncodedEvent(
             key=(url, self._headers_key(headers), prefix, suffix),

@@ -1,5 +1,10 @@
 """The per-request container of events and the ContextVar that holds it.
 
+A scope holds opaque items: the SDK's ``LogEvent`` (from
+``RequestScopedEventDispatcher.dispatch_event``) or a
+:class:`~optimizely_middleware.encoding.PendingUserEvent` (from the
+request-scoped event processor). Nothing is built or copied here.
+
 A :class:`RequestScope` is created when a request starts and set in a
 :class:`ScopeVar` before the app runs. It is a mutable object, so copies of the
 context made by thread pools (Starlette's sync endpoints, ``anyio.to_thread``,
@@ -15,10 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from optimizely.event_builder import Event
+from typing import Any
 
 __all__ = ["RequestScope", "ScopeVar"]
 
@@ -26,8 +28,14 @@ __all__ = ["RequestScope", "ScopeVar"]
 class RequestScope:
     """The events one request produced, until the request is over.
 
-    ``add`` is O(1) and thread-safe; ``close`` returns the collected events
+    ``add`` is O(1) and thread-safe; ``close`` returns the collected items
     exactly once, so a scope can never be handed over twice.
+
+    Example::
+
+        scope = RequestScope(max_events=100)
+        scope.add(event)
+        assert scope.close() == [event] and scope.close() is None
     """
 
     __slots__ = ("_closed", "_events", "_lock", "failed", "max_events", "overflowed")
@@ -36,7 +44,7 @@ class RequestScope:
         self.max_events = max_events
         self.failed = False
         self.overflowed = 0
-        self._events: list[Event] = []
+        self._events: list[object] = []
         self._closed = False
         self._lock = threading.Lock()
 
@@ -47,8 +55,8 @@ class RequestScope:
     def __len__(self) -> int:
         return len(self._events)
 
-    def add(self, event: Event) -> bool | None:
-        """Collect ``event``.
+    def add(self, event: Any) -> bool | None:
+        """Collect ``event`` (a ``LogEvent`` or a ``PendingUserEvent``).
 
         Returns True when collected, False when the per-request cap was hit
         (the event is not kept) and None when the scope is already closed.
@@ -66,7 +74,7 @@ class RequestScope:
         """Record that the request failed (an exception or a 5xx status)."""
         self.failed = True
 
-    def close(self) -> list[Event] | None:
+    def close(self) -> list[object] | None:
         """Close the scope; return its events the first time, None after."""
         with self._lock:
             if self._closed:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import copy
 import json
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,8 +12,10 @@ from typing import Any
 import anyio
 import pytest
 from optimizely import optimizely
+from optimizely.event.event_processor import ForwardingEventProcessor
 from optimizely.event_builder import Event
 from optimizely.helpers import enums
+from optimizely.notification_center import NotificationCenter
 
 from optimizely_middleware import (
     EventOutsideScopeError,
@@ -26,6 +28,7 @@ from optimizely_middleware.dispatcher import (
     add_request_end_listener,
     remove_request_end_listener,
 )
+from optimizely_middleware.encoding import EventEncoder, log_event_of
 from tests.event_endpoint import EventEndpoint
 from tests.support import RecordingSink
 
@@ -41,6 +44,24 @@ class BuiltEvents:
 
     def _on_log_event(self, event: Event) -> None:
         self.bodies.append(json.dumps(copy.deepcopy(event.params), sort_keys=True))
+
+
+def params_of(item: object) -> Any:
+    """The SDK's payload of a handed-over item (a LogEvent or a PendingUserEvent)."""
+    return log_event_of(item).params
+
+
+def forwarding_client(
+    dispatcher: RequestScopedEventDispatcher, datafile: str
+) -> optimizely.Optimizely:
+    """A client wired to the LogEvent path, as people who wire the SDK themselves do."""
+    center = NotificationCenter()
+    return optimizely.Optimizely(
+        datafile,
+        event_dispatcher=dispatcher,
+        event_processor=ForwardingEventProcessor(dispatcher, notification_center=center),
+        notification_center=center,
+    )
 
 
 def fire_three_events(client: optimizely.Optimizely, user_id: str = "user-1") -> None:
@@ -59,9 +80,14 @@ def dispatcher(sink: RecordingSink) -> RequestScopedEventDispatcher:
     return RequestScopedEventDispatcher(sink)
 
 
-@pytest.fixture
-def client(dispatcher: RequestScopedEventDispatcher, datafile: str) -> optimizely.Optimizely:
-    return create_client(dispatcher, datafile=datafile)
+@pytest.fixture(params=["processor", "forwarding"])
+def client(
+    request: pytest.FixtureRequest, dispatcher: RequestScopedEventDispatcher, datafile: str
+) -> optimizely.Optimizely:
+    """Both SDK-facing paths: create_client's processor and the LogEvent path."""
+    if request.param == "processor":
+        return create_client(dispatcher, datafile=datafile)
+    return forwarding_client(dispatcher, datafile)
 
 
 def test_events_in_a_scope_are_held_until_it_closes_then_handed_over_once(
@@ -74,7 +100,10 @@ def test_events_in_a_scope_are_held_until_it_closes_then_handed_over_once(
         assert len(scope) == 3
     assert len(sink.batches) == 1
     handed = sink.batches[0]
-    assert [json.dumps(e.params, sort_keys=True) for e in handed] == built.bodies
+    encoder = EventEncoder()
+    for item in handed:
+        encoder.encode(item)  # the sender does this: LOG_EVENT listeners of user events fire
+    assert [json.dumps(params_of(e), sort_keys=True) for e in handed] == built.bodies
     stats = dispatcher.stats()
     assert stats["requests"] == 1
     assert stats["collected"] == 3
@@ -106,7 +135,7 @@ def test_events_outside_a_scope_are_handed_over_at_once(
 ) -> None:
     client.track("purchase", "user-2")
     assert len(sink.batches) == 1
-    assert sink.batches[0][0].params["visitors"][0]["visitor_id"] == "user-2"
+    assert params_of(sink.batches[0][0])["visitors"][0]["visitor_id"] == "user-2"
     assert dispatcher.stats()["outside_scope_sent"] == 1
 
 
@@ -125,16 +154,44 @@ def test_outside_scope_drop_policy_counts_and_logs_once(
     assert "user-3" not in caplog.text
 
 
-def test_outside_scope_raise_policy_raises_from_dispatch_event(
-    sink: RecordingSink, datafile: str
+def test_outside_scope_raise_policy_reaches_the_caller_of_the_sdk(
+    sink: RecordingSink, datafile: str, caplog: Any
 ) -> None:
     dispatcher = RequestScopedEventDispatcher(sink, outside_scope="raise")
     client = create_client(dispatcher, datafile=datafile)
     with pytest.raises(EventOutsideScopeError):
         dispatcher.dispatch_event(Event("https://example.invalid", {}))
-    # Through the SDK the error is caught by the SDK's processor: nothing is sent.
-    client.track("purchase", "user-4")
+    user = client.create_user_context("user-4", {"plan": "secret-plan"})
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(EventOutsideScopeError):
+            user.decide("new_checkout")
+        with pytest.raises(EventOutsideScopeError):
+            user.track_event("purchase", {"revenue": 1})
+        with pytest.raises(EventOutsideScopeError):
+            client.activate("headline_test", "user-4")
+        with pytest.raises(EventOutsideScopeError):
+            client.is_feature_enabled("new_checkout", "user-4")
     assert sink.batches == []
+    assert dispatcher.stats()["dropped"] == {"outside_scope_raised": 5}
+    assert "secret-plan" not in caplog.text
+
+
+def test_outside_scope_raise_through_a_forwarding_processor_is_counted_not_logged(
+    sink: RecordingSink, datafile: str, caplog: Any
+) -> None:
+    dispatcher = RequestScopedEventDispatcher(sink, outside_scope="raise")
+    client = forwarding_client(dispatcher, datafile)
+    # The SDK's ForwardingEventProcessor would catch the error and log the whole
+    # event at ERROR: the dispatcher counts it and logs one line without the payload.
+    with caplog.at_level(logging.DEBUG), pytest.warns(WiringWarning, match="create_client"):
+        client.track("purchase", "user-4", {"plan": "secret-plan"})
+        client.track("purchase", "user-4", {"plan": "secret-plan"})
+    assert sink.batches == []
+    assert dispatcher.stats()["dropped"] == {"outside_scope_raised": 2}
+    # (The SDK's own NoOpLogger logs the user id at INFO: that is its choice.)
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [line for line in loud if "secret-plan" in line or "user-4" in line]
+    assert sum("outside any request scope" in line for line in loud) == 2
 
 
 def test_nested_scopes_hand_over_once(
@@ -157,7 +214,7 @@ async def test_async_scope_collects_across_awaits(
 ) -> None:
     async with dispatcher.request_scope():
         client.track("purchase", "user-6")
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         client.track("add_to_cart", "user-6")
         assert sink.batches == []
     assert [len(b) for b in sink.batches] == [2]
@@ -178,7 +235,7 @@ def test_concurrent_requests_keep_their_own_events(
         list(pool.map(request, ["a", "b", "c", "d"]))
     assert len(sink.batches) == 4
     for batch in sink.batches:
-        users = {e.params["visitors"][0]["visitor_id"] for e in batch}
+        users = {params_of(e)["visitors"][0]["visitor_id"] for e in batch}
         assert len(batch) == 2 and len(users) == 1
 
 
@@ -349,5 +406,106 @@ def test_a_datafile_without_events_tracks_nothing_and_does_not_crash(
     # Not silent: the SDK logs it at ERROR through Python logging, even with its NoOpLogger.
     assert any('"purchase" is not in datafile' in r.getMessage() for r in caplog.records)
     assert [len(b) for b in sink.batches] == [1]
-    assert "decisions" in sink.batches[0][0].params["visitors"][0]["snapshots"][0]
+    assert "decisions" in params_of(sink.batches[0][0])["visitors"][0]["snapshots"][0]
     assert dispatcher.stats()["dropped"] == {}
+
+
+def test_request_end_listeners_live_on_each_dispatcher(
+    sink: RecordingSink, dispatcher: RequestScopedEventDispatcher, client: optimizely.Optimizely
+) -> None:
+    other = RequestScopedEventDispatcher(RecordingSink())
+    seen: list[RequestScopedEventDispatcher] = []
+
+    def listener(d: RequestScopedEventDispatcher, items: list[object], failed: bool) -> None:
+        seen.append(d)
+
+    dispatcher.add_request_end_listener(listener)
+    dispatcher.add_request_end_listener(listener)  # once is enough
+    with dispatcher.request_scope():
+        client.track("purchase", "user-20")
+    with other.request_scope():
+        pass
+    dispatcher.remove_request_end_listener(listener)
+    with dispatcher.request_scope():
+        pass
+    assert seen == [dispatcher]
+
+
+def test_a_process_wide_listener_reaches_dispatchers_created_later(datafile: str) -> None:
+    seen: list[tuple[RequestScopedEventDispatcher, int]] = []
+
+    def listener(d: RequestScopedEventDispatcher, items: list[object], failed: bool) -> None:
+        seen.append((d, len(items)))
+
+    before = RequestScopedEventDispatcher(RecordingSink())
+    add_request_end_listener(listener)
+    try:
+        after = RequestScopedEventDispatcher(RecordingSink())
+        client = create_client(after, datafile=datafile)
+        with after.request_scope():
+            client.track("purchase", "user-21")
+        with before.request_scope():
+            pass
+    finally:
+        remove_request_end_listener(listener)
+    with after.request_scope():
+        pass
+    assert seen == [(after, 1), (before, 0)]
+
+
+def test_listeners_added_while_requests_end_are_safe(
+    dispatcher: RequestScopedEventDispatcher,
+) -> None:
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+
+            def listener(d: Any, items: list[object], failed: bool) -> None:
+                calls.append(1)
+
+            dispatcher.add_request_end_listener(listener)
+            dispatcher.remove_request_end_listener(listener)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(2000):
+            with dispatcher.request_scope():
+                pass
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert dispatcher.stats()["requests"] == 2000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_after_a_fork_the_child_reports_only_its_own_counters(
+    sink: RecordingSink, dispatcher: RequestScopedEventDispatcher, client: optimizely.Optimizely
+) -> None:
+    for n in range(3):
+        with dispatcher.request_scope():
+            client.track("purchase", f"user-{n}")
+    assert dispatcher.stats()["handed_over"] == 3
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            report = {"before": dispatcher.stats()}
+            with dispatcher.request_scope():
+                client.track("purchase", "child-user")
+            report["after"] = dispatcher.stats()
+            os.write(write, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        report = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert report["before"]["requests"] == 0
+    assert report["before"]["handed_over"] == 0
+    assert report["after"]["requests"] == 1
+    assert report["after"]["handed_over"] == 1
+    assert dispatcher.stats()["handed_over"] == 3  # the parent keeps its own
