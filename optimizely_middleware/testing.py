@@ -42,8 +42,6 @@ from optimizely_middleware.transport import Transport, TransportResponse
 from optimizely_middleware.validation import InvalidEventPayload, payload_errors
 
 if TYPE_CHECKING:
-    from optimizely.event_builder import Event
-
     from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
     from optimizely_middleware.sender import EventSender
     from optimizely_middleware.sink import EventSink
@@ -385,7 +383,7 @@ class EventCapture(_EventAssertions):
             self._posts.append(post)
 
     def _on_request_end(
-        self, dispatcher: RequestScopedEventDispatcher, events: list[Event], failed: bool
+        self, dispatcher: RequestScopedEventDispatcher, events: list[object], failed: bool
     ) -> None:
         payloads = tuple(_copy_params(event) for event in events)
         request = CapturedRequest(
@@ -537,9 +535,19 @@ class EventCapture(_EventAssertions):
         return f"<EventCapture posts={posts} requests={requests}>"
 
 
-def _copy_params(event: Event) -> Any:
+def _copy_params(item: object) -> Any:
+    """The payload of a handed-over item: a ``LogEvent``'s params, or what the SDK
+    builds from a ``PendingUserEvent`` (no ``LOG_EVENT`` notification); None when
+    the SDK cannot build it (the sender counts that event as a drop)."""
+    from optimizely_middleware.encoding import log_event_of
+
+    try:
+        event = log_event_of(item)
+    except Exception:
+        return None
+    params = getattr(event, "params", None)
     # A JSON round trip is what the wire sees and detaches the copy from the SDK's dict.
     try:
-        return json.loads(json.dumps(event.params))
-    except (TypeError, ValueError):
-        return event.params
+        return json.loads(json.dumps(params))
+    except (TypeError, ValueError, RecursionError):
+        return params
