@@ -401,9 +401,10 @@ def test_events_after_a_websocket_closed_follow_the_outside_scope_policy(
     dispatcher = RequestScopedEventDispatcher(sink)
     client = create_client(dispatcher, datafile=datafile)
     leftover: list[asyncio.Task[None]] = []
+    closed = asyncio.Event()
 
     async def late() -> None:
-        await asyncio.sleep(0)
+        await closed.wait()  # until the connection has been handed over
         client.create_user_context("late").track_event("purchase")
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -417,6 +418,7 @@ def test_events_after_a_websocket_closed_follow_the_outside_scope_policy(
             pass
 
         await OptimizelyASGIMiddleware(app, dispatcher)({"type": "websocket"}, receive, send)
+        closed.set()
         await leftover[0]
 
     asyncio.run(main())

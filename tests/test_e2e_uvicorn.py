@@ -49,7 +49,7 @@ class Server:
         while text not in self.log:
             assert time.monotonic() < deadline, f"{text!r} not in the server log:\n{self.log}"
             assert self.process.poll() is None or text in self.log
-            time.sleep(0.05)
+            time.sleep(0.05)  # polling another process's log, with a deadline
 
     def terminate(self) -> int:
         """SIGTERM, then wait (bounded) for the exit."""
@@ -96,7 +96,7 @@ def uvicorn(
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, f"uvicorn did not start:\n{server.log}"
-                time.sleep(0.05)
+                time.sleep(0.05)  # polling another process's port, with a deadline
         yield server
     finally:
         endpoint.release()
@@ -151,7 +151,7 @@ def test_the_event_loop_is_never_blocked_while_delivery_is_held(
         deadline = time.monotonic() + EXIT_TIMEOUT
         while (probe := httpx.get(server.url + "/probe").json())["ticks"] < start["ticks"] + 50:
             assert time.monotonic() < deadline, "the loop stopped ticking"
-            time.sleep(0.05)
+            time.sleep(0.05)  # polling the server's probe, with a deadline
         held_for = time.monotonic() - held_since
         assert len(event_endpoint.posts) == posts_before  # all still held
         event_endpoint.release()

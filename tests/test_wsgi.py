@@ -464,6 +464,7 @@ def test_concurrent_requests_on_threads_keep_their_events_apart(setup: Setup) ->
         t.start()
     for t in threads:
         t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a request never finished"
     assert len(setup.sink.batches) == 8
     for batch in range(8):
         users = setup.users(batch)

@@ -90,7 +90,7 @@ async def stream(request: Request) -> Response:
         for i in range(3):
             user.track_event("add_to_cart")
             yield f"chunk{i}\n".encode()
-        await asyncio.sleep(3600)  # until the client goes away
+        await asyncio.Event().wait()  # never set: until the client goes away
         yield b"never"
 
     return StreamingResponse(chunks(), media_type="text/plain")
