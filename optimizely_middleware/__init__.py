@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from optimizely_middleware.asgi import OptimizelyASGIMiddleware
     from optimizely_middleware.client import check_client, create_client
     from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+    from optimizely_middleware.encoding import EventEncoder, PendingUserEvent
     from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
+    from optimizely_middleware.processor import RequestScopedEventProcessor
     from optimizely_middleware.scope import RequestScope
     from optimizely_middleware.sender import EventSender
     from optimizely_middleware.signals import install_sigterm_flush
@@ -38,13 +40,16 @@ __version__ = "0.1.0"
 # Names are imported on first use: the pytest plugin entry point imports this
 # package in every pytest run, which must not pay for the Optimizely SDK.
 _EXPORTS = {
+    "EventEncoder": "optimizely_middleware.encoding",
     "EventOutsideScopeError": "optimizely_middleware.errors",
     "EventSender": "optimizely_middleware.sender",
     "EventSink": "optimizely_middleware.sink",
     "OptimizelyASGIMiddleware": "optimizely_middleware.asgi",
     "OptimizelyWSGIMiddleware": "optimizely_middleware.wsgi",
+    "PendingUserEvent": "optimizely_middleware.encoding",
     "RequestScope": "optimizely_middleware.scope",
     "RequestScopedEventDispatcher": "optimizely_middleware.dispatcher",
+    "RequestScopedEventProcessor": "optimizely_middleware.processor",
     "WiringWarning": "optimizely_middleware.errors",
     "check_client": "optimizely_middleware.client",
     "create_client": "optimizely_middleware.client",
@@ -52,13 +57,16 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "EventEncoder",
     "EventOutsideScopeError",
     "EventSender",
     "EventSink",
     "OptimizelyASGIMiddleware",
     "OptimizelyWSGIMiddleware",
+    "PendingUserEvent",
     "RequestScope",
     "RequestScopedEventDispatcher",
+    "RequestScopedEventProcessor",
     "WiringWarning",
     "__version__",
     "check_client",
