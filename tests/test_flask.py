@@ -37,6 +37,7 @@ from tests.apps.flask_views import create_app, create_decorated_app
 from tests.apps.wsgi_support import (
     DATAFILE_PATH,
     ROOT,
+    Gunicorn,
     event_keys,
     get,
     hand_offs,
@@ -485,6 +486,37 @@ def test_the_same_client_disconnect_is_never_a_failed_request(
         assert (stats["failed_requests"], stats["dropped"]) == (1, {"failed_request": 1})
     finally:
         dispatcher.close(10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mounted", ["extension", "decorator"])
+def test_the_same_client_disconnect_is_never_a_failed_request_under_gunicorn(
+    mounted: str, event_endpoint: EventEndpoint
+) -> None:
+    app, prefix = (
+        ("tests.apps.flask_views:create_app()", "")
+        if mounted == "extension"
+        else ("tests.apps.flask_views:create_decorated_app_from_env()", "deferred-")
+    )
+    server = Gunicorn(
+        app,
+        env={
+            "OPTIMIZELY_TEST_ENDPOINT": event_endpoint.url,
+            "OPTIMIZELY_TEST_DATAFILE": str(DATAFILE_PATH),
+            "OPTIMIZELY_TEST_FAILED_REQUESTS": "discard",
+        },
+    ).start()
+    try:
+        status, _ = get(server.port, f"/{prefix}raise/boom")
+        assert status == 500
+        stream_then_disconnect(server.port, f"/{prefix}endless/streamer")
+        upload_then_disconnect(server.port, f"/{prefix}upload/uploader")
+        event_endpoint.wait_for_visitors(3)
+        assert server.terminate() == 0  # a graceful stop delivers what is queued
+    finally:
+        server.kill()
+    visitors = sorted(v["visitor_id"] for v in event_endpoint.all_visitors())
+    assert visitors == ["streamer", "streamer", "uploader"], "\n".join(server.lines)
 
 
 # -- the example ----------------------------------------------------------------

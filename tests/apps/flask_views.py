@@ -125,7 +125,8 @@ def create_decorated_app_from_env() -> Flask:
     """:func:`create_decorated_app` with settings from the environment (for gunicorn)."""
     config = settings_from_env()
     dispatcher = RequestScopedEventDispatcher(
-        EventSender(endpoint=config["OPTIMIZELY_EVENT_ENDPOINT"])
+        EventSender(endpoint=config["OPTIMIZELY_EVENT_ENDPOINT"]),
+        failed_requests=config.get("OPTIMIZELY_FAILED_REQUESTS", "keep"),
     )
     datafile = Path(config["OPTIMIZELY_DATAFILE_PATH"]).read_text(encoding="utf-8")
     return create_decorated_app(dispatcher, create_client(dispatcher, datafile=datafile))
