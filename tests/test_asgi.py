@@ -240,6 +240,46 @@ def test_a_client_disconnect_loses_nothing(how: str, datafile: str) -> None:
     assert dispatcher.stats()["failed_requests"] == 0
 
 
+def test_an_oserror_the_app_raises_itself_is_a_failure(datafile: str) -> None:
+    """Only an OSError from the server's send means the client went away."""
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    client = create_client(dispatcher, datafile=datafile)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ConnectionRefusedError("the database is down")
+
+    with pytest.raises(ConnectionRefusedError):
+        asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher))))
+    assert sink.batches == []
+    assert dispatcher.stats()["dropped"] == {"failed_request": 2}
+
+
+def test_a_cancelled_request_is_not_a_failure(datafile: str) -> None:
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    client = create_client(dispatcher, datafile=datafile)
+    started = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        fire(client)
+        started.set()
+        await asyncio.Event().wait()  # until cancelled (a server giving up on it)
+
+    async def main() -> None:
+        task = asyncio.create_task(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher))))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert [len(b) for b in sink.batches] == [2]
+    assert dispatcher.stats()["failed_requests"] == 0
+
+
 def test_nested_middleware_of_one_dispatcher_hands_over_once(
     dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
 ) -> None:
@@ -392,6 +432,37 @@ def test_websocket_error_fails_the_last_step_only(datafile: str) -> None:
     assert [len(b) for b in sink.batches] == [2]
     assert dispatcher.stats()["dropped"] == {"failed_request": 2}
     assert dispatcher.stats()["open_scopes"] == 0
+
+
+@pytest.mark.parametrize("how", ["receive_disconnect", "send_raises"])
+def test_a_websocket_client_that_goes_away_is_not_a_failure(how: str, datafile: str) -> None:
+    """The HTTP rule: what the app raises once the client is gone (Starlette's
+    WebSocketDisconnect, an OSError from send) does not fail the connection."""
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    client = create_client(dispatcher, datafile=datafile)
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1006}]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        fire(client, "leaving")
+        if how == "receive_disconnect":
+            assert (await receive())["type"] == "websocket.disconnect"
+            raise RuntimeError("WebSocketDisconnect, say")
+        await send({"type": "websocket.send", "text": "too late"})
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        if message["type"] == "websocket.send":
+            raise OSError("client went away")  # what ASGI 2.4 servers do
+
+    with pytest.raises((OSError, RuntimeError)):
+        asyncio.run(OptimizelyASGIMiddleware(app, dispatcher)({"type": "websocket"}, receive, send))
+    assert [len(b) for b in sink.batches] == [2]
+    assert dispatcher.stats()["failed_requests"] == 0
 
 
 def test_events_after_a_websocket_closed_follow_the_outside_scope_policy(

@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
 from optimizely.optimizely import Optimizely
 from starlette.applications import Starlette
@@ -17,10 +18,11 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
+from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from optimizely_middleware import (
@@ -431,6 +433,55 @@ def test_the_decorator_fails_the_request_when_the_endpoint_raises(
             assert visitor_ids(event_endpoint.wait_for_visitors(1)) == ["missing"]
     assert shop.timeline.entries == ["handed_over:1:failed", "handed_over:1:ok"]
     assert shop.dispatcher.stats()["dropped"] == {"failed_request": 1}
+
+
+def test_the_decorator_follows_the_one_failed_request_rule_while_streaming(
+    event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    """An OSError the body raises itself fails the request; a client that went
+    away (http.disconnect on receive) and the error that follows do not."""
+    shop = Shop(event_endpoint, datafile, failed_requests="discard")
+
+    @defer_events(shop.dispatcher)
+    async def database(request: Request) -> Response:
+        shop.decide("db")
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first"
+            raise ConnectionRefusedError("the database is down")
+
+        return StreamingResponse(body())
+
+    @defer_events(shop.dispatcher)
+    async def upload(request: Request) -> Response:
+        shop.decide("uploader")
+        return PlainTextResponse(f"{len(await request.body())} bytes")
+
+    app = Starlette(routes=[Route("/db", database), Route("/upload", upload, methods=["POST"])])
+
+    async def gone() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def ignore(message: Message) -> None:
+        pass
+
+    with shop.timeline.listening():
+        with TestClient(app) as http, pytest.raises(ConnectionRefusedError):
+            http.get("/db")
+        upload_scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/upload",
+            "headers": [],
+            "query_string": b"",
+        }
+        with pytest.raises(ClientDisconnect):
+            anyio.run(app, upload_scope, gone, ignore)
+    assert shop.timeline.entries == ["handed_over:1:failed", "handed_over:1:ok"]
+    assert shop.dispatcher.stats()["dropped"] == {"failed_request": 1}
+    assert shop.dispatcher.flush(10)
+    assert visitor_ids(event_endpoint.all_visitors()) == ["uploader"]
+    shop.dispatcher.close(5)
 
 
 def test_the_decorated_response_reads_through_to_the_response(shop: Shop) -> None:
