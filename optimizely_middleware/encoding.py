@@ -93,9 +93,8 @@ def _payload_dict(obj: Any) -> dict[str, Any]:
     """An SDK payload object as get_event_params sees it: its ``__dict__`` without
     the None-valued keys it drops."""
     attrs: dict[str, Any] = obj.__dict__
-    for name in _DROPPED_WHEN_NONE:
-        if name in attrs and attrs[name] is None:
-            return {k: v for k, v in attrs.items() if v is not None or k not in _DROPPED_WHEN_NONE}
+    if None in attrs.values():
+        return {k: v for k, v in attrs.items() if v is not None or k not in _DROPPED_WHEN_NONE}
     return attrs
 
 
