@@ -20,8 +20,9 @@ from typing import Any, Protocol
 import pytest
 
 from tests.apps.django_support import DATAFILE_PATH, EXAMPLE_PROJECT, ROOT
-from tests.apps.wsgi_support import Gunicorn, free_port, get, visitors_of, wait_for_port
+from tests.apps.wsgi_support import Gunicorn, get, visitors_of, wait_for_port
 from tests.event_endpoint import EventEndpoint
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ from optimizely_middleware.dispatcher import (
     add_request_end_listener,
     remove_request_end_listener,
 )
+from tests.support import visitor_id_of
 
 ROOT = Path(__file__).resolve().parents[2]
 DATAFILE_PATH = ROOT / "tests" / "data" / "datafile.json"
@@ -43,14 +44,6 @@ def configure_django() -> None:
     django.setup()
 
 
-def user_of(item: Any) -> str:
-    """The visitor id of an event in a scope (a LogEvent or a pending UserEvent)."""
-    user_event = getattr(item, "user_event", None)
-    if user_event is not None:
-        return str(user_event.user_id)
-    return str(item.params["visitors"][0]["visitor_id"])
-
-
 class HandOffs:
     """Each request scope that closed: (visitor ids, failed), in order."""
 
@@ -58,7 +51,7 @@ class HandOffs:
         self.ended: list[tuple[list[str], bool]] = []
 
     def __call__(self, d: RequestScopedEventDispatcher, events: list[Any], failed: bool) -> None:
-        self.ended.append(([user_of(e) for e in events], failed))
+        self.ended.append(([visitor_id_of(e) for e in events], failed))
 
     def __len__(self) -> int:
         return len(self.ended)
