@@ -154,9 +154,12 @@ def _plain_tags(tags: Any) -> bool:
             for key, item in value.items():
                 if key.__class__ is not str or (item is None and key in _DROPPED_WHEN_NONE):
                     return False
-                stack.append((item, depth + 1))
+                if item.__class__ not in _PLAIN_SCALARS:  # scalars need no visit
+                    stack.append((item, depth + 1))
         elif cls is list or cls is tuple:
-            stack.extend((item, depth + 1) for item in value)
+            for item in value:
+                if item.__class__ not in _PLAIN_SCALARS:
+                    stack.append((item, depth + 1))
         else:
             return False
     return True
