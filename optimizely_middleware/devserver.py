@@ -265,9 +265,12 @@ class DevServer:
         """Visitors, impressions per variation and conversions per event since the start.
 
         Only accepted POSTs count; :meth:`clear` leaves the counts as they are.
+        ``listed`` is how many POSTs the list holds now.
         """
         with self._cond:
-            return self._counts.as_json()
+            counts = self._counts.as_json()
+            counts["listed"] = len(self._posts)
+            return counts
 
     def post_by_id(self, post_id: int) -> ReceivedPost | None:
         """The post with this :attr:`ReceivedPost.id`, unless it was cleared."""
@@ -290,8 +293,10 @@ class DevServer:
         with self._cond:
             if timeout > 0:
                 self._cond.wait_for(news, timeout)
-            newer = [p for p in self._posts if p.id > since]
-            return newer, self._generation, self._last_id
+            start = len(self._posts)
+            while start > 0 and self._posts[start - 1].id > since:  # ids only go up
+                start -= 1
+            return self._posts[start:], self._generation, self._last_id
 
     # -- called by the handler -----------------------------------------------
 

@@ -273,7 +273,6 @@ def _list_posts(server: DevServer, query: Mapping[str, list[str]]) -> InspectorR
 
 def _stats(server: DevServer) -> dict[str, Any]:
     stats = server.counts()
-    stats["listed"] = len(server.posts)
     stats["endpoint"] = server.url
     stats["answer_status"] = server.status
     stats["answer_delay"] = server.delay
