@@ -269,14 +269,14 @@ class WorkerJobs:
             attempt += 1
             with self._cond:
                 self._last_error = detail
-                if self._aborted:
-                    return drops.SHUTDOWN, detail
-                if attempt > policy.max_retries:
-                    return drops.RETRIES_EXHAUSTED, detail
                 delay = policy.delay(attempt, retry_after)
                 resume_at = self._clock() + delay
                 if retry_after is not None:  # the server asked every POST to wait
                     self._paused_until = max(self._paused_until, resume_at)
+                if self._aborted:
+                    return drops.SHUTDOWN, detail
+                if attempt > policy.max_retries:
+                    return drops.RETRIES_EXHAUSTED, detail
                 # Logged under the lock: once close() gives up, no retry is announced.
                 logger.warning(
                     "POST of %d Optimizely events failed (%s); retry %d of %d in %.2fs.",

@@ -112,7 +112,7 @@ class WorkerPool:
             daemon=True,
         )
         self.threads.append(thread)
-        self._all_busy_since = None
+        self._all_busy_since = self._clock()  # the new worker starts busy; the timer restarts
         thread.start()
 
     def wake(self, condition: threading.Condition) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import ssl
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +177,33 @@ def test_a_forked_child_gets_fresh_pools_by_pid(event_endpoint: EventEndpoint) -
 def test_timeouts_must_be_positive(cls: Any, timeout: tuple[float, float]) -> None:
     with pytest.raises(ValueError):
         cls(timeout=timeout)
+
+
+@pytest.fixture
+def https_endpoint(tmp_path: Path) -> Iterator[str]:
+    """An HTTPS endpoint on 127.0.0.1 with a self-signed certificate nobody trusts."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    endpoint = EventEndpoint().start()
+    assert endpoint._server is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    endpoint._server.socket = context.wrap_socket(endpoint._server.socket, server_side=True)
+    try:
+        yield f"https://127.0.0.1:{endpoint.port}/v1/events"
+    finally:
+        endpoint.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_a_certificate_that_fails_verification_is_a_permanent_error(
+    https_endpoint: str, make: Any
+) -> None:
+    with pytest.raises(Exception) as info:
+        make().post(https_endpoint, b"{}", {})
+    assert not is_transient_error(info.value)
+    assert "certificate verify failed" in str(info.value).lower()

@@ -1,0 +1,429 @@
+"""The delivery engine's time-dependent and fault behaviour, with an injectable clock.
+
+With a ManualClock, time passes only when the engine waits, by exactly what it
+waits, so each test below proves a wait: replace it by wait(0) and it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from optimizely.event.log_event import LogEvent
+
+from optimizely_middleware import EventSender, jobs
+from optimizely_middleware.batching import EncodedEvent, LogEventEncoder
+from optimizely_middleware.clock import ManualClock
+from optimizely_middleware.engine import DeliveryEngine
+from optimizely_middleware.retry import RetryPolicy
+from optimizely_middleware.transport import TransportResponse
+from tests.engine_support import (
+    LogWatcher,
+    RecordingTransport,
+    free_port,
+    project_config,
+    three_events,
+)
+from tests.event_endpoint import EventEndpoint
+
+US = "https://logx.optimizely.com/v1/events"
+
+
+def event(visitor: str, revision: str = "42") -> LogEvent:
+    return LogEvent(
+        US,
+        {"account_id": "1", "revision": revision, "visitors": [{"visitor_id": visitor}]},
+    )
+
+
+@pytest.fixture
+def engines() -> Iterator[list[Any]]:
+    made: list[Any] = []
+    yield made
+    for engine in made:
+        engine.close(2.0)
+
+
+def make_engine(engines: list[Any], clock: ManualClock | None, **options: Any) -> DeliveryEngine:
+    """An engine on ``clock`` (None: real time) with a RecordingTransport."""
+    options.setdefault("transport", RecordingTransport(clock=clock))
+    options.setdefault("encoder", LogEventEncoder())
+    if clock is not None:
+        options.update(clock=clock, wait=clock.wait)
+    engine = DeliveryEngine(**options)
+    engines.append(engine)
+    return engine
+
+
+def statuses(*answers: int | tuple[int, dict[str, str]]) -> Any:
+    """A respond() for RecordingTransport: the given answers, then 200s."""
+
+    def respond(n: int) -> TransportResponse:
+        if n >= len(answers):
+            return TransportResponse(200, {})
+        answer = answers[n]
+        status, headers = answer if isinstance(answer, tuple) else (answer, {})
+        return TransportResponse(status, headers)
+
+    return respond
+
+
+# -- waits, proven ---------------------------------------------------------------
+
+
+def test_a_lone_event_waits_exactly_the_flush_interval(engines: list[Any]) -> None:
+    clock = ManualClock()
+    transport = RecordingTransport(clock=clock)
+    engine = make_engine(engines, clock, transport=transport, flush_interval=5.0)
+    engine.submit([event("a")])
+    transport.wait_for_posts(1)
+    assert transport.times == [5.0]  # removing the linger makes it 0.0
+
+
+def test_events_arriving_during_the_linger_share_the_post(engines: list[Any]) -> None:
+    clock = ManualClock()
+    transport = RecordingTransport(clock=clock)
+    engine = make_engine(engines, clock, transport=transport, flush_interval=5.0)
+    engine.submit([event("a")])
+    engine.submit([event("b"), event("c")])
+    transport.wait_for_posts(1)
+    assert engine.flush(10)
+    assert [v["visitor_id"] for v in transport.visitors] == ["a", "b", "c"]
+    assert len(transport.posts) == 1
+
+
+def test_backoff_waits_before_a_retry(engines: list[Any]) -> None:
+    clock = ManualClock()
+    transport = RecordingTransport(statuses(503, 503), clock=clock)
+    policy = RetryPolicy(max_retries=5, backoff_base=2.0, backoff_cap=30.0, random=lambda: 1.0)
+    engine = make_engine(engines, clock, transport=transport, flush_interval=0, retry_policy=policy)
+    engine.submit([event("a")])
+    transport.wait_for_posts(3)
+    assert engine.flush(10)
+    assert transport.times == [0.0, 2.0, 6.0]  # 2 s, then 4 s: exponential
+    assert engine.stats()["retries"] == 2
+
+
+def test_retry_after_is_honoured_and_capped(engines: list[Any]) -> None:
+    clock = ManualClock()
+    transport = RecordingTransport(
+        statuses((429, {"Retry-After": "30"}), (503, {"retry-after": "900"})), clock=clock
+    )
+    policy = RetryPolicy(max_retries=5, backoff_base=0.0, retry_after_cap=60.0)
+    engine = make_engine(engines, clock, transport=transport, flush_interval=0, retry_policy=policy)
+    engine.submit([event("a")])
+    transport.wait_for_posts(3)
+    assert transport.times == [0.0, 30.0, 90.0]
+
+
+def test_retry_after_pauses_every_post_of_the_transport_not_only_its_batch(
+    engines: list[Any],
+) -> None:
+    clock = ManualClock()
+    transport = RecordingTransport(statuses((429, {"Retry-After": "10"})), clock=clock)
+    policy = RetryPolicy(max_retries=0, backoff_base=0.0)  # the refused batch is dropped
+    engine = make_engine(
+        engines, clock, transport=transport, flush_interval=0, retry_policy=policy,
+        max_in_flight=1,
+    )  # fmt: skip
+    engine.submit([event("a", revision="1")])
+    transport.wait_for_posts(1)
+    engine.submit([event("b", revision="2")])  # another group: another POST
+    transport.wait_for_posts(2)
+    assert transport.times == [0.0, 10.0]
+    assert engine.stats()["dropped"] == {"retries_exhausted": 1}
+
+
+# -- faults ------------------------------------------------------------------------
+
+
+def test_urls_are_redacted_in_logs_and_last_error(engines: list[Any]) -> None:
+    secret_url = f"http://user:pw-secret@127.0.0.1:{free_port()}/v1/events?key=q-secret"
+    watcher = LogWatcher()
+    try:
+        sender = EventSender(
+            endpoint=secret_url, max_retries=1, backoff_base=0.01, backoff_cap=0.01
+        )
+        engines.append(sender)
+        sender.submit([event("a")])
+        assert sender.flush(10)
+    finally:
+        watcher.remove()
+    stats = sender.stats()
+    assert stats["dropped"] == {"retries_exhausted": 1}
+    texts = [message for _, message in watcher.messages] + [stats["last_error"]]
+    assert any("retry 1 of 1" in text for text in texts)
+    assert any("127.0.0.1" in text for text in texts)
+    assert not any("secret" in text for text in texts)
+
+
+def test_http_errors_name_the_url_without_its_query(
+    engines: list[Any], event_endpoint: EventEndpoint
+) -> None:
+    event_endpoint.status = 400
+    sender = EventSender(endpoint=event_endpoint.url + "?key=q-secret")
+    engines.append(sender)
+    sender.submit([event("a")])
+    assert sender.flush(10)
+    assert sender.stats()["last_error"] == f"HTTP 400 from {event_endpoint.url}"
+
+
+def test_after_close_gives_up_no_retry_is_announced_or_counted(engines: list[Any]) -> None:
+    watcher = LogWatcher()
+    try:
+        sender = EventSender(
+            endpoint=f"http://127.0.0.1:{free_port()}/v1/events",
+            max_retries=5,
+            backoff_base=30.0,
+            backoff_cap=30.0,
+            transport=RecordingTransport(statuses(*[503] * 10)),
+            flush_interval=0,
+        )
+        engines.append(sender)
+        sender.submit([event("a")])
+        seen = threading.Event()
+        watcher.text, watcher.seen = "retry 1 of 5", seen
+        assert seen.wait(10)
+        sender.close(0.1)
+        for thread in sender._engine._pool.threads:
+            thread.join(10)
+            assert not thread.is_alive()
+    finally:
+        watcher.remove()
+    retry_lines = [m for _, m in watcher.messages if "retry" in m and "of 5" in m]
+    assert retry_lines[0].startswith("POST of 1 Optimizely events failed (HTTP 503")
+    assert len(retry_lines) == 1
+    stats = sender.stats()
+    assert stats["retries"] == 0  # planned, never made
+    assert stats["dropped"] == {"shutdown": 1}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "headers", "why"),
+    [
+        ("http://", {}, "invalid URL"),
+        ("ftp://127.0.0.1/v1/events", {}, "invalid URL"),
+        (None, {"X-Bad": "a\nb"}, "header"),
+    ],
+    ids=["no-host", "scheme", "header"],
+)
+def test_errors_that_cannot_heal_are_rejected_at_once(
+    engines: list[Any], event_endpoint: EventEndpoint, endpoint: str | None, headers: Any, why: str
+) -> None:
+    sender = EventSender(endpoint=endpoint or event_endpoint.url, backoff_base=5.0)
+    engines.append(sender)
+    bad = LogEvent(US, event("a").params, "POST", {"Content-Type": "application/json", **headers})
+    watcher = LogWatcher()
+    try:
+        sender.submit([bad])
+        assert sender.flush(10)
+    finally:
+        watcher.remove()
+    stats = sender.stats()
+    assert stats["dropped"] == {"rejected": 1}
+    assert stats["retries"] == 0
+    assert why in (stats["last_error"] or "")
+    assert any("[rejected]" in m and why in m for _, m in watcher.messages)
+    assert event_endpoint.arrived == 0
+
+
+def test_a_transport_bug_is_rejected_not_retried(engines: list[Any]) -> None:
+    def broken(n: int) -> TransportResponse:
+        raise TypeError("a bug in a custom transport")
+
+    clock = ManualClock()
+    engine = make_engine(
+        engines, clock, transport=RecordingTransport(broken, clock=clock), flush_interval=0
+    )
+    engine.submit([event("a")])
+    assert engine.flush(10)
+    stats = engine.stats()
+    assert stats["dropped"] == {"rejected": 1}
+    assert stats["last_error"] == "TypeError: a bug in a custom transport"
+
+
+def test_the_shutdown_warning_counts_events_in_flight(
+    engines: list[Any], event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    sender = EventSender(endpoint=event_endpoint.url, max_in_flight=1, max_events_per_post=3)
+    engines.append(sender)
+    event_endpoint.hold()
+    sender.submit(three_events(datafile))
+    event_endpoint.wait_for_arrivals(1)
+    watcher = LogWatcher()
+    try:
+        sender.submit([event("queued")])
+        stats = sender.stats()
+        assert (stats["in_flight"], stats["pending"]) == (3, 4)
+        sender.close(0.2)
+    finally:
+        watcher.remove()
+        event_endpoint.release()
+    assert (
+        logging.WARNING,
+        "4 Optimizely events were not delivered at shutdown: 1 dropped from the queue, "
+        "3 in flight and unconfirmed (a POST still on the network).",
+    ) in watcher.messages
+
+
+# -- workers: started only when POSTs are slow, no idle wake-ups ---------------------
+
+
+class BlockingTransport(RecordingTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> TransportResponse:
+        response = super().post(url, body, headers)
+        assert self.release.wait(10)
+        return response
+
+
+def test_a_second_worker_starts_only_when_posts_are_slow(engines: list[Any]) -> None:
+    clock = ManualClock()
+    transport = BlockingTransport()
+    engine = make_engine(engines, clock, transport=transport, flush_interval=0, scale_up_after=0.5)
+    try:
+        engine.submit([event("a", revision="1")])
+        transport.wait_for_posts(1)  # the only worker is now in a POST
+        engine.submit([event("b", revision="2")])
+        assert engine.stats()["workers"] == 1  # busy for 0 s: not slow yet
+        clock.advance(0.5)
+        engine.submit([event("c", revision="3")])
+        assert engine.stats()["workers"] == 2  # busy for 0.5 s with work waiting
+    finally:
+        transport.release.set()
+    assert engine.flush(10)
+
+
+def test_fast_posts_never_start_a_second_worker(engines: list[Any]) -> None:
+    clock = ManualClock()
+    engine = make_engine(engines, clock, flush_interval=0, max_in_flight=4)
+    for n in range(200):
+        engine.submit([event(str(n), revision=str(n % 7))])
+    assert engine.flush(10)
+    assert engine.stats()["workers"] == 1
+
+
+def test_an_idle_engine_makes_no_wake_ups(engines: list[Any]) -> None:
+    clock = ManualClock()
+    engine = make_engine(engines, clock, flush_interval=1.0)
+    engine.submit([event("a")])
+    assert engine.flush(10)
+    with engine._cond:
+        assert engine._cond.wait_for(lambda: engine._pool.idle == 1, 10)
+    waits = list(clock.waits)
+    time.sleep(0.3)  # an observation window, not synchronisation
+    assert clock.waits == waits  # the idle worker waits with no timeout
+    assert engine._pool.idle == 1
+
+
+def test_encoding_runs_in_slices_that_release_the_gil(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class SlowEncoder(LogEventEncoder):
+        def encode(self, item: object) -> EncodedEvent:
+            until = time.perf_counter() + 0.0001  # 100 µs of Python work per event
+            while time.perf_counter() < until:
+                pass
+            return super().encode(item)
+
+    yields: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name.startswith("optimizely-event-sender"):
+            yields.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(jobs.time, "sleep", sleep)
+    clock = ManualClock()
+    engine = make_engine(engines, clock, encoder=SlowEncoder(), flush_interval=3600)
+    engine.submit([event(str(n)) for n in range(100)])
+    assert engine.flush(10)
+    # 100 events of 100 µs in slices of at most ~200 µs: dozens of GIL releases.
+    assert len(yields) >= 100 * 0.0001 / (2 * jobs.SLICE_SECONDS)
+    assert set(yields) == {0}
+
+
+# -- settings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_events_per_post": 11, "max_queue_events": 10},
+        {"max_bytes_per_post": 2000, "max_queue_bytes": 1000},
+        {"max_in_flight": 0},
+        {"flush_interval": -1},
+    ],
+)
+def test_inconsistent_settings_are_refused_at_construction(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        EventSender(transport=RecordingTransport(), **options)
+
+
+# -- a change of process ---------------------------------------------------------------
+
+
+def test_a_new_pid_on_hand_off_starts_a_clean_engine(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch, datafile: str
+) -> None:
+    engine = make_engine(engines, None, flush_interval=3600)  # real time: it lingers
+    engine.submit(three_events(datafile))
+    old_cond, old_generation = engine._cond, engine._pool.generation
+    parent_pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent_pid + 1)
+    engine.submit([event("child")])
+    stats = engine.stats()
+    assert stats["submitted"] == 1  # the parent's queue is the parent's to send
+    assert stats["queue_depth"] == 1
+    assert engine._cond is not old_cond
+    assert engine._pool.generation == old_generation + 1
+    assert all(t.is_alive() for t in engine._pool.threads)  # started in this "process"
+    assert engine.flush(10)
+    assert [v["visitor_id"] for v in engine.transport.visitors] == ["child"]  # type: ignore[attr-defined]
+
+
+def test_a_patched_threading_lock_makes_new_locks_and_keeps_the_queue(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading as threading_module
+
+    engine = make_engine(engines, None, flush_interval=3600)  # real time: it lingers
+    engine.submit([event("before")])
+    old_cond = engine._cond
+    native_lock = threading_module.Lock
+
+    def patched_lock() -> Any:  # what gevent's monkey-patching looks like from here
+        return native_lock()
+
+    monkeypatch.setattr(threading_module, "Lock", patched_lock)
+    engine.submit([event("after")])
+    assert engine._cond is not old_cond
+    stats = engine.stats()
+    assert (stats["submitted"], stats["queue_depth"]) == (2, 2)
+    engine.submit([event("again")])
+    assert engine.stats()["submitted"] == 3
+    assert engine.flush(10)
+    visitors = [v["visitor_id"] for v in engine.transport.visitors]  # type: ignore[attr-defined]
+    assert sorted(visitors) == ["after", "again", "before"]
+
+
+def test_an_unchanged_process_is_never_reinitialised(engines: list[Any]) -> None:
+    clock = ManualClock()
+    engine = make_engine(engines, clock)
+    cond = engine._cond
+    for _ in range(10):
+        engine.submit([event("a")])
+    assert engine._cond is cond
+
+
+def test_datafile_fixture_builds_real_events(datafile: str) -> None:
+    assert project_config(datafile).revision == "42"
