@@ -21,13 +21,15 @@ shutdown.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
+from optimizely_middleware import process_hooks
 from optimizely_middleware.client import create_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.django.config import SETTING, OptimizelySettings, load_settings
@@ -48,6 +50,8 @@ class DjangoOptimizely:
     client: Optimizely
     dispatcher: RequestScopedEventDispatcher
     settings: OptimizelySettings
+    #: The process the client was built in (see :func:`get_state` on forks).
+    pid: int = field(default_factory=os.getpid)
 
 
 _lock = threading.Lock()
@@ -64,14 +68,23 @@ def get_state() -> DjangoOptimizely:
 
     Raises :class:`~django.core.exceptions.ImproperlyConfigured` for a
     mistake in the settings (each call, until it is fixed).
+
+    In a process forked after the state was built (gunicorn ``--preload``,
+    uWSGI without ``lazy-apps``), a client with an ``SDK_KEY`` is built
+    again on first use: the SDK's datafile polling thread does not survive
+    the fork. The new client starts from the datafile the parent had, so
+    this does not wait for a fetch. The dispatcher is kept (its sender
+    starts over by itself after a fork).
     """
     global _state
     state = _state
-    if state is not None:
+    if state is not None and (state.settings.sdk_key is None or state.pid == os.getpid()):
         return state
     with _lock:
         if _state is None:
             _state = build(load_settings())
+        elif _state.settings.sdk_key is not None and _state.pid != os.getpid():
+            _state = rebuilt_after_fork(_state)
         return _state
 
 
@@ -108,6 +121,31 @@ def build(config: OptimizelySettings) -> DjangoOptimizely:
             "why); check that it is a datafile of your project's environment."
         )
     return DjangoOptimizely(client=client, dispatcher=dispatcher, settings=config)
+
+
+def rebuilt_after_fork(state: DjangoOptimizely) -> DjangoOptimizely:
+    """``state`` with a new client, whose datafile polling runs in this process."""
+    config = state.settings
+    datafile = config.datafile
+    try:
+        current = state.client.get_optimizely_config()
+        if current is not None:
+            datafile = current.get_datafile()
+    except Exception:
+        logger.debug("Could not read the parent's datafile; the child fetches its own.")
+    client = create_client(
+        state.dispatcher, datafile, sdk_key=config.sdk_key, **config.client_options
+    )
+    logger.debug("Built the Optimizely client again after a fork, for its datafile polling.")
+    return replace(state, client=client, pid=os.getpid())
+
+
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+process_hooks.on_fork_in_child("senders", _new_lock_in_child)
 
 
 def reset(timeout: float = 5.0) -> None:
