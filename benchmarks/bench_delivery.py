@@ -1,33 +1,43 @@
-"""Delivery engine: per-event cost on the request thread, and sustained throughput.
+"""Delivery engine: its ceiling to a 100 ms endpoint, and sustained throughput against the SDK's.
 
-Two measurements, each repeated (median reported) and compared with a
-baseline measured in the same run:
+Every event goes to ``benchmarks/page_endpoint.py`` in its own process on
+127.0.0.1, which counts what it received. A producer thread offers real SDK
+events, 3 per "request", at a paced rate (100 ticks a second) to one
+``EventSender`` with its defaults (``endpoint=`` the local endpoint), then
+calls ``flush``. The items offered are ``LogEvent``s (what
+``RequestScopedEventDispatcher.dispatch_event`` hands over), and, when the
+package has them, the SDK's user events as the request-scoped processor keeps
+them (``PendingUserEvent``: building and serialising happen in the engine).
 
-1. Per-event cost of the event path on the request's thread: ``track_event``
-   through ``create_client`` + ``dispatcher.request_scope()`` (3 events per
-   request, handed to an ``EventSender`` whose transport answers 200 at once)
-   versus the SDK's ``ForwardingEventProcessor`` with a dispatcher that does
-   nothing (the floor: building the event is all the SDK does).
-2. Sustained delivery to a local endpoint (``benchmarks/page_endpoint.py``, a
-   separate process) answering in 0 ms and in 100 ms: a producer thread
-   submits real SDK events, 3 per request, at a fixed rate for a fixed time;
-   then ``flush``. Reports delivered events/s, POSTs/s and drops. The baseline
-   is the SDK's own ``BatchEventProcessor`` (batch size 10, its 1,000-event
-   queue, one thread) fed the same events at the same rate and sending with
-   the SDK's ``EventDispatcher``.
+1. Ceiling: what one process sustains to an endpoint answering in 100 ms with
+   no drops, found by offering more than it can take. Rates rise by
+   ``--factor`` from ``--start-rate`` until a step drops events or cannot
+   drain its backlog within a second of the end of the offer; the last clean
+   rate is the ceiling. Then ``--runs`` runs at the first failing rate give
+   the delivered rate while overloaded (the engine's saturated throughput:
+   every POST carries what it can, the rest is dropped and counted), and
+   ``--runs`` runs at the ceiling confirm it with zero drops.
+2. Sustained throughput at a fixed rate (12,000 events/s) to endpoints
+   answering in 0 and 100 ms, against the SDK's own ``BatchEventProcessor``
+   (batch size 10, its 1,000-event queue, one thread, the SDK's
+   ``EventDispatcher``) fed the same events at the same rate.
+
+The per-page CPU cost on the request thread is measured by
+``benchmarks/page_cpu.py``.
 
 Usage::
 
-    python benchmarks/bench_delivery.py                 # ~1.5 minutes
-    python benchmarks/bench_delivery.py --runs 5 --seconds 5 --rate 20000
+    python benchmarks/bench_delivery.py                  # both parts, ~4 minutes
+    python benchmarks/bench_delivery.py --only ceiling --items log-events
+    python benchmarks/bench_delivery.py --only throughput --runs 5 --rate 20000
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -38,19 +48,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from optimizely import optimizely
 from optimizely.error_handler import NoOpErrorHandler
 from optimizely.event.event_factory import EventFactory
-from optimizely.event.event_processor import BatchEventProcessor, ForwardingEventProcessor
+from optimizely.event.event_processor import BatchEventProcessor
 from optimizely.event.log_event import LogEvent
 from optimizely.event.user_event import UserEvent
 from optimizely.event.user_event_factory import UserEventFactory
 from optimizely.event_dispatcher import EventDispatcher
-from optimizely.notification_center import NotificationCenter
 from optimizely.project_config import ProjectConfig
 
-from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
-from optimizely_middleware.transport import TransportResponse
+from optimizely_middleware import EventSender
 
 ROOT = Path(__file__).resolve().parent.parent
 DATAFILE = (ROOT / "tests" / "data" / "datafile.json").read_text()
@@ -60,19 +67,6 @@ EVENTS_PER_REQUEST = 3
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-class NoopDispatcher:
-    def dispatch_event(self, event: Any) -> None:
-        pass
-
-
-class OkTransport:
-    def post(self, url: str, body: bytes, headers: dict[str, str]) -> TransportResponse:
-        return TransportResponse(200, {})
-
-    def close(self) -> None:
-        pass
 
 
 @contextmanager
@@ -144,104 +138,145 @@ def paced(seconds: float, rate: float, submit: Callable[[int], None]) -> int:
         tick += 1
 
 
-# -- 1. per-event cost ----------------------------------------------------------------
-
-
-def per_event_cost(requests: int, runs: int, deferred: bool) -> tuple[float, float]:
-    """Median µs/event of ``track_event`` (baseline, ours), runs interleaved so that
-    machine noise hits both alike. ``deferred`` keeps the sender's workers idle
-    during the timed loop (they deliver at the flush after it), isolating the
-    request thread's share (serialising at the hand-off included); otherwise
-    the workers' CPU (merging, POSTing) competes with the loop for the GIL, as
-    it would on a CPU-bound server."""
-    nc = NotificationCenter()
-    baseline = optimizely.Optimizely(
-        DATAFILE,
-        event_processor=ForwardingEventProcessor(NoopDispatcher(), notification_center=nc),
-        notification_center=nc,
-    )
-    options: dict[str, Any] = {}
-    if deferred:
-        options = {"flush_interval": 3600, "max_events_per_post": 100_000}
-        options["max_queue_events"] = requests * EVENTS_PER_REQUEST
-    sender = EventSender(transport=OkTransport(), **options)
-    dispatcher = RequestScopedEventDispatcher(sender)
-    ours = create_client(dispatcher, datafile=DATAFILE)
-
-    def timed(client: optimizely.Optimizely, scoped: bool) -> float:
-        users = [client.create_user_context(f"u{i}", {"plan": "pro"}) for i in range(requests)]
-        gc.collect()
-        start = time.perf_counter()
-        for user in users:
-            if scoped:
-                with dispatcher.request_scope():
-                    for _ in range(EVENTS_PER_REQUEST):
-                        user.track_event("purchase", {"revenue": 1299})
-            else:
-                for _ in range(EVENTS_PER_REQUEST):
-                    user.track_event("purchase", {"revenue": 1299})
-        elapsed = time.perf_counter() - start
-        dispatcher.flush(30)
-        return elapsed / (requests * EVENTS_PER_REQUEST) * 1e6
-
-    try:
-        timed(baseline, False)  # warm-up
-        timed(ours, True)
-        base_runs: list[float] = []
-        our_runs: list[float] = []
-        for _ in range(runs):
-            base_runs.append(timed(baseline, False))
-            our_runs.append(timed(ours, True))
-    finally:
-        baseline.close()
-        ours.close()
-        dispatcher.close(10)
-    return statistics.median(base_runs), statistics.median(our_runs)
-
-
-def hand_off_cost(requests: int) -> float:
-    """µs per event for dispatch_event inside a scope plus the hand-off, SDK excluded."""
-    config = ProjectConfig(DATAFILE, SDK_LOGGER, NoOpErrorHandler())
-    events = [EventFactory.create_log_event(e, SDK_LOGGER) for e in user_events(config, 300)]
-    dispatcher = RequestScopedEventDispatcher(EventSender(transport=OkTransport()))
-    try:
-        start = time.perf_counter()
-        for i in range(requests):
-            with dispatcher.request_scope():
-                for j in range(EVENTS_PER_REQUEST):
-                    dispatcher.dispatch_event(events[(i * 3 + j) % 300])  # type: ignore[arg-type]
-        elapsed = time.perf_counter() - start
-        dispatcher.flush(30)
-    finally:
-        dispatcher.close(10)
-    return elapsed / (requests * EVENTS_PER_REQUEST) * 1e6
-
-
 # -- 2. throughput --------------------------------------------------------------------
 
 
-def throughput_ours(url: str, seconds: float, rate: float) -> dict[str, float]:
+def log_event_pool(n: int = 600) -> list[Any]:
+    """Built ``LogEvent``s, one visitor each: what ``dispatch_event`` hands over."""
     config = ProjectConfig(DATAFILE, SDK_LOGGER, NoOpErrorHandler())
-    pool: list[LogEvent] = [
-        e for e in (EventFactory.create_log_event(u, SDK_LOGGER) for u in user_events(config, 600))
-        if e is not None
-    ]  # fmt: skip
+    built = (EventFactory.create_log_event(u, SDK_LOGGER) for u in user_events(config, n))
+    return [e for e in built if e is not None]
+
+
+def user_event_pool(n: int = 600) -> list[Any] | None:
+    """The SDK's user events as the request-scoped processor keeps them, or None
+    when this version of the package has no such processor."""
+    import importlib.util
+
+    import optimizely_middleware
+
+    package_dir = Path(optimizely_middleware.__file__).parent
+    spec = importlib.util.find_spec("optimizely_middleware.encoding")
+    # Only a module of the package measured (PYTHONPATH may point at an older checkout).
+    if spec is None or spec.origin is None or Path(spec.origin).parent != package_dir:
+        return None
+    from optimizely_middleware.encoding import PendingUserEvent
+
+    config = ProjectConfig(DATAFILE, SDK_LOGGER, NoOpErrorHandler())
+    return [PendingUserEvent(u, None) for u in user_events(config, n)]
+
+
+def offer(url: str, pool: list[Any], seconds: float, rate: float) -> dict[str, Any]:
+    """Offer ``rate`` events/s from ``pool`` to a fresh default ``EventSender`` for
+    ``seconds``, then flush; what arrived, what was dropped, how long it took to drain."""
     sender = EventSender(endpoint=url)
     before = endpoint_counts(url)
+    cpu_start = time.process_time()
     start = time.monotonic()
+    size = len(pool)
     requests = paced(
         seconds,
         rate,
-        lambda i: sender.submit([pool[(i * 3 + k) % len(pool)] for k in range(3)]),
+        lambda i: sender.submit([pool[(i * 3 + k) % size] for k in range(3)]),
     )
+    offer_end = time.monotonic()
+    in_window = endpoint_counts(url)
     flushed = sender.flush(60)
-    elapsed = time.monotonic() - start
+    drained = time.monotonic()
+    cpu = time.process_time() - cpu_start
     stats = sender.stats()
     sender.close(10)
-    result = delivery_summary(url, before, requests, elapsed)
-    result["sender_dropped"] = sum(stats["dropped"].values())
-    result["flushed"] = float(flushed)
-    return result
+    after = endpoint_counts(url)
+    produced = requests * EVENTS_PER_REQUEST
+    delivered = after["visitors"] - before["visitors"]
+    posts = after["accepted_posts"] - before["accepted_posts"]
+    window = offer_end - start
+    return {
+        "offered_rate": rate,
+        "achieved_rate": produced / window,
+        "produced": produced,
+        "delivered": delivered,
+        "dropped": produced - delivered,
+        "sender_dropped": dict(stats.get("dropped") or {}),
+        "window_rate": (in_window["visitors"] - before["visitors"]) / window,
+        "events_per_s": delivered / (drained - start),
+        "posts_per_s": posts / (drained - start),
+        "events_per_post": delivered / posts if posts else 0.0,
+        "drain_s": drained - offer_end,
+        "flushed": flushed,
+        "cpu_us_per_event": 1e6 * cpu / delivered if delivered else float("nan"),
+    }
+
+
+def clean(step: dict[str, Any], drain_limit: float) -> bool:
+    """Sustained: nothing dropped, the offer kept up, and the backlog drained quickly."""
+    return (
+        step["dropped"] == 0
+        and step["achieved_rate"] >= 0.97 * step["offered_rate"]
+        and step["drain_s"] <= drain_limit
+    )
+
+
+def step_line(step: dict[str, Any]) -> str:
+    return (
+        f"  offered {step['offered_rate']:7.0f}/s (achieved {step['achieved_rate']:7.0f}) "
+        f"arrived during the offer {step['window_rate']:7.0f}/s, "
+        f"dropped {step['dropped']}/{step['produced']}, drained in {step['drain_s']:.2f} s, "
+        f"{step['events_per_post']:.0f} events/POST, {step['cpu_us_per_event']:.1f} µs CPU/event"
+    )
+
+
+def ceiling(url: str, pool: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Raise the offered rate until the engine cannot take it, narrow the gap by
+    bisection, then repeat runs at the ceiling and at twice it (overloaded)."""
+    steps: list[dict[str, Any]] = []
+
+    def step(rate: float) -> bool:
+        steps.append(offer(url, pool, args.seconds, rate))
+        print(step_line(steps[-1]), flush=True)
+        return clean(steps[-1], args.drain_limit)
+
+    rate, last_ok, first_bad = args.start_rate, None, None
+    while rate <= args.max_rate:
+        if not step(rate):
+            first_bad = rate
+            break
+        last_ok = rate
+        rate *= args.factor
+    for _ in range(args.bisect if last_ok and first_bad else 0):
+        middle = (last_ok * first_bad) ** 0.5
+        if step(middle):
+            last_ok = middle
+        else:
+            first_bad = middle
+    overload = 2 * last_ok if last_ok else first_bad
+    overloaded: list[dict[str, Any]] = []
+    confirmed: list[dict[str, Any]] = []
+    for _ in range(args.runs):  # both ends interleaved, so drift hits them alike
+        for rate_, into in ((overload, overloaded), (last_ok, confirmed)):
+            if rate_:
+                into.append(offer(url, pool, args.seconds, rate_))
+                print(step_line(into[-1]), flush=True)
+    return {
+        "steps": steps,
+        "last_clean_rate": last_ok,
+        "first_failing_rate": first_bad,
+        "overload_rate": overload,
+        "overloaded": overloaded,
+        "confirmed": confirmed,
+        "clean_confirmations": sum(clean(s, args.drain_limit) for s in confirmed),
+        "saturated_rate": median_of(overloaded, "window_rate") if overloaded else None,
+        "overloaded_dropped_share": (
+            statistics.median(s["dropped"] / s["produced"] for s in overloaded)
+            if overloaded
+            else None
+        ),
+        "cpu_us_per_event": median_of(confirmed, "cpu_us_per_event") if confirmed else None,
+    }
+
+
+def throughput_ours(url: str, seconds: float, rate: float) -> dict[str, Any]:
+    return offer(url, log_event_pool(), seconds, rate)
 
 
 def delivery_summary(
@@ -298,32 +333,52 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=3, help="repetitions (median reported)")
-    parser.add_argument("--requests", type=int, default=3000, help="requests per cost run")
-    parser.add_argument("--seconds", type=float, default=3.0, help="producer time per run")
-    parser.add_argument("--rate", type=float, default=12000.0, help="events/s offered")
-    parser.add_argument("--skip-sdk", action="store_true", help="no SDK throughput baseline")
-    args = parser.parse_args(argv)
-    logging.disable(logging.CRITICAL)  # the SDK logs every dropped event and failed POST
+def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    pools = {"log-events": log_event_pool()}
+    if args.items in ("user-events", "both"):
+        user_pool = user_event_pool()
+        if user_pool is None:
+            print("# no PendingUserEvent in this version of the package: user events skipped")
+        else:
+            pools["user-events"] = user_pool
+    if args.items == "user-events":
+        pools.pop("log-events")
+    results: dict[str, Any] = {}
+    with local_endpoint(args.ceiling_delay) as url:
+        for kind, pool in pools.items():
+            print(
+                f"\n# ceiling, {kind}, endpoint answering in {args.ceiling_delay * 1000:.0f} ms: "
+                f"{args.seconds:.0f} s per step from {args.start_rate:.0f} events/s, "
+                f"x{args.factor} a step, then {args.runs} runs at each end",
+                flush=True,
+            )
+            results[kind] = ceiling(url, pool, args)
+    print("\n| items | sustained with no drops (events/s) | clean runs at it | delivered while "
+          "overloaded (events/s, median) | dropped while overloaded | CPU µs/event |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for kind, r in results.items():
+        ok = f"{r['last_clean_rate']:.0f}" if r["last_clean_rate"] else "below the start rate"
+        if r["first_failing_rate"] is None:
+            ok = f">= {r['last_clean_rate']:.0f} (never overloaded up to --max-rate)"
+        saturated = (
+            f"{r['saturated_rate']:.0f} (offered {r['overload_rate']:.0f}, the producer reached "
+            f"{median_of(r['overloaded'], 'achieved_rate'):.0f})"
+            if r["saturated_rate"] is not None
+            else "-"
+        )
+        share = (
+            "-" if r["overloaded_dropped_share"] is None else f"{r['overloaded_dropped_share']:.1%}"
+        )
+        cpu = "-" if r["cpu_us_per_event"] is None else f"{r['cpu_us_per_event']:.1f}"
+        print(
+            f"| {kind} | {ok} | {r['clean_confirmations']}/{len(r['confirmed'])} | {saturated} "
+            f"| {share} | {cpu} |"
+        )
+    return results
 
-    print(f"# per-event cost on the request thread ({max(5, args.runs)} runs, median)")
-    runs = max(5, args.runs)
-    base, mine = per_event_cost(args.requests, runs, deferred=False)
-    base_d, mine_d = per_event_cost(args.requests, runs, deferred=True)
-    hand_off = statistics.median(hand_off_cost(args.requests) for _ in range(args.runs))
-    print(f"track_event, SDK ForwardingEventProcessor + no-op dispatcher: {base:8.1f} µs/event")
-    print(f"track_event, create_client + request scope + EventSender:     {mine:8.1f} µs/event")
-    print(f"  ratio ours / baseline: {mine / base:.2f}x  ({mine - base:+.1f} µs/event, workers'")
-    print("  serialising and POSTing included: they share the GIL with this loop)")
-    print(f"same, delivery deferred until after the loop: baseline {base_d:.1f}, ours {mine_d:.1f}")
-    print(
-        f"  ratio ours / baseline: {mine_d / base_d:.2f}x  ({mine_d - base_d:+.1f} µs/event on the"
-    )
-    print("  request thread)")
-    print(f"dispatch_event in a scope + hand-off alone: {hand_off:.2f} µs/event")
 
+def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
     for delay in (0.0, 0.1):
         print(f"\n# sustained delivery, endpoint answering in {delay * 1000:.0f} ms, "
               f"{args.rate:.0f} events/s offered for {args.seconds:.0f} s, "
@@ -337,8 +392,13 @@ def main(argv: list[str] | None = None) -> None:
         for name, runs in rows:
             produced = median_of(runs, "produced")
             dropped = median_of(runs, "dropped")
+            reached = (
+                f" (the producer reached {median_of(runs, 'achieved_rate'):.0f}/s)"
+                if "achieved_rate" in runs[0]
+                else ""
+            )
             print(
-                f"{name:36s} {median_of(runs, 'events_per_s'):9.0f} events/s "
+                f"{name:36s} {median_of(runs, 'events_per_s'):9.0f} events/s{reached} "
                 f"{median_of(runs, 'posts_per_s'):7.1f} POSTs/s "
                 f"{median_of(runs, 'events_per_post'):6.1f} events/POST "
                 f"dropped {dropped:.0f}/{produced:.0f} ({dropped / produced:.1%})"
@@ -348,6 +408,57 @@ def main(argv: list[str] | None = None) -> None:
                 1.0, median_of(rows[1][1], "events_per_s")
             )
             print(f"delivered events/s, ours / SDK: {ratio:.1f}x")
+        results[f"{delay * 1000:.0f} ms"] = {name: runs for name, runs in rows}
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--only", choices=("ceiling", "throughput", "all"), default="all")
+    parser.add_argument("--runs", type=int, default=5, help="repetitions (median reported)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="producer time per run (4)")
+    parser.add_argument("--rate", type=float, default=12000.0, help="throughput: events/s offered")
+    parser.add_argument("--skip-sdk", action="store_true", help="no SDK throughput baseline")
+    parser.add_argument(
+        "--items",
+        choices=("log-events", "user-events", "both"),
+        default="both",
+        help="ceiling: what is offered (user events only where the package has them)",
+    )
+    parser.add_argument("--ceiling-delay", type=float, default=0.1, help="seconds (0.1)")
+    parser.add_argument("--start-rate", type=float, default=5000.0, help="ceiling: first rate")
+    parser.add_argument("--factor", type=float, default=1.5, help="ceiling: rate step factor")
+    parser.add_argument("--max-rate", type=float, default=200_000.0, help="ceiling: stop here")
+    parser.add_argument(
+        "--drain-limit",
+        type=float,
+        default=0.5,
+        help="ceiling: seconds the backlog may take to drain after the offer (0.5)",
+    )
+    parser.add_argument("--bisect", type=int, default=2, help="ceiling: bisection steps (2)")
+    parser.add_argument("--json", type=Path, help="write every run here")
+    args = parser.parse_args(argv)
+    logging.disable(logging.CRITICAL)  # the SDK logs every dropped event and failed POST
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from page_procs import describe_machine
+
+    load_before = os.getloadavg()
+    print(describe_machine(), flush=True)
+    report: dict[str, Any] = {"machine": describe_machine(), "loadavg_before": load_before}
+    if args.only in ("ceiling", "all"):
+        report["ceiling"] = run_ceiling(args)
+    if args.only in ("throughput", "all"):
+        report["throughput"] = run_throughput(args)
+    report["loadavg_after"] = os.getloadavg()
+    print(
+        f"\n# load average before {load_before[0]:.2f}, after {report['loadavg_after'][0]:.2f}; "
+        f"{os.cpu_count()} CPUs"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -193,3 +193,40 @@ def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> 
         assert delivery["produced"] == 3 * delivery["pages"] > 0, delivery
         assert delivery["unique"] == delivery["produced"], delivery
         assert delivery["duplicates"] == 0, delivery
+
+
+# -- the delivery engine's ceiling and throughput (benchmarks/bench_delivery.py) ---
+
+
+@pytest.mark.timeout(150)
+def test_bench_delivery_finds_a_ceiling_and_counts_what_arrived(tmp_path: Path) -> None:
+    out = tmp_path / "delivery.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_delivery.py"),
+            *("--items", "log-events", "--runs", "1", "--seconds", "1", "--skip-sdk"),
+            *("--start-rate", "1500", "--max-rate", "2500", "--rate", "1500"),
+            *("--ceiling-delay", "0.01", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    data = json.loads(out.read_text())
+    ceiling = data["ceiling"]["log-events"]
+    # 1500/s and 2250/s offered, each well within what one process sends.
+    assert [round(s["offered_rate"]) for s in ceiling["steps"]] == [1500, 2250]
+    assert ceiling["last_clean_rate"] == 2250 and ceiling["first_failing_rate"] is None
+    assert ceiling["overload_rate"] == 4500
+    for step in ceiling["steps"] + ceiling["confirmed"] + ceiling["overloaded"]:
+        assert step["produced"] > 0
+        assert step["delivered"] + step["dropped"] == step["produced"], step
+    assert ceiling["clean_confirmations"] == len(ceiling["confirmed"]) == 1
+    for runs in data["throughput"].values():
+        (ours,) = runs["EventSender (defaults)"]
+        assert ours["delivered"] == ours["produced"] > 0 and ours["dropped"] == 0, ours
+    assert "| log-events | >= 2250 (never overloaded up to --max-rate) | 1/1 |" in completed.stdout
+    assert "CPUs, load average" in completed.stdout
