@@ -163,10 +163,11 @@ def hand_over_on_close(response: HttpResponseBase, scoped: ScopedRequest) -> Non
     """
     if request_failed(status=response.status_code):
         scoped.scope.mark_failed()
-    if response.streaming and getattr(response, "file_to_stream", None) is None:
+    streaming = getattr(response, "streaming", False)
+    if streaming and getattr(response, "file_to_stream", None) is None:
         # A FileResponse only reads a file: leave it as it is for sendfile().
         content = response.streaming_content
-        if response.is_async:
+        if getattr(response, "is_async", False):
             response.streaming_content = ScopedAsyncStream(content, scoped)
         else:
             response.streaming_content = ScopedStream(content, scoped)

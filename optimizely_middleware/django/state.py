@@ -166,7 +166,8 @@ def reset(timeout: float = 5.0) -> None:
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTING:
-        reset()
+        # Tests change settings often: do not wait long on an endpoint that is away.
+        reset(timeout=1.0)
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="optimizely_middleware.django")
