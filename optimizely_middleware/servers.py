@@ -24,6 +24,7 @@ The package calls :func:`check_uwsgi` when it is imported inside uWSGI (the
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -58,6 +59,7 @@ class ChainedAtexit:
         self.previous = previous
 
     def __call__(self) -> None:
+        logger.info("uWSGI process %d exits: delivering the queued Optimizely events.", os.getpid())
         try:
             run_package_exit_hooks()
         except Exception:
