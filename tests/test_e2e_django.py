@@ -199,14 +199,17 @@ def test_sigterm_while_each_post_is_held_for_a_second_loses_nothing(
     event_endpoint.delay = 1.0
     users = [f"term{i}" for i in range(40)]
     burst(server.port, users)
+    # The last requests' POSTs are held for a second: not delivered yet.
+    pending = 2 * len(users) - len(event_uuids(event_endpoint))
+    assert pending > 0
     signalled_at = time.monotonic()
     code = server.terminate()
     exited_after = time.monotonic() - signalled_at
     # Counted at once: every event arrived before the process was gone.
     uuids = event_uuids(event_endpoint)
     print(
-        f"exit {code} {exited_after:.2f} s after SIGTERM; {len(uuids)} events in "
-        f"{len(event_endpoint.posts)} POSTs held 1 s each"
+        f"exit {code} {exited_after:.2f} s after SIGTERM; {pending} events pending at the "
+        f"signal; {len(uuids)} events in {len(event_endpoint.posts)} POSTs held 1 s each"
     )
     assert len(uuids) == 2 * len(users), server.log
     assert set(uuids.values()) == {1}
