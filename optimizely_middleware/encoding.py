@@ -51,6 +51,7 @@ from optimizely_middleware.batching import EncodedEvent, UnserializableEvent, po
 from optimizely_middleware.sdk_logging import SDKLogger
 
 if TYPE_CHECKING:
+    from optimizely.event.log_event import LogEvent
     from optimizely.logger import Logger
     from optimizely.notification_center import NotificationCenter
 
@@ -74,6 +75,41 @@ class PendingUserEvent(NamedTuple):
 
     user_event: UserEvent
     notification_center: NotificationCenter | None
+
+    def to_log_event(self) -> LogEvent:
+        """The ``LogEvent`` the SDK builds for this event (``create_log_event``; no
+        notification is sent). Raises what the SDK raises for a bad event."""
+        log_event = EventFactory.create_log_event(self.user_event, SDKLogger())
+        if log_event is None:
+            raise UnserializableEvent("the SDK built no event")
+        return log_event
+
+    # So that sinks written for LogEvents keep working: each access builds the
+    # LogEvent again (the encoder never uses these). A bad event raises
+    # AttributeError, so getattr(item, "params", default) stays safe.
+    def _built(self) -> LogEvent:
+        try:
+            return self.to_log_event()
+        except Exception as exc:
+            raise AttributeError(
+                f"the SDK cannot build this {type(self.user_event).__name__} ({type(exc).__name__})"
+            ) from None
+
+    @property
+    def url(self) -> str:
+        return self._built().url
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self._built().params
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self._built().headers
+
+    @property
+    def http_verb(self) -> str:
+        return self._built().http_verb
 
 
 # The keys EventBatch.get_event_params drops when their value is None.
@@ -231,7 +267,9 @@ def log_event_of(item: object, sdk_logger: Logger | None = None) -> Any:
     """The SDK's ``LogEvent`` for ``item`` (built with ``create_log_event`` if it is a
     :class:`PendingUserEvent`); fires no notification. Raises what the SDK raises."""
     if isinstance(item, PendingUserEvent):
-        return EventFactory.create_log_event(item.user_event, sdk_logger or _quiet_logger())
+        if sdk_logger is None:
+            return item.to_log_event()
+        return EventFactory.create_log_event(item.user_event, sdk_logger)
     return item
 
 
