@@ -61,7 +61,10 @@ class OptimizelyWSGIMiddleware:
     once, in the scope) or calls ``close()``, whichever comes first. A
     request that raised, or started a response with a 5xx status or with
     ``exc_info``, is a failed request for the dispatcher's
-    ``failed_requests`` policy; exceptions propagate unchanged.
+    ``failed_requests`` policy; a body the server closes before its last
+    chunk is a client that went away, which is not
+    (:func:`~optimizely_middleware.outcome.request_failed`). Exceptions
+    propagate unchanged.
 
     A body that is an instance of the server's ``wsgi.file_wrapper`` (Flask's
     ``send_file``, Django's ``FileResponse``) is returned unchanged, so the
