@@ -26,7 +26,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 
 from optimizely_middleware import wsgi
 from optimizely_middleware.adapters import owned_by_outer
-from optimizely_middleware.django.state import DjangoOptimizely, current_state, get_state
+from optimizely_middleware.django.state import current_state, get_state
 from optimizely_middleware.django.visitor import apply_visitor_cookie
 from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
@@ -129,7 +129,7 @@ class OptimizelyMiddleware:
             response = await get_response(request)
             apply_visitor_cookie(request, response)
             return response
-        self._check_asgi_wrapper(request, state)
+        self._check_asgi_wrapper(request)
         scoped = ScopedRequest(state.dispatcher)
         try:
             with state.dispatcher.activate(scoped.scope):
@@ -141,7 +141,7 @@ class OptimizelyMiddleware:
         hand_over_on_close(response, scoped)
         return response
 
-    def _check_asgi_wrapper(self, request: HttpRequest, state: DjangoOptimizely) -> None:
+    def _check_asgi_wrapper(self, request: HttpRequest) -> None:
         if self._warned_no_asgi_wrapper:
             return
         self._warned_no_asgi_wrapper = True
