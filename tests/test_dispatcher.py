@@ -509,3 +509,41 @@ def test_after_a_fork_the_child_reports_only_its_own_counters(
     assert report["after"]["requests"] == 1
     assert report["after"]["handed_over"] == 1
     assert dispatcher.stats()["handed_over"] == 3  # the parent keeps its own
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_after_a_fork_dispatcher_and_sender_counters_agree(
+    datafile: str, event_endpoint: EventEndpoint
+) -> None:
+    dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=event_endpoint.url))
+    client = create_client(dispatcher, datafile=datafile)
+    try:
+        for n in range(3):
+            with dispatcher.request_scope():
+                client.track("purchase", f"parent-{n}")
+        assert dispatcher.flush(10)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                with dispatcher.request_scope():
+                    client.track("purchase", "child")
+                dispatcher.flush(10)
+                os.write(write, json.dumps(dispatcher.stats()).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+    finally:
+        dispatcher.close(5)
+    assert (child["requests"], child["handed_over"], child["submitted"]) == (1, 1, 1)
+    assert child["delivered_events"] == 1
+    visitors = event_endpoint.wait_for_visitors(4)
+    assert sorted(v["visitor_id"] for v in visitors) == [
+        "child",
+        "parent-0",
+        "parent-1",
+        "parent-2",
+    ]
