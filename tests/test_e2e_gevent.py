@@ -1,0 +1,67 @@
+"""Flask under gunicorn with gevent workers, with and without --preload.
+
+With --preload the app (and its dispatcher and sender) is created in the
+master, before gevent patches the worker; an event sent at import starts the
+sender there. Every worker must still serve and deliver, each event once.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.apps.e2e_support import (
+    assert_exactly_once,
+    free_port,
+    load_then_stop,
+    python_module,
+    report,
+    running,
+)
+from tests.event_endpoint import EventEndpoint
+
+pytestmark = pytest.mark.slow
+
+N = 300
+
+
+def gunicorn_gevent(port: int, *args: str) -> list[str]:
+    return python_module(
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gevent",
+        "--workers",
+        "2",
+        "--graceful-timeout",
+        "30",
+        *args,
+        "tests.apps.e2e_flask:app",
+    )
+
+
+def test_gevent_workers_deliver_every_event_once(event_endpoint: EventEndpoint) -> None:
+    port = free_port()
+    with running(gunicorn_gevent(port), event_endpoint, port, ready="Booting worker") as server:
+        load, code = load_then_stop(server, event_endpoint, n=N)
+    arrived = assert_exactly_once(event_endpoint, load.users)
+    assert code == 0, server.log
+    report("gunicorn gevent", 3 * N, arrived, stop_s=f"{server.stop_seconds:.2f}")
+
+
+def test_gevent_with_preload_and_an_event_sent_in_the_master(
+    event_endpoint: EventEndpoint,
+) -> None:
+    port = free_port()
+    with running(
+        gunicorn_gevent(port, "--preload"),
+        event_endpoint,
+        port,
+        ready="Booting worker",
+        OPTIMIZELY_TEST_STARTUP_EVENT="1",
+    ) as server:
+        load, code = load_then_stop(server, event_endpoint, n=N)
+    # The master's own event arrives once (from the master), not once per worker.
+    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1})
+    assert code == 0, server.log
+    report("gunicorn gevent --preload", 3 * N + 1, arrived, stop_s=f"{server.stop_seconds:.2f}")

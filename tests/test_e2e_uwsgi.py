@@ -1,0 +1,157 @@
+"""Flask under real uWSGI (pyuwsgi), preforking without --lazy-apps, with an
+event sent in the master at import, and with --max-requests recycling; plus
+the uWSGI checks of optimizely_middleware.servers against a stand-in module.
+
+uWSGI is stopped gracefully through its master FIFO (``q``): in uWSGI 2.0
+SIGTERM means a brutal reload and SIGINT/SIGQUIT kill the workers at once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from optimizely_middleware import WiringWarning
+from optimizely_middleware.servers import ChainedAtexit, check_uwsgi, uwsgi_threads_disabled
+from tests.apps.e2e_support import (
+    VENV_BIN,
+    ServerProcess,
+    assert_exactly_once,
+    free_port,
+    report,
+    run_load,
+    running,
+)
+from tests.event_endpoint import EventEndpoint
+
+WORKERS = 2
+
+
+def uwsgi(port: int, fifo: Path, *args: str) -> list[str]:
+    return [
+        str(VENV_BIN / "uwsgi"),
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--master",
+        "--processes",
+        str(WORKERS),
+        "--module",
+        "tests.apps.e2e_flask:app",
+        "--need-app",
+        "--master-fifo",
+        str(fifo),
+        "--disable-logging",  # no line per request
+        *args,
+    ]
+
+
+def graceful_stop(server: ServerProcess, fifo: Path) -> int:
+    import time
+
+    started = time.monotonic()
+    fifo.write_text("q")
+    code = server.wait()
+    server.stop_seconds = time.monotonic() - started
+    return code
+
+
+@pytest.mark.slow
+def test_prefork_with_an_event_sent_in_the_master_delivers_every_event_once(
+    event_endpoint: EventEndpoint, tmp_path: Path
+) -> None:
+    port, fifo, n = free_port(), tmp_path / "fifo", 300
+    with running(
+        uwsgi(port, fifo),
+        event_endpoint,
+        port,
+        ready=f"spawned uWSGI worker {WORKERS}",
+        OPTIMIZELY_TEST_STARTUP_EVENT="1",
+    ) as server:
+        event_endpoint.hold()
+        load = run_load(port, n)
+        event_endpoint.release()
+        code = graceful_stop(server, fifo)
+    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1})
+    assert code == 0, server.log
+    assert server.count("exits: delivering the queued Optimizely events") >= WORKERS
+    assert "threads disabled" not in server.log  # threads are on by default in uWSGI 2.0.30
+    report(
+        "uWSGI prefork, event in master",
+        3 * n + 1,
+        arrived,
+        stop_s=f"{server.stop_seconds:.2f}",
+        p99_ms=f"{load.p99() * 1000:.0f}",
+    )
+
+
+@pytest.mark.slow
+def test_max_requests_recycling_delivers_every_event_once(
+    event_endpoint: EventEndpoint, tmp_path: Path
+) -> None:
+    port, fifo, n = free_port(), tmp_path / "fifo", 240
+    with running(
+        uwsgi(port, fifo, "--max-requests", "40", "--min-worker-lifetime", "1"),
+        event_endpoint,
+        port,
+        ready=f"spawned uWSGI worker {WORKERS}",
+        OPTIMIZELY_TEST_STARTUP_EVENT="1",
+    ) as server:
+        load = run_load(port, n)
+        code = graceful_stop(server, fifo)
+    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1})
+    assert code == 0, server.log
+    recycled = server.count(r"Respawned uWSGI worker")
+    assert recycled >= 2, server.log
+    report(
+        "uWSGI --max-requests 40",
+        3 * n + 1,
+        arrived,
+        recycled=recycled,
+        stop_s=f"{server.stop_seconds:.2f}",
+        p99_ms=f"{load.p99() * 1000:.0f}",
+    )
+
+
+# -- optimizely_middleware.servers against a stand-in uwsgi module ------------------
+
+
+def test_threads_disabled_is_read_from_has_threads_or_the_options() -> None:
+    assert uwsgi_threads_disabled(SimpleNamespace(has_threads=0, opt={}))
+    assert not uwsgi_threads_disabled(SimpleNamespace(has_threads=1, opt={}))
+    # uWSGI versions without has_threads: --enable-threads or --threads N
+    assert uwsgi_threads_disabled(SimpleNamespace(opt={"processes": b"4"}))
+    assert not uwsgi_threads_disabled(SimpleNamespace(opt={"enable-threads": True}))
+    assert not uwsgi_threads_disabled(SimpleNamespace(opt={"threads": b"4"}))
+
+
+def test_threads_disabled_warns_with_the_fix() -> None:
+    fake = SimpleNamespace(has_threads=0, opt={})
+    with pytest.warns(WiringWarning, match="--enable-threads") as record:
+        assert check_uwsgi(fake)
+    assert "--threads N" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WiringWarning)
+        check_uwsgi(SimpleNamespace(has_threads=1, opt={}))
+
+
+def test_uwsgi_atexit_is_chained_once_and_the_previous_hook_still_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order: list[str] = []
+    monkeypatch.setattr(
+        "optimizely_middleware.servers.run_package_exit_hooks", lambda: order.append("ours")
+    )
+    fake = SimpleNamespace(has_threads=1, opt={}, atexit=lambda: order.append("previous"))
+    check_uwsgi(fake)
+    check_uwsgi(fake)  # the package imported twice: still one link
+    assert isinstance(fake.atexit, ChainedAtexit)
+    assert not isinstance(fake.atexit.previous, ChainedAtexit)
+    fake.atexit()
+    assert order == ["ours", "previous"]
+
+
+def test_outside_uwsgi_nothing_happens() -> None:
+    assert check_uwsgi() is False
