@@ -264,33 +264,30 @@ def test_async_views_and_async_streams_under_the_async_client(hand_offs: HandOff
     assert hand_offs.ended == [(["olga"], False), (["pat"], False)]
 
 
-def test_the_asgi_wrapper_answers_lifespan_and_owns_requests(
+def test_the_asgi_wrapper_answers_lifespan_owns_requests_and_flushes_at_shutdown(
     hand_offs: HandOffs, event_endpoint: EventEndpoint
 ) -> None:
     from django.core.asgi import get_asgi_application
 
     app = asgi_application(get_asgi_application())
     sent: list[dict[str, Any]] = []
+    delivered_at_shutdown: list[int] = []
 
-    async def call(scope: dict[str, Any], incoming: list[dict[str, Any]]) -> None:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for message in incoming:
-            queue.put_nowait(message)
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            sent.append(dict(message))
-
-        await app(scope, queue.get, send)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "lifespan.shutdown.complete":
+            delivered_at_shutdown.append(len(event_endpoint.all_visitors()))
+        sent.append(dict(message))
 
     async def run() -> None:
+        lifespan_messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        lifespan_messages.put_nowait({"type": "lifespan.startup"})
         lifespan = asyncio.ensure_future(
-            call(
-                {"type": "lifespan", "asgi": {"version": "3.0"}},
-                [{"type": "lifespan.startup"}],
-            )
+            app({"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan_messages.get, send)
         )
         while not any(m["type"] == "lifespan.startup.complete" for m in sent):
             await asyncio.sleep(0)
+        request: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        request.put_nowait({"type": "http.request", "body": b""})
         http_scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -302,14 +299,17 @@ def test_the_asgi_wrapper_answers_lifespan_and_owns_requests(
             "server": ("127.0.0.1", 8000),
             "client": ("127.0.0.1", 5000),
         }
-        await call(http_scope, [{"type": "http.request", "body": b""}])
+        event_endpoint.delay = 0.5  # each POST takes half a second to be answered
+        await app(http_scope, request.get, send)
         assert hand_offs.ended == [(["quinn", "quinn"], False)]  # once, by the wrapper
-        lifespan.cancel()
+        assert event_endpoint.all_visitors() == []
+        lifespan_messages.put_nowait({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 30)
 
     asyncio.run(run())
-    status = [m["status"] for m in sent if m["type"] == "http.response.start"]
-    assert status == [200]
-    assert [v["visitor_id"] for v in event_endpoint.wait_for_visitors(2)] == ["quinn"] * 2
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200]
+    assert sent[-1]["type"] == "lifespan.shutdown.complete"
+    assert delivered_at_shutdown == [2]  # delivered before the server was told "complete"
 
 
 def test_an_outer_wsgi_middleware_of_the_same_dispatcher_owns_the_request(
