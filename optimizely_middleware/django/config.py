@@ -52,7 +52,13 @@ EXAMPLE = (
 
 @dataclass(frozen=True)
 class OptimizelySettings:
-    """``settings.OPTIMIZELY``, checked, with the defaults filled in."""
+    """``settings.OPTIMIZELY``, checked, with the defaults filled in.
+
+    Example::
+
+        config = parse_settings({"SDK_KEY": "abc", "FAILED_REQUESTS": "discard"})
+        assert config.shutdown_timeout == 5.0
+    """
 
     datafile: str | None = None
     sdk_key: str | None = None

@@ -168,18 +168,28 @@ def hand_over_on_close(response: HttpResponseBase, scoped: ScopedRequest) -> Non
         # A FileResponse only reads a file: leave it as it is for sendfile().
         content = response.streaming_content
         if getattr(response, "is_async", False):
-            response.streaming_content = ScopedAsyncStream(content, scoped)
+            response.streaming_content = _ScopedAsyncStream(content, scoped)
         else:
-            response.streaming_content = ScopedStream(content, scoped)
-    entry = EnterScope(scoped)
+            response.streaming_content = _ScopedStream(content, scoped)
+    entry = _EnterScope(scoped)
     closers: list[Callable[[], object]] = response._resource_closers
     closers.insert(0, entry)
-    closers.append(HandOver(entry))
+    closers.append(_HandOver(entry))
     scoped.watch(response)
 
 
 class Released:
-    """What a closer becomes when a response is pickled (Django's cache): nothing."""
+    """What this middleware's closers become when a response is pickled: nothing.
+
+    Django's cache middleware pickles responses; the copy it serves later
+    belongs to another request, so its ``close()`` must hand nothing over.
+    The name is part of what is pickled, so it stays stable.
+
+    Example::
+
+        cached = pickle.loads(pickle.dumps(response))
+        cached.close()   # runs Released(): a no-op
+    """
 
     __slots__ = ()
 
@@ -187,7 +197,7 @@ class Released:
         pass
 
 
-class EnterScope:
+class _EnterScope:
     """The first closer of the response: the request's scope is current for the others."""
 
     __slots__ = ("activation", "scoped")
@@ -206,12 +216,12 @@ class EnterScope:
         return (Released, ())
 
 
-class HandOver:
+class _HandOver:
     """The last closer of the response: leaves the scope and hands its events over."""
 
     __slots__ = ("entry",)
 
-    def __init__(self, entry: EnterScope) -> None:
+    def __init__(self, entry: _EnterScope) -> None:
         self.entry = entry
 
     def __call__(self) -> None:
@@ -224,7 +234,7 @@ class HandOver:
         return (Released, ())
 
 
-class ScopedStream:
+class _ScopedStream:
     """A streaming response's iterator, run inside the request's scope."""
 
     __slots__ = ("_iterator", "_scoped")
@@ -233,7 +243,7 @@ class ScopedStream:
         self._iterator = content
         self._scoped = scoped
 
-    def __iter__(self) -> ScopedStream:
+    def __iter__(self) -> _ScopedStream:
         return self
 
     def __next__(self) -> bytes:
@@ -249,7 +259,7 @@ class ScopedStream:
             raise
 
 
-class ScopedAsyncStream:
+class _ScopedAsyncStream:
     """An async streaming response's iterator, run inside the request's scope."""
 
     __slots__ = ("_iterator", "_scoped")
@@ -258,7 +268,7 @@ class ScopedAsyncStream:
         self._iterator = content
         self._scoped = scoped
 
-    def __aiter__(self) -> ScopedAsyncStream:
+    def __aiter__(self) -> _ScopedAsyncStream:
         return self
 
     async def __anext__(self) -> bytes:

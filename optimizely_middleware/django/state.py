@@ -45,7 +45,14 @@ logger = logging.getLogger("optimizely_middleware")
 
 @dataclass(frozen=True)
 class DjangoOptimizely:
-    """What the Django integration runs on: the client, its dispatcher, the settings."""
+    """What the Django integration runs on: the client, its dispatcher, the settings.
+
+    Example::
+
+        state = get_state()
+        state.dispatcher.flush(2.0)
+        print(state.settings.failed_requests, state.dispatcher.stats()["requests"])
+    """
 
     client: Optimizely
     dispatcher: RequestScopedEventDispatcher
