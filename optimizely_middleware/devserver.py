@@ -35,7 +35,9 @@ inspector answers requests from this machine only.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -126,6 +128,7 @@ class DevServer:
         self._last_id = 0
         self._generation = 0  # changes when the list is cleared
         self._stopping = False
+        self._connections: set[socket.socket] = set()
         self.started_at = time.time()
         self._counts = EventCounts(self.started_at)
         self._output_lock = threading.Lock()
@@ -172,6 +175,7 @@ class DevServer:
         if thread is not None:
             server.shutdown()
             thread.join(timeout=5)
+        self._close_connections()
         server.server_close()
 
     def serve_forever(self) -> None:
@@ -182,6 +186,7 @@ class DevServer:
             server.serve_forever()
         finally:
             self._set_stopping(True)
+            self._close_connections()
             self._server = None
             server.server_close()
 
@@ -190,6 +195,15 @@ class DevServer:
         with self._cond:
             self._stopping = stopping
             self._cond.notify_all()
+
+    def _close_connections(self) -> None:
+        # A browser keeps its connections open; their handler threads would
+        # go on answering after the server stopped.
+        with self._cond:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already gone
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> DevServer:
         return self.start()
@@ -283,12 +297,15 @@ class DevServer:
         """The posts newer than id ``since``, oldest first, with the generation and last id.
 
         Waits up to ``timeout`` seconds for one to arrive, or for the list to
-        be cleared when ``generation`` is no longer the current one.
+        be cleared when ``generation`` is no longer the current one; a
+        ``since`` beyond the last id does not wait.
         """
 
         def news() -> bool:
             changed = generation is not None and generation != self._generation
-            return self._stopping or changed or self._last_id > since
+            # A since beyond the last id comes from a page that knew an earlier
+            # run of the server: it must hear about this one at once.
+            return self._stopping or changed or self._last_id != since
 
         with self._cond:
             if timeout > 0:
@@ -337,6 +354,16 @@ def _handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "optimizely-devserver"
+
+        def setup(self) -> None:
+            super().setup()
+            with devserver._cond:
+                devserver._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with devserver._cond:
+                devserver._connections.discard(self.connection)
+            super().finish()
 
         def do_POST(self) -> None:
             length_header = self.headers.get("Content-Length")

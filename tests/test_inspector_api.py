@@ -132,6 +132,18 @@ def test_wait_ends_empty_when_nothing_arrives(devserver: DevServer) -> None:
     assert listing["posts"] == [] and listing["last_id"] == 0
 
 
+def test_a_since_from_an_earlier_run_does_not_wait(devserver: DevServer) -> None:
+    # A page open across a restart asks for ids this server never gave out: it
+    # is answered at once, not when its (longest) wait of 30 s runs out.
+    answers: list[Any] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(api(devserver, "api/posts", since=7, wait=30))
+    )
+    asking.start()
+    asking.join(WAIT)
+    assert answers and answers[0]["last_id"] == 0
+
+
 def test_filters_by_visitor_flag_and_event(devserver: DevServer, datafile: str) -> None:
     send(
         devserver,

@@ -76,6 +76,12 @@ class Shop:
         assert self.dispatcher.flush(WAIT)
         assert self.devserver.wait_for_visitors(visitors, WAIT)
 
+    def restart_devserver(self) -> None:
+        """A new devserver on the same port, as when you stop it and start it again."""
+        port = self.devserver.port
+        self.devserver.stop()
+        self.devserver = DevServer(port=port, output=io.StringIO()).start()
+
     def close(self) -> None:
         self.session.close()
         self.server.shutdown()
@@ -261,6 +267,18 @@ def test_clear_button_empties_the_list(browser: WebDriver, shop: Shop) -> None:
 
     shop.visit("bob", "/")
     until(browser, lambda: ids_shown(browser) == ["bob"], "a new event after the clear")
+
+
+def test_a_restarted_devserver_is_followed(browser: WebDriver, shop: Shop) -> None:
+    open_inspector(browser, shop)
+    shop.visit("alice", "/")
+    until(browser, lambda: ids_shown(browser) == ["alice"])
+
+    shop.restart_devserver()  # its POSTs are numbered from 1 again
+    shop.visit("bob", "/")
+    until(browser, lambda: ids_shown(browser) == ["bob"], "the new devserver's POST")
+    live = browser.find_element(By.ID, "live")
+    until(browser, lambda: live.get_attribute("data-state") == "live")
 
 
 def test_reads_well_in_a_narrow_window(browser: WebDriver, shop: Shop) -> None:

@@ -11,6 +11,7 @@
   const state = {
     since: 0,
     generation: null,
+    server: null, // when the devserver started: a new one numbers its POSTs from 1 again
     filters: { visitor: "", flag: "", event: "" },
     controller: null,
     ids: new Set(),
@@ -271,6 +272,13 @@
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         const data = await response.json();
         if (controller !== state.controller) continue; // the filters changed meanwhile
+        if (state.server !== null && data.stats.since !== state.server) {
+          state.server = data.stats.since; // the devserver was restarted: start over
+          state.generation = null;
+          resetList();
+          continue;
+        }
+        state.server = data.stats.since;
         if (state.generation !== null && data.generation !== state.generation) {
           state.generation = data.generation; // cleared (here or elsewhere): start over
           resetList();
