@@ -5,7 +5,9 @@ fork hooks (as under uWSGI, which forks in C), by pid alone."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from typing import Any
@@ -167,3 +169,47 @@ def test_without_fork_hooks_the_child_notices_the_new_pid_on_its_first_hand_off(
         event_endpoint.release()
         sender.close(5)
     assert len(event_endpoint.all_visitors()) == 3
+
+
+GEVENT_AFTER_FORK = textwrap.dedent(
+    """
+    import os, sys
+    from optimizely.event.log_event import LogEvent
+    from optimizely_middleware import EventSender
+
+    def event(visitor):
+        return LogEvent("https://logx.optimizely.com/v1/events",
+                        {"account_id": "1", "visitors": [{"visitor_id": visitor}]})
+
+    # As in a gunicorn --preload master: the sender is made and used (native
+    # locks, a native worker thread) before the fork ...
+    sender = EventSender(endpoint=sys.argv[1], flush_interval=0.01)
+    sender.submit([event("master")])
+    assert sender.flush(10)
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    # ... and the worker process is monkey-patched by gevent after it.
+    from gevent import monkey
+    monkey.patch_all()
+    sender.submit([event("gevent-worker")])
+    ok = sender.flush(10)
+    sender.close(5)
+    os._exit(0 if ok else 3)
+    """
+)
+
+
+def test_a_sender_made_before_fork_and_gevent_patching_delivers_in_the_worker(
+    event_endpoint: EventEndpoint,
+) -> None:
+    pytest.importorskip("gevent")
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", GEVENT_AFTER_FORK, event_endpoint.url],
+        capture_output=True,
+        text=True,
+        timeout=60,  # without the lock re-init the worker deadlocks here
+    )
+    assert result.returncode == 0, result.stderr
+    assert [v["visitor_id"] for v in event_endpoint.all_visitors()] == ["master", "gevent-worker"]
