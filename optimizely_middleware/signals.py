@@ -13,6 +13,9 @@ Usage, in the module that builds your app (it must run in the main thread)::
     dispatcher = RequestScopedEventDispatcher()
     install_sigterm_flush(dispatcher, timeout=5.0)
 
+    # or, where the dispatcher is not at hand (Django's settings.py, AppConfig.ready):
+    install_sigterm_flush()  # every EventSender alive when the signal arrives
+
 On SIGTERM the handler flushes every dispatcher it was given (up to
 ``timeout`` seconds in all, on a helper thread so a lock held by the
 interrupted main thread cannot deadlock it), then chains the handler that was
@@ -62,18 +65,29 @@ class SignalFlush:
         self.previous = previous
         self.timeout = timeout
         self.dispatchers: list[Flushable] = []
+        self.every_sender = False
         self._running = False
 
-    def add(self, dispatcher: Flushable, timeout: float) -> None:
-        if not any(d is dispatcher for d in self.dispatchers):
+    def add(self, dispatcher: Flushable | None, timeout: float) -> None:
+        if dispatcher is None:
+            self.every_sender = True
+        elif not any(d is dispatcher for d in self.dispatchers):
             self.dispatchers.append(dispatcher)
         self.timeout = max(self.timeout, timeout)
+
+    def targets(self) -> list[Flushable]:
+        found = list(self.dispatchers)
+        if self.every_sender:
+            from optimizely_middleware.sender import iter_senders
+
+            found.extend(iter_senders())
+        return found
 
     def flush_all(self) -> bool:
         """Flush every dispatcher within ``timeout`` seconds in all; True if all settled."""
         deadline = time.monotonic() + self.timeout
         settled = True
-        for dispatcher in list(self.dispatchers):
+        for dispatcher in self.targets():
             try:
                 settled = dispatcher.flush(max(0.0, deadline - time.monotonic())) and settled
             except Exception:
@@ -130,10 +144,12 @@ class SignalFlush:
 
 
 def install_sigterm_flush(
-    dispatcher: Flushable, timeout: float = 5.0, *, signum: int = signal.SIGTERM
+    dispatcher: Flushable | None = None, timeout: float = 5.0, *, signum: int = signal.SIGTERM
 ) -> SignalFlush | None:
     """Flush ``dispatcher`` (up to ``timeout`` s) when ``signum`` arrives, then
-    chain the previous handler (see the module docstring).
+    chain the previous handler (see the module docstring). Without a
+    dispatcher, every :class:`~optimizely_middleware.EventSender` alive at
+    that moment is flushed.
 
     Safe to call twice (the same dispatcher is flushed once; another one is
     added to the same handler). Returns the handler, or None when called

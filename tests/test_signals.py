@@ -138,3 +138,26 @@ def test_outside_the_main_thread_nothing_is_installed(caplog: pytest.LogCaptureF
 def test_a_negative_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout"):
         install_sigterm_flush(RequestScopedEventDispatcher(FlushCounter()), timeout=-1)
+
+
+def test_without_a_dispatcher_every_live_sender_is_flushed(
+    event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    dispatcher = RequestScopedEventDispatcher(
+        EventSender(endpoint=event_endpoint.url, flush_interval=60.0)
+    )
+    client = create_client(dispatcher, datafile=datafile)
+    delivered_when_chained: list[int] = []
+    signal.signal(
+        signal.SIGTERM,
+        lambda signum, frame: delivered_when_chained.append(len(event_endpoint.all_visitors())),
+    )
+    try:
+        install_sigterm_flush(timeout=10.0)  # e.g. from Django's settings.py
+        with dispatcher.request_scope():
+            client.create_user_context("anyone").decide("new_checkout")
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert delivered_when_chained == [1]
+    finally:
+        client.close()
+        dispatcher.close(5)
