@@ -43,11 +43,12 @@ import threading
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
-from optimizely_middleware.inspector import EventCounts, handle_inspector
+from optimizely_middleware.devserver_handler import handler_for
+from optimizely_middleware.inspector import EventCounts
 from optimizely_middleware.received import (
     ReceivedPost,
     describe_conversion,
@@ -56,7 +57,6 @@ from optimizely_middleware.received import (
     format_summary,
     iso_time,
 )
-from optimizely_middleware.validation import payload_errors
 
 __all__ = [
     "DevServer",
@@ -143,7 +143,7 @@ class DevServer:
         Raises :class:`OSError` when the address is in use.
         """
         if self._server is None:
-            server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+            server = ThreadingHTTPServer((self.host, self.port), handler_for(self))
             server.daemon_threads = True
             self._server = server
             self.port = int(server.server_address[1])
@@ -195,6 +195,14 @@ class DevServer:
         with self._cond:
             self._stopping = stopping
             self._cond.notify_all()
+
+    def _connection_opened(self, connection: socket.socket) -> None:
+        with self._cond:
+            self._connections.add(connection)
+
+    def _connection_closed(self, connection: socket.socket) -> None:
+        with self._cond:
+            self._connections.discard(connection)
 
     def _close_connections(self) -> None:
         # A browser keeps its connections open; their handler threads would
@@ -348,105 +356,6 @@ class DevServer:
         with self._output_lock:
             self.output.write(text + "\n")
             self.output.flush()
-
-
-def _handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "optimizely-devserver"
-
-        def setup(self) -> None:
-            super().setup()
-            with devserver._cond:
-                devserver._connections.add(self.connection)
-
-        def finish(self) -> None:
-            with devserver._cond:
-                devserver._connections.discard(self.connection)
-            super().finish()
-
-        def do_POST(self) -> None:
-            length_header = self.headers.get("Content-Length")
-            if length_header is None or not length_header.isdigit():
-                self._answer(HTTPStatus.LENGTH_REQUIRED)
-                return
-            body = self.rfile.read(int(length_header))
-            received_at, wall_time = time.monotonic(), time.time()
-            payload: Any = None
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                status = int(HTTPStatus.BAD_REQUEST)
-                problems = ["the body is not JSON"]
-            else:
-                status = devserver.status
-                problems = payload_errors(payload)
-            if devserver.delay:
-                # Simulates a slow endpoint; the caller's sender waits on it.
-                time.sleep(devserver.delay)
-            devserver._record(
-                ReceivedPost(
-                    path=self.path,
-                    headers=dict(self.headers),
-                    body=body,
-                    status=status,
-                    received_at=received_at,
-                    wall_time=wall_time,
-                    payload=payload,
-                    problems=problems,
-                    answered_at=time.monotonic(),
-                )
-            )
-            self._answer(status)
-
-        def do_GET(self) -> None:
-            if not self._inspector("GET"):
-                self._explain()
-
-        def do_DELETE(self) -> None:
-            if not self._inspector("DELETE"):
-                self._answer(HTTPStatus.METHOD_NOT_ALLOWED)
-
-        def _inspector(self, method: str) -> bool:
-            peer = str(self.client_address[0])
-            response = handle_inspector(devserver, method, self.path, peer, self.headers["Host"])
-            if response is None:
-                return False
-            try:
-                self.send_response(response.status)
-                self.send_header("Content-Type", response.content_type)
-                self.send_header("Content-Length", str(len(response.body)))
-                for name, value in response.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(response.body)
-            except (BrokenPipeError, ConnectionResetError):
-                # The page gave up on a long poll (a filter changed, the tab closed).
-                self.close_connection = True
-            return True
-
-        def _explain(self) -> None:
-            text = (
-                f"Optimizely event devserver: POST events to {devserver.url}\n"
-                f"{len(devserver.posts)} POST(s) received so far.\n"
-                f"See them at {devserver.inspector_url}\n"
-            ).encode()
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(text)))
-            self.end_headers()
-            self.wfile.write(text)
-
-        def _answer(self, status: int) -> None:
-            self.send_response(status)
-            if status != HTTPStatus.NO_CONTENT and status >= 200:
-                self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # each POST is printed by the DevServer itself
-
-    return Handler
 
 
 # -- command line ------------------------------------------------------------------
