@@ -28,11 +28,8 @@ uWSGI forks in C, where these do not run, so every sender also compares
 :func:`os.getpid` on each hand-off and re-initialises itself: the hooks
 here are the fast path, not the only one.
 
-**Under uWSGI** the exit phases are also chained to ``uwsgi.atexit`` (the
-previous handler runs after them), since uWSGI does not always run Python's
-:mod:`atexit` in its workers; the phases run once either way. uWSGI with
-threads disabled (no ``--enable-threads`` or ``--threads``) would never run
-the sender's worker threads: that is logged as a warning with the fix.
+**Under uWSGI** :mod:`optimizely_middleware.servers` also calls
+:func:`run_exit_hooks` from ``uwsgi.atexit``; the phases run once either way.
 
 **Garbage collection**: :func:`on_gc` appends to :data:`gc.callbacks`.
 
@@ -45,7 +42,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import importlib
 import logging
 import os
 import threading
@@ -57,7 +53,6 @@ __all__ = [
     "EXIT_PHASES",
     "FORK_PHASES",
     "Registry",
-    "install_uwsgi_hooks",
     "on_exit",
     "on_fork_in_child",
     "on_gc",
@@ -117,28 +112,6 @@ def run_exit_hooks() -> None:
     _run(_exit_hooks, EXIT_PHASES)
 
 
-def install_uwsgi_hooks(uwsgi: Any) -> None:
-    """Chain the exit phases to ``uwsgi.atexit`` and warn if uWSGI runs without threads."""
-    previous = getattr(uwsgi, "atexit", None)
-    if getattr(previous, "__module__", None) == __name__:
-        return  # already chained
-
-    def at_uwsgi_exit() -> None:
-        try:
-            run_exit_hooks()
-        finally:
-            if callable(previous):
-                previous()
-
-    uwsgi.atexit = at_uwsgi_exit
-    options = getattr(uwsgi, "opt", None) or {}
-    if not options.get("enable-threads") and not options.get("threads"):
-        logger.warning(
-            "uWSGI runs with Python threads disabled: Optimizely events would never be "
-            "sent. Start uWSGI with --enable-threads (or --threads N)."
-        )
-
-
 def _after_fork_in_child() -> None:
     global _hooks_lock
     _hooks_lock = threading.Lock()  # a parent thread may have held it at fork time
@@ -148,12 +121,6 @@ def _after_fork_in_child() -> None:
 atexit.register(run_exit_hooks)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-try:
-    _uwsgi = importlib.import_module("uwsgi")  # exists only inside a uWSGI process
-except ImportError:
-    pass
-else:  # pragma: no cover - runs under uWSGI
-    install_uwsgi_hooks(_uwsgi)
 
 
 T = TypeVar("T")

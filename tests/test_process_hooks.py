@@ -4,7 +4,6 @@ hooks in order, and the live-sender registry the testing kit relies on."""
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import subprocess
 import sys
@@ -113,39 +112,14 @@ def test_a_raising_subscriber_does_not_stop_the_registration() -> None:
     assert registry.live() == [thing]
 
 
-class FakeUwsgi:
-    def __init__(self, opt: dict[str, object]) -> None:
-        self.opt = opt
-        self.calls: list[str] = []
-        self.atexit = lambda: self.calls.append("previous")
-
-
-def test_uwsgi_atexit_is_chained_and_the_phases_run_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_the_exit_phases_run_once_however_many_exit_paths_call_them(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ran: list[str] = []
     hooks: dict[str, list[object]] = {phase: [] for phase in process_hooks.EXIT_PHASES}
     monkeypatch.setattr(process_hooks, "_exit_hooks", hooks)
     monkeypatch.setattr(process_hooks, "_exited", False)
     process_hooks.on_exit("close_senders", lambda: ran.append("close_senders"))
-    uwsgi = FakeUwsgi({"enable-threads": True})
-    with caplog.at_level(logging.WARNING, logger="optimizely_middleware"):
-        process_hooks.install_uwsgi_hooks(uwsgi)
-        process_hooks.install_uwsgi_hooks(uwsgi)  # twice: chained once
-    assert not caplog.records
-    uwsgi.atexit()
-    process_hooks.run_exit_hooks()  # Python's atexit after uWSGI's: nothing twice
+    process_hooks.run_exit_hooks()  # e.g. uwsgi.atexit ...
+    process_hooks.run_exit_hooks()  # ... then Python's atexit
     assert ran == ["close_senders"]
-    assert uwsgi.calls == ["previous"]
-
-
-def test_uwsgi_without_threads_is_a_warning_with_the_fix(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="optimizely_middleware"):
-        process_hooks.install_uwsgi_hooks(FakeUwsgi({}))
-    assert "--enable-threads" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="optimizely_middleware"):
-        process_hooks.install_uwsgi_hooks(FakeUwsgi({"threads": b"4"}))
-    assert not caplog.records
