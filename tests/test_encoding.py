@@ -134,6 +134,10 @@ def assert_encodes_like_the_sdk(encoder: EventEncoder, items: list[PendingUserEv
         for one in group:
             alone = sdk_log_event([one.event])  # type: ignore[list-item]
             assert canonical_json(body_of([one])) == canonical_json(alone.params)
+        # The LogEvent path (dispatch_event) merges the same events into the same body.
+        log_events = [encoder.encode(sdk_log_event([item])) for item in members]
+        assert {item.key for item in log_events} == {group[0].key}
+        assert canonical_json(body_of(log_events)) == canonical_json(expected.params)
 
 
 # -- strategies -------------------------------------------------------------
