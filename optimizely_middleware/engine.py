@@ -304,7 +304,7 @@ class DeliveryEngine(WorkerJobs):
                 drained,
                 in_flight,
             )
-        if not already:
+        if not already and (delivered_events or dropped):
             self._drop_log.totals(
                 delivered_events=delivered_events, delivered_posts=delivered_posts, dropped=dropped
             )

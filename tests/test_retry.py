@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
+import ssl
 from datetime import datetime, timezone
 
 import pytest
+import requests
+import urllib3
 
 from optimizely_middleware.retry import (
+    PermanentError,
     RetryPolicy,
     is_retryable_status,
     is_success_status,
+    is_transient_error,
     parse_retry_after,
 )
 
@@ -76,3 +82,51 @@ def test_invalid_policy_is_refused() -> None:
         RetryPolicy(max_retries=-1)
     with pytest.raises(ValueError):
         RetryPolicy(backoff_base=-1.0)
+
+
+def _caused_by(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError("timed out"),
+        OSError("network is unreachable"),
+        requests.ConnectionError("connection aborted"),
+        requests.Timeout("read timed out"),
+        urllib3.exceptions.ProtocolError("Connection aborted."),
+        urllib3.exceptions.ReadTimeoutError(None, "/v1/events", "Read timed out."),  # type: ignore[arg-type]
+        http.client.RemoteDisconnected("Remote end closed connection"),
+        urllib3.exceptions.SSLError("EOF occurred in violation of protocol"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_network_failures_are_transient(exc: BaseException) -> None:
+    assert is_transient_error(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermanentError("told so by a custom transport"),
+        requests.exceptions.InvalidURL("Invalid URL 'http://'"),
+        requests.exceptions.MissingSchema("No scheme supplied"),
+        requests.exceptions.InvalidSchema("No connection adapters"),
+        requests.exceptions.InvalidHeader("Invalid leading whitespace"),
+        urllib3.exceptions.LocationParseError("http://[::1"),
+        urllib3.exceptions.URLSchemeUnknown("ftp"),
+        _caused_by(
+            requests.exceptions.SSLError("certificate verify failed"),
+            ssl.SSLCertVerificationError("certificate verify failed: self-signed certificate"),
+        ),
+        ValueError("Invalid header value b'a\\nb'"),
+        TypeError("a bug in a custom transport"),
+        UnicodeEncodeError("latin-1", "é", 0, 1, "ordinal not in range"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_a_retry_cannot_heal_are_not_transient(exc: BaseException) -> None:
+    assert not is_transient_error(exc)
