@@ -35,19 +35,29 @@ warns once and uses ``create_log_event`` for everything.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from optimizely.event.event_factory import EventFactory
 from optimizely.event.payload import EventBatch
-from optimizely.event.user_event import ConversionEvent, UserEvent
+from optimizely.event.user_event import UserEvent
 from optimizely.helpers.enums import NotificationTypes
 
 from optimizely_middleware.batching import EncodedEvent, UnserializableEvent, post_headers
+from optimizely_middleware.json_forms import (
+    _ENVELOPE_CACHE_SIZE,
+    _JSON_HEADERS,
+    _JSON_HEADERS_KEY,
+    _context_cache_key,
+    _dumps_payload,
+    _dumps_visitor,
+    _Envelope,
+    _params_cache_key,
+    _plain_user_event,
+    _split,
+    canonical_json,
+)
 from optimizely_middleware.sdk_logging import SDKLogger
 
 if TYPE_CHECKING:
@@ -55,12 +65,7 @@ if TYPE_CHECKING:
     from optimizely.logger import Logger
     from optimizely.notification_center import NotificationCenter
 
-try:
-    import orjson
-except ImportError:  # pragma: no cover - orjson ships wheels for every mainstream platform
-    orjson = None  # type: ignore[assignment]
-
-__all__ = ["EventEncoder", "PendingUserEvent", "log_event_of"]
+__all__ = ["EventEncoder", "PendingUserEvent", "canonical_json", "log_event_of"]
 
 logger = logging.getLogger("optimizely_middleware")
 
@@ -110,157 +115,6 @@ class PendingUserEvent(NamedTuple):
     @property
     def http_verb(self) -> str:
         return self._built().http_verb
-
-
-# The keys EventBatch.get_event_params drops when their value is None.
-_DROPPED_WHEN_NONE: Final = frozenset({"revenue", "value", "tags", "decisions"})
-_JSON_HEADERS: Final = {"Content-Type": "application/json"}
-_JSON_HEADERS_KEY: Final = (("Content-Type", "application/json"),)
-_ENVELOPE_CACHE_SIZE: Final = 256
-# orjson refuses more than 254 levels; the visitor itself takes 6.
-_MAX_TAG_DEPTH: Final = 200
-_PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
-_PLAIN_ATTRIBUTE_VALUES: Final = frozenset({str, int, bool, float})
-
-_strict_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
-def _payload_dict(obj: Any) -> dict[str, Any]:
-    """An SDK payload object as get_event_params sees it: its ``__dict__`` without
-    the None-valued keys it drops."""
-    attrs: dict[str, Any] = obj.__dict__
-    if None in attrs.values():
-        return {k: v for k, v in attrs.items() if v is not None or k not in _DROPPED_WHEN_NONE}
-    return attrs
-
-
-def _refuse(obj: Any) -> Any:
-    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
-
-
-if orjson is not None:
-    _OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-
-    def _dumps_payload(obj: Any) -> bytes:
-        return orjson.dumps(obj, default=_payload_dict, option=_OPTIONS)
-
-    def _dumps_plain(obj: Any) -> bytes:
-        # orjson writes NaN and infinities as null: a null needs the strict check.
-        data = orjson.dumps(obj, default=_refuse, option=_OPTIONS)
-        if b"null" in data:
-            _strict_dumps(obj)
-        return data
-
-else:  # pragma: no cover
-
-    def _dumps_payload(obj: Any) -> bytes:
-        return _strict_dumps(obj).encode()  # the caller checks the input is plain
-
-    def _dumps_plain(obj: Any) -> bytes:
-        return _strict_dumps(obj).encode()
-
-
-def _dumps_visitor(visitor: Any) -> bytes:
-    """Compact JSON of one visitor of a ``LogEvent``; ValueError/TypeError/RecursionError
-    when it has no JSON form (NaN, sets, ...)."""
-    try:
-        return _dumps_plain(visitor)
-    except TypeError:
-        # What orjson refuses but the stdlib writes: integers past 64 bits,
-        # non-str keys, more than 254 levels.
-        return _strict_dumps(visitor).encode()
-
-
-def _plain_tags(tags: Any) -> bool:
-    """True when ``tags`` holds only what orjson writes exactly as the SDK's
-    ``json.dumps``/``json.loads`` round trip does (and no NaN)."""
-    stack: list[tuple[Any, int]] = [(tags, 0)]
-    while stack:
-        value, depth = stack.pop()
-        cls = value.__class__
-        if cls in _PLAIN_SCALARS:
-            continue
-        if cls is float:
-            if not math.isfinite(value):
-                return False
-            continue
-        if depth >= _MAX_TAG_DEPTH:
-            return False
-        if cls is dict:
-            for key, item in value.items():
-                if key.__class__ is not str or (item is None and key in _DROPPED_WHEN_NONE):
-                    return False
-                if item.__class__ not in _PLAIN_SCALARS:  # scalars need no visit
-                    stack.append((item, depth + 1))
-        elif cls is list or cls is tuple:
-            for item in value:
-                if item.__class__ not in _PLAIN_SCALARS:
-                    stack.append((item, depth + 1))
-        else:
-            return False
-    return True
-
-
-def _plain_user_event(user_event: Any) -> bool:
-    for attribute in user_event.visitor_attributes:
-        if attribute.value.__class__ not in _PLAIN_ATTRIBUTE_VALUES:
-            return False
-    if isinstance(user_event, ConversionEvent):
-        tags = user_event.event_tags
-        return tags is None or _plain_tags(tags)
-    return True
-
-
-class _Envelope(NamedTuple):
-    key: Hashable
-    url: str
-    headers: dict[str, str]
-    prefix: bytes
-    suffix: bytes
-
-
-def _split(params: dict[str, Any]) -> tuple[bytes, bytes]:
-    """``(prefix, suffix)`` around the visitors of ``params`` (compact JSON)."""
-    before: list[str] = []
-    after: list[str] = []
-    side = before
-    for name, value in params.items():
-        if name == "visitors":
-            side = after
-            continue
-        side.append(f"{_strict_dumps(name)}:{_strict_dumps(value)}")
-    head = ",".join(before)
-    tail = ",".join(after)
-    prefix = ("{" + head + ("," if head else "") + '"visitors":[').encode()
-    suffix = ("]" + ("," + tail if tail else "") + "}").encode()
-    return prefix, suffix
-
-
-def _params_cache_key(params: dict[Any, Any]) -> tuple[Any, ...] | None:
-    """A key that only equal serialisations of the envelope share (types included:
-    ``True == 1``), or None when it cannot be cached (floats: ``0.0 == -0.0``)."""
-    parts: list[Any] = []
-    for name, value in params.items():
-        if name == "visitors":
-            parts.append(len(parts))
-            continue
-        if value.__class__ not in _PLAIN_SCALARS or name.__class__ is not str:
-            return None
-        parts.append((name, value.__class__, value))
-    return tuple(parts)
-
-
-def _context_cache_key(context: Any) -> tuple[Any, ...]:
-    values = (
-        context.account_id,
-        context.project_id,
-        context.revision,
-        context.client_name,
-        context.client_version,
-        context.anonymize_ip,
-        context.region,
-    )
-    return values + tuple(map(type, values))
 
 
 def log_event_of(item: object, sdk_logger: Logger | None = None) -> Any:
@@ -458,6 +312,8 @@ class EventEncoder:
         with self._guard_lock:
             if self._fast_path is not None:
                 return
+            from optimizely_middleware.encoding_guard import fast_path_problem
+
             try:
                 problem = fast_path_problem(self)
             except Exception as exc:
@@ -471,78 +327,3 @@ class EventEncoder:
                 "response.",
                 problem,
             )
-
-
-def fast_path_problem(encoder: EventEncoder) -> str | None:
-    """Compare the fast path with ``create_log_event`` on synthetic events built from
-    the SDK's own classes; None when they agree, else what differs."""
-    events = _synthetic_user_events()
-    sdk_logger = encoder._sdk_logger
-    for build in (EventFactory._create_visitor, EventBatch.get_event_params):
-        if not callable(build):
-            return "a payload builder is missing"
-    encoded: list[EncodedEvent] = []
-    for user_event in events:
-        if not _plain_user_event(user_event):
-            return "the synthetic events are not plain"
-        visitor = EventFactory._create_visitor(user_event, sdk_logger)
-        if visitor is None:
-            return "_create_visitor built nothing"
-        envelope = encoder._context_envelope(user_event.event_context)
-        encoded.append(
-            EncodedEvent(
-                key=envelope.key,
-                url=envelope.url,
-                headers=envelope.headers,
-                prefix=envelope.prefix,
-                visitors=_dumps_payload(visitor),
-                suffix=envelope.suffix,
-                event=None,
-            )
-        )
-    if any(item.key != encoded[0].key for item in encoded):
-        return "events of one context got different envelopes"
-    first = encoded[0]
-    body = first.prefix + b",".join(item.visitors for item in encoded) + first.suffix
-    expected = EventFactory.create_log_event(list(events), sdk_logger)
-    if expected is None:
-        return "create_log_event built nothing"
-    if first.url != expected.url or first.headers != dict(expected.headers or {}):
-        return "the url or headers differ"
-    if canonical_json(json.loads(body)) != canonical_json(expected.params):
-        return "the payload differs"
-    return None
-
-
-def canonical_json(value: Any) -> str:
-    """A string equal for two JSON values exactly when they are equal, types included
-    (``1``, ``1.0`` and ``true`` differ)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
-
-
-def _synthetic_user_events() -> list[UserEvent]:
-    """An impression (with a cmab uuid) and a conversion with revenue, value and
-    nested tags, of one event context, built from the SDK's own classes."""
-    from optimizely import entities
-    from optimizely.event.payload import VisitorAttribute
-    from optimizely.event.user_event import EventContext, ImpressionEvent
-    from optimizely.helpers.event_tag_utils import EventTags
-
-    context = EventContext("1001", "2001", "7", True, "EU")
-    attributes = [
-        VisitorAttribute("3001", "plan", "custom", "pro"),
-        VisitorAttribute("3002", "age", "custom", 41),
-        VisitorAttribute("3003", "score", "custom", 0.5),
-        VisitorAttribute("$opt_bot_filtering", "$opt_bot_filtering", "custom", False),
-    ]
-    experiment = entities.Experiment("4001", "exp", "Running", [], [], {}, [], "5001")
-    variation = entities.Variation("6001", "on", featureEnabled=True)
-    impression = ImpressionEvent(
-        context, "user-1", experiment, attributes, variation,
-        "flag", "exp", "feature-test", True, False, "cmab-1",
-    )  # fmt: skip
-    event = entities.Event("8001", "purchase", ["4001"])
-    tags = EventTags({"revenue": 1299, "value": "3.5", "nested": {"a": [1, 2.5, None, "x"]}})
-    conversion = ConversionEvent(context, event, "user-2", [], tags, False)
-    plain = ConversionEvent(context, event, "user-3", attributes[:1], None, None)
-    return [impression, conversion, plain]
