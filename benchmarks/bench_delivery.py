@@ -353,9 +353,18 @@ def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
             results[kind] = ceiling(url, pool, args)
-    print("\n| items | sustained with no drops (events/s) | clean runs at it | delivered while "
-          "overloaded (events/s, median) | dropped while overloaded | CPU µs/event |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    print()
+    print(ceiling_table(results))
+    return results
+
+
+def ceiling_table(results: dict[str, Any]) -> str:
+    """The ceiling's results as a Markdown table, one row per kind of item."""
+    lines = [
+        "| items | sustained with no drops (events/s) | clean runs at it | delivered while "
+        "overloaded (events/s, median) | dropped while overloaded | CPU µs/event |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, r in results.items():
         ok = f"{r['last_clean_rate']:.0f}" if r["last_clean_rate"] else "below the start rate"
         if r["first_failing_rate"] is None:
@@ -366,15 +375,14 @@ def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
             if r["saturated_rate"] is not None
             else "-"
         )
-        share = (
-            "-" if r["overloaded_dropped_share"] is None else f"{r['overloaded_dropped_share']:.1%}"
-        )
+        lost = r["overloaded_dropped_share"]
+        share = "-" if lost is None else f"{lost:.1%}"
         cpu = "-" if r["cpu_us_per_event"] is None else f"{r['cpu_us_per_event']:.1f}"
-        print(
+        lines.append(
             f"| {kind} | {ok} | {r['clean_confirmations']}/{len(r['confirmed'])} | {saturated} "
             f"| {share} | {cpu} |"
         )
-    return results
+    return "\n".join(lines)
 
 
 def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
