@@ -234,6 +234,7 @@ class WorkerJobs:
     def _deliver(self, batch: Batch, generation: int) -> tuple[str | None, str]:
         """POST ``batch`` until delivered (``None``) or failed for good (a drop reason)."""
         url = self.endpoint or batch.url
+        time.sleep(0)  # taking the batch was Python work under the lock: let others run
         body = batch.body()
         policy = self.retry_policy
         attempt = 0
