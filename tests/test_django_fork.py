@@ -6,59 +6,17 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from django.test import override_settings
 
 from optimizely_middleware.django import get_client, get_state
-from tests.apps.django_support import DATAFILE_PATH, configure_django
+from tests.apps.django_support import DATAFILE_PATH, DatafileServer, configure_django
 from tests.event_endpoint import EventEndpoint
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-class DatafileServer:
-    """Serves the test datafile at ``/<sdk_key>.json``; ``/count`` says how many
-    datafile GETs it answered."""
-
-    def __init__(self) -> None:
-        self.fetches = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/count":
-                    body = str(server.fetches).encode()
-                else:
-                    server.fetches += 1
-                    body = DATAFILE_PATH.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def count(self) -> int:
-        with urllib.request.urlopen(self.url + "/count", timeout=10) as response:
-            return int(response.read())
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

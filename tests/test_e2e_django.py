@@ -6,6 +6,7 @@ and a real local event endpoint on 127.0.0.1."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.apps.django_support import DATAFILE_PATH, EXAMPLE_PROJECT, ROOT
+from tests.apps.django_support import DATAFILE_PATH, EXAMPLE_PROJECT, ROOT, DatafileServer
 from tests.apps.wsgi_support import Gunicorn, get, visitors_of, wait_for_port
 from tests.event_endpoint import EventEndpoint
 from tests.support import free_port
@@ -43,9 +44,11 @@ class Served(Protocol):
 class GunicornServer:
     """The example's ``mysite.wsgi:application`` under gunicorn (1 worker, 4 threads)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.server = Gunicorn(
-            "mysite.wsgi:application", env=env, args=("--pythonpath", str(EXAMPLE_PROJECT))
+            "mysite.wsgi:application",
+            env=env,
+            args=("--pythonpath", str(EXAMPLE_PROJECT), *args),
         )
         self.port = self.server.port
         self.process = self.server.process
@@ -309,3 +312,40 @@ def test_a_misconfigured_setting_stops_the_server_with_improperly_configured(
     assert code != 0
     assert "ImproperlyConfigured" in server.log
     assert "'/nonexistent/datafile.json' cannot be read" in server.log
+
+
+def test_gunicorn_preload_with_an_sdk_key_polls_the_datafile_in_the_worker(
+    event_endpoint: EventEndpoint,
+) -> None:
+    """The client is built in the master (--preload); the worker must poll on
+    its own to see a new datafile revision."""
+    datafiles = DatafileServer()
+    server = GunicornServer(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.apps.django_settings",
+            "OPTIMIZELY_EVENT_ENDPOINT": event_endpoint.url,
+            "OPTIMIZELY_TEST_SDK_KEY": "sdk-key-1",
+            "OPTIMIZELY_TEST_DATAFILE_URL": datafiles.url + "/{sdk_key}.json",
+        },
+        args=("--preload",),
+    )
+    try:
+        server.start()
+        assert get(server.port, "/decide/before")[0] == 200
+        [first] = event_endpoint.wait_for_posts(1)
+        assert first.json["revision"] == "42"
+        new_datafile = json.loads(datafiles.datafile)
+        new_datafile["revision"] = "43"
+        datafiles.datafile = json.dumps(new_datafile).encode()
+        deadline = time.monotonic() + 30
+        for i in range(1_000):
+            assert time.monotonic() < deadline, "the worker never saw revision 43"
+            assert get(server.port, f"/decide/after{i}")[0] == 200
+            post = event_endpoint.wait_for_posts(2 + i)[-1]
+            if post.json["revision"] == "43":
+                print(f"revision 43 after {i + 1} pages, {time.monotonic() - deadline + 30:.2f} s")
+                break
+        assert server.terminate() == 0, server.log
+    finally:
+        server.kill()
+        datafiles.stop()

@@ -79,8 +79,8 @@ def get_state() -> DjangoOptimizely:
     In a process forked after the state was built (gunicorn ``--preload``,
     uWSGI without ``lazy-apps``), a client with an ``SDK_KEY`` is built
     again on first use: the SDK's datafile polling thread does not survive
-    the fork. The new client starts from the datafile the parent had, so
-    this does not wait for a fetch. The dispatcher is kept (its sender
+    the fork. The new client starts from the datafile the parent had (if
+    it had fetched one already, no wait then). The dispatcher is kept (its sender
     starts over by itself after a fork).
     """
     global _state
@@ -134,8 +134,10 @@ def rebuilt_after_fork(state: DjangoOptimizely) -> DjangoOptimizely:
     """``state`` with a new client, whose datafile polling runs in this process."""
     config = state.settings
     datafile = config.datafile
+    # Read without get_config(), which would wait for a fetch that, if the parent
+    # forked before its first one completed, never comes in this process.
+    current = getattr(state.client.config_manager, "optimizely_config", None)
     try:
-        current = state.client.get_optimizely_config()
         if current is not None:
             datafile = current.get_datafile()
     except Exception:

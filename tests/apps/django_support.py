@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +68,42 @@ def recording_hand_offs() -> Iterator[HandOffs]:
         yield hand_offs
     finally:
         remove_request_end_listener(hand_offs)
+
+
+class DatafileServer:
+    """Serves ``datafile`` (the test datafile unless replaced) at any path, on
+    127.0.0.1; ``/count`` says how many datafile GETs it answered."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.datafile = DATAFILE_PATH.read_bytes()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/count":
+                    body = str(server.fetches).encode()
+                else:
+                    server.fetches += 1
+                    body = server.datafile
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def count(self) -> int:
+        with urllib.request.urlopen(self.url + "/count", timeout=10) as response:
+            return int(response.read())
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
