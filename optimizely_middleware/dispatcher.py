@@ -22,12 +22,12 @@ import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from types import CodeType, TracebackType
+from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal
 
 from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
 from optimizely_middleware.process_hooks import Registry
-from optimizely_middleware.scope import RequestScope, ScopeVar
+from optimizely_middleware.scope import RequestScope, ScopeBlock, ScopeVar
 from optimizely_middleware.sink import EventSink
 
 if TYPE_CHECKING:
@@ -400,44 +400,3 @@ def _forwarding_process_code() -> CodeType:
     from optimizely.event.event_processor import ForwardingEventProcessor
 
     return ForwardingEventProcessor.process.__code__
-
-
-class ScopeBlock:
-    """``with`` / ``async with`` block returned by ``request_scope()``."""
-
-    __slots__ = ("_activation", "_dispatcher", "_scope")
-
-    def __init__(self, dispatcher: RequestScopedEventDispatcher) -> None:
-        self._dispatcher = dispatcher
-        self._scope: RequestScope | None = None
-        self._activation: AbstractContextManager[RequestScope] | None = None
-
-    def __enter__(self) -> RequestScope:
-        current = self._dispatcher.current_scope()
-        if current is not None:
-            return current
-        self._scope = self._dispatcher.open_scope()
-        self._activation = self._dispatcher.activate(self._scope)
-        return self._activation.__enter__()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._scope is None or self._activation is None:
-            return
-        self._activation.__exit__(exc_type, exc, tb)
-        self._dispatcher.close_scope(self._scope, failed=exc_type is not None)
-
-    async def __aenter__(self) -> RequestScope:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)

@@ -20,9 +20,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RequestScope", "ScopeVar"]
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+
+__all__ = ["RequestScope", "ScopeBlock", "ScopeVar"]
 
 
 class RequestScope:
@@ -111,3 +117,44 @@ class ScopeVar:
             yield scope
         finally:
             self._var.reset(token)
+
+
+class ScopeBlock:
+    """``with`` / ``async with`` block returned by the dispatcher's ``request_scope()``."""
+
+    __slots__ = ("_activation", "_dispatcher", "_scope")
+
+    def __init__(self, dispatcher: RequestScopedEventDispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._scope: RequestScope | None = None
+        self._activation: AbstractContextManager[RequestScope] | None = None
+
+    def __enter__(self) -> RequestScope:
+        current = self._dispatcher.current_scope()
+        if current is not None:
+            return current
+        self._scope = self._dispatcher.open_scope()
+        self._activation = self._dispatcher.activate(self._scope)
+        return self._activation.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._scope is None or self._activation is None:
+            return
+        self._activation.__exit__(exc_type, exc, tb)
+        self._dispatcher.close_scope(self._scope, failed=exc_type is not None)
+
+    async def __aenter__(self) -> RequestScope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
