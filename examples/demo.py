@@ -75,7 +75,12 @@ class HandOffClock:
         if dispatcher is not self.dispatcher or not events:
             return
         now = time.monotonic()
-        visitor = events[0].params["visitors"][0]["visitor_id"]
+        first = events[0]
+        user_event = getattr(first, "user_event", None)  # kept by the request-scoped processor
+        if user_event is not None:
+            visitor = user_event.user_id
+        else:
+            visitor = first.params["visitors"][0]["visitor_id"]
         with self._cond:
             self.times[visitor] = (now, len(events))
             self._cond.notify_all()

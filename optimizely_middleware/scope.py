@@ -23,6 +23,8 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from optimizely_middleware.outcome import request_failed
+
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
@@ -146,7 +148,7 @@ class ScopeBlock:
         if self._scope is None or self._activation is None:
             return
         self._activation.__exit__(exc_type, exc, tb)
-        self._dispatcher.close_scope(self._scope, failed=exc_type is not None)
+        self._dispatcher.close_scope(self._scope, failed=request_failed(exc=exc))
 
     async def __aenter__(self) -> RequestScope:
         return self.__enter__()

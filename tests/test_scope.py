@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from optimizely.event.log_event import LogEvent
 
+from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.scope import RequestScope, ScopeVar
+from tests.support import RecordingSink
 
 
 def make_event(n: int = 0) -> LogEvent:
@@ -87,3 +91,16 @@ def test_context_copy_in_a_thread_pool_sees_the_same_mutable_scope() -> None:
     closed = scope.close()
     assert closed is not None
     assert [e.params["n"] for e in closed] == [7]
+
+
+def test_a_request_scope_block_follows_the_failed_request_rule() -> None:
+    dispatcher = RequestScopedEventDispatcher(RecordingSink())
+    with pytest.raises(ValueError), dispatcher.request_scope():
+        raise ValueError("the app failed")
+    with pytest.raises(asyncio.CancelledError), dispatcher.request_scope():
+        raise asyncio.CancelledError
+    with dispatcher.request_scope():
+        pass
+    stats = dispatcher.stats()
+    assert stats["requests"] == 3
+    assert stats["failed_requests"] == 1  # the cancelled block is not a failure
