@@ -11,12 +11,15 @@ them (``PendingUserEvent``: building and serialising happen in the engine).
 
 1. Ceiling: what one process sustains to an endpoint answering in 100 ms with
    no drops, found by offering more than it can take. Rates rise by
-   ``--factor`` from ``--start-rate`` until a step drops events or cannot
-   drain its backlog within a second of the end of the offer; the last clean
-   rate is the ceiling. Then ``--runs`` runs at the first failing rate give
-   the delivered rate while overloaded (the engine's saturated throughput:
+   ``--factor`` from ``--start-rate`` until a step drops events, cannot
+   offer the rate (the process is out of CPU) or leaves a backlog that takes
+   more than ``--drain-limit`` to drain; ``--bisect`` steps narrow the gap;
+   the last clean rate is the ceiling. Then ``--runs`` runs at twice the
+   ceiling give the delivered rate while overloaded (the engine's saturated throughput:
    every POST carries what it can, the rest is dropped and counted), and
-   ``--runs`` runs at the ceiling confirm it with zero drops.
+   ``--runs`` runs at the ceiling confirm it; when most of them fail, the
+   ceiling steps down by the square root of ``--factor`` and is confirmed
+   again (at most ``--step-downs`` times).
 2. Sustained throughput at a fixed rate (12,000 events/s) to endpoints
    answering in 0 and 100 ms, against the SDK's own ``BatchEventProcessor``
    (batch size 10, its 1,000-event queue, one thread, the SDK's
@@ -257,8 +260,20 @@ def ceiling(url: str, pool: list[Any], args: argparse.Namespace) -> dict[str, An
             if rate_:
                 into.append(offer(url, pool, args.seconds, rate_))
                 print(step_line(into[-1]), flush=True)
+    # A ceiling that most of the repeats cannot hold is not one: step down and repeat.
+    stepped_down: list[tuple[float, int]] = []
+    for _ in range(args.step_downs):
+        if not last_ok or 2 * sum(clean(s, args.drain_limit) for s in confirmed) > len(confirmed):
+            break
+        stepped_down.append((last_ok, sum(clean(s, args.drain_limit) for s in confirmed)))
+        last_ok /= args.factor**0.5
+        confirmed = []
+        for _ in range(args.runs):
+            confirmed.append(offer(url, pool, args.seconds, last_ok))
+            print(step_line(confirmed[-1]), flush=True)
     return {
         "steps": steps,
+        "stepped_down": stepped_down,
         "last_clean_rate": last_ok,
         "first_failing_rate": first_bad,
         "overload_rate": overload,
@@ -447,6 +462,12 @@ def main(argv: list[str] | None = None) -> None:
         help="ceiling: seconds the backlog may take to drain after the offer (0.5)",
     )
     parser.add_argument("--bisect", type=int, default=2, help="ceiling: bisection steps (2)")
+    parser.add_argument(
+        "--step-downs",
+        type=int,
+        default=2,
+        help="ceiling: times to step down when most repeats at the ceiling fail (2)",
+    )
     parser.add_argument("--json", type=Path, help="write every run here")
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)  # the SDK logs every dropped event and failed POST
