@@ -8,6 +8,12 @@ uWSGI embeds Python and has its own exit path and thread switch:
   ``--enable-threads`` or ``--threads N``. (uWSGI 2.0.30 enables them by
   default and reports it as ``uwsgi.has_threads``; older versions need the
   option, read from ``uwsgi.opt``.)
+* **Fork.** Without ``lazy-apps`` uWSGI forks the workers in C; without
+  ``py-call-osafterfork`` Python's fork handlers do not run, and a thread
+  that was running in the master at that moment (the sender after an event
+  at import, the SDK's datafile polling) can leave the worker unable to
+  start threads. The package chains ``uwsgi.post_fork_hook`` and warns in
+  such a worker, with the fix.
 * **Exit.** uWSGI calls ``uwsgi.atexit`` when a worker stops. The package
   chains it: its exit hooks (hand over, close the apps, close every sender
   within its ``shutdown_timeout``) run, then whatever ``uwsgi.atexit`` was
@@ -26,13 +32,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from optimizely_middleware.errors import WiringWarning
 
-__all__ = ["UWSGI_THREADS_HINT", "check_uwsgi", "uwsgi_threads_disabled"]
+__all__ = [
+    "UWSGI_FORK_HINT",
+    "UWSGI_THREADS_HINT",
+    "check_uwsgi",
+    "threads_left_by_fork",
+    "uwsgi_threads_disabled",
+]
 
 logger = logging.getLogger("optimizely_middleware")
 
@@ -40,6 +53,14 @@ UWSGI_THREADS_HINT = (
     "uWSGI runs with Python threads disabled, so the Optimizely event sender's "
     "threads do not run between requests and events are not delivered. Start uWSGI "
     "with --enable-threads (enable-threads = true) or --threads N."
+)
+
+
+UWSGI_FORK_HINT = (
+    "uWSGI forked this worker while the master ran Python threads (%s) and without "
+    "py-call-osafterfork, so Python's fork handlers did not run; a thread started in "
+    "this worker can hang for good. Set py-call-osafterfork = true, or lazy-apps = true, "
+    "or send no Optimizely event (and start no SDK polling) before the fork."
 )
 
 
@@ -69,19 +90,42 @@ class ChainedAtexit:
 
 
 def run_package_exit_hooks() -> None:
-    try:
-        from optimizely_middleware import process_hooks
-    except ImportError:  # pragma: no cover - older layout: close the senders directly
-        from optimizely_middleware.sender import iter_senders
+    from optimizely_middleware import process_hooks
 
-        for sender in iter_senders():
-            sender.close(sender.shutdown_timeout)
-        return
     process_hooks.run_exit_hooks()
 
 
+def threads_left_by_fork() -> list[str]:
+    """Names of the threads this process inherited as dead copies from a C
+    ``fork()`` that Python was not told about (uWSGI without
+    ``py-call-osafterfork``): threading still lists the parent's threads."""
+    me = threading.get_ident()
+    # threading._active without its lock: a parent thread may have held that lock.
+    active = dict(getattr(threading, "_active", {}))
+    return sorted(t.name for ident, t in active.items() if ident != me)
+
+
+class ChainedPostFork:
+    """``uwsgi.post_fork_hook``: warn in a worker forked while the master ran
+    Python threads, then the previous hook."""
+
+    def __init__(self, previous: Callable[[], object] | None) -> None:
+        self.previous = previous
+
+    def __call__(self) -> None:
+        try:
+            ghosts = threads_left_by_fork()
+            if ghosts:
+                logger.warning(UWSGI_FORK_HINT, ", ".join(ghosts))
+        except Exception:
+            logger.debug("The uWSGI post-fork check failed.", exc_info=True)
+        if self.previous is not None:
+            self.previous()
+
+
 def check_uwsgi(uwsgi: Any = None) -> bool:
-    """Inside uWSGI: warn if threads are disabled, chain ``uwsgi.atexit`` (once).
+    """Inside uWSGI: warn if threads are disabled; chain ``uwsgi.atexit`` and
+    ``uwsgi.post_fork_hook`` (once each).
 
     Returns True when running inside uWSGI. Pass ``uwsgi`` to check another
     module object (tests).
@@ -96,4 +140,9 @@ def check_uwsgi(uwsgi: Any = None) -> bool:
     previous = getattr(uwsgi, "atexit", None)
     if not isinstance(previous, ChainedAtexit):
         uwsgi.atexit = ChainedAtexit(previous if callable(previous) else None)
+    previous_post_fork = getattr(uwsgi, "post_fork_hook", None)
+    if not isinstance(previous_post_fork, ChainedPostFork):
+        uwsgi.post_fork_hook = ChainedPostFork(
+            previous_post_fork if callable(previous_post_fork) else None
+        )
     return True

@@ -8,6 +8,9 @@ SIGTERM means a brutal reload and SIGINT/SIGQUIT kill the workers at once.
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,9 +18,15 @@ from types import SimpleNamespace
 import pytest
 
 from optimizely_middleware import WiringWarning
-from optimizely_middleware.servers import ChainedAtexit, check_uwsgi, uwsgi_threads_disabled
+from optimizely_middleware.servers import (
+    ChainedAtexit,
+    ChainedPostFork,
+    check_uwsgi,
+    uwsgi_threads_disabled,
+)
 from tests.apps.e2e_support import (
     VENV_BIN,
+    Load,
     ServerProcess,
     assert_exactly_once,
     free_port,
@@ -49,22 +58,41 @@ def uwsgi(port: int, fifo: Path, *args: str) -> list[str]:
 
 
 def graceful_stop(server: ServerProcess, fifo: Path) -> int:
-    import time
-
+    """``q`` on the master FIFO: uWSGI's graceful shutdown of every worker."""
     started = time.monotonic()
     fifo.write_text("q")
-    code = server.wait()
+    try:
+        code = server.wait()
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"uWSGI did not stop:\n{server.log}") from None
     server.stop_seconds = time.monotonic() - started
     return code
 
 
+# Without py-call-osafterfork a worker C-forked while the master's sender thread
+# was alive can hang for good in threading.Thread.start() on its first hand-off
+# (seen in most runs on this machine; the workers log UWSGI_FORK_HINT).
+FORK_HANG = pytest.mark.xfail(
+    strict=False,
+    reason="engine: a worker forked in C while the master ran a sender thread can hang "
+    "in Thread.start(); py-call-osafterfork avoids it",
+)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "fork_option",
+    [
+        pytest.param((), id="plain", marks=FORK_HANG),
+        pytest.param(("--py-call-osafterfork",), id="py-call-osafterfork"),
+    ],
+)
 def test_prefork_with_an_event_sent_in_the_master_delivers_every_event_once(
-    event_endpoint: EventEndpoint, tmp_path: Path
+    fork_option: tuple[str, ...], event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
     port, fifo, n = free_port(), tmp_path / "fifo", 300
     with running(
-        uwsgi(port, fifo),
+        uwsgi(port, fifo, *fork_option),
         event_endpoint,
         port,
         ready=f"spawned uWSGI worker {WORKERS}",
@@ -79,7 +107,7 @@ def test_prefork_with_an_event_sent_in_the_master_delivers_every_event_once(
     assert server.count("exits: delivering the queued Optimizely events") >= WORKERS
     assert "threads disabled" not in server.log  # threads are on by default in uWSGI 2.0.30
     report(
-        "uWSGI prefork, event in master",
+        f"uWSGI prefork {' '.join(fork_option)}, event in master",
         3 * n + 1,
         arrived,
         stop_s=f"{server.stop_seconds:.2f}",
@@ -91,22 +119,41 @@ def test_prefork_with_an_event_sent_in_the_master_delivers_every_event_once(
 def test_max_requests_recycling_delivers_every_event_once(
     event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
-    port, fifo, n = free_port(), tmp_path / "fifo", 240
+    port, fifo = free_port(), tmp_path / "fifo"
     with running(
-        uwsgi(port, fifo, "--max-requests", "40", "--min-worker-lifetime", "1"),
+        uwsgi(
+            port,
+            fifo,
+            "--py-call-osafterfork",
+            "--max-requests",
+            "40",
+            "--min-worker-lifetime",
+            "1",
+        ),
         event_endpoint,
         port,
         ready=f"spawned uWSGI worker {WORKERS}",
         OPTIMIZELY_TEST_STARTUP_EVENT="1",
     ) as server:
-        load = run_load(port, n)
+        # Rounds of 80 requests until at least two workers were recycled (uWSGI
+        # recycles none younger than --min-worker-lifetime), at most 8 rounds.
+        users: list[str] = []
+        latencies: list[float] = []
+        for round in range(8):
+            load = run_load(port, 80, prefix=f"r{round}-")
+            users += load.users
+            latencies += load.latencies
+            if server.count("Respawned uWSGI worker") >= 2:
+                break
         code = graceful_stop(server, fifo)
-    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1})
+    n = len(users)
+    load = Load(users, latencies)
+    arrived = assert_exactly_once(event_endpoint, users, extra={"startup": 1})
     assert code == 0, server.log
     recycled = server.count(r"Respawned uWSGI worker")
     assert recycled >= 2, server.log
     report(
-        "uWSGI --max-requests 40",
+        "uWSGI --max-requests 40 --py-call-osafterfork",
         3 * n + 1,
         arrived,
         recycled=recycled,
@@ -151,6 +198,26 @@ def test_uwsgi_atexit_is_chained_once_and_the_previous_hook_still_runs(
     assert not isinstance(fake.atexit.previous, ChainedAtexit)
     fake.atexit()
     assert order == ["ours", "previous"]
+
+
+def test_a_worker_forked_while_the_master_ran_threads_is_warned_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+    fake = SimpleNamespace(has_threads=1, opt={}, post_fork_hook=lambda: ran.append("previous"))
+    check_uwsgi(fake)
+    check_uwsgi(fake)
+    assert isinstance(fake.post_fork_hook, ChainedPostFork)
+    assert not isinstance(fake.post_fork_hook.previous, ChainedPostFork)
+    monkeypatch.setattr(
+        "optimizely_middleware.servers.threads_left_by_fork",
+        lambda: ["optimizely-event-sender-1"],
+    )
+    with caplog.at_level(logging.WARNING, logger="optimizely_middleware"):
+        fake.post_fork_hook()
+    assert ran == ["previous"]
+    assert "optimizely-event-sender-1" in caplog.text
+    assert "py-call-osafterfork = true" in caplog.text
 
 
 def test_outside_uwsgi_nothing_happens() -> None:
