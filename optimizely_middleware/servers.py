@@ -11,9 +11,10 @@ uWSGI embeds Python and has its own exit path and thread switch:
 * **Fork.** Without ``lazy-apps`` uWSGI forks the workers in C; without
   ``py-call-osafterfork`` Python's fork handlers do not run, and a thread
   that was running in the master at that moment (the sender after an event
-  at import, the SDK's datafile polling) can leave the worker unable to
-  start threads. The package chains ``uwsgi.post_fork_hook`` and warns in
-  such a worker, with the fix.
+  at import, the SDK's datafile polling) can leave the worker hung. The
+  package chains ``uwsgi.post_fork_hook`` and warns in such a worker, with
+  the fix (``lazy-apps``). ``py-call-osafterfork`` is not enough: a worker
+  can hang before any Python code runs in it.
 * **Exit.** uWSGI calls ``uwsgi.atexit`` when a worker stops. The package
   chains it: its exit hooks (hand over, close the apps, close every sender
   within its ``shutdown_timeout``) run, then whatever ``uwsgi.atexit`` was
@@ -59,8 +60,8 @@ UWSGI_THREADS_HINT = (
 UWSGI_FORK_HINT = (
     "uWSGI forked this worker while the master ran Python threads (%s) and without "
     "py-call-osafterfork, so Python's fork handlers did not run; a thread started in "
-    "this worker can hang for good. Set py-call-osafterfork = true, or lazy-apps = true, "
-    "or send no Optimizely event (and start no SDK polling) before the fork."
+    "this worker can hang for good. Set lazy-apps = true, or send no Optimizely event "
+    "(and start no SDK polling) in the master before the fork."
 )
 
 

@@ -139,13 +139,16 @@ class Load:
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def run_load(port: int, n: int = 300, clients: int = 8, prefix: str = "u") -> Load:
-    """``n`` GET /work/<user> requests from ``clients`` threads; each must answer 200."""
+def run_load(
+    port: int, n: int = 300, clients: int = 8, prefix: str = "u", timeout: float = 15.0
+) -> Load:
+    """``n`` GET /work/<user> requests from ``clients`` threads; each must answer
+    200 within ``timeout`` seconds."""
     users = [f"{prefix}{i}" for i in range(n)]
 
     def one(user: str) -> float:
         started = time.monotonic()
-        status, body = get(port, f"/work/{user}")
+        status, body = get(port, f"/work/{user}", timeout)
         assert status == 200, (status, body[:300])
         return time.monotonic() - started
 
