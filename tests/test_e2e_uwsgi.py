@@ -62,7 +62,9 @@ def graceful_stop(server: ServerProcess, fifo: Path) -> int:
     started = time.monotonic()
     fifo.write_text("q")
     try:
-        code = server.wait()
+        # A graceful stop takes about a second here; a hung worker is only let go
+        # after uWSGI's 60 s mercy, which the test does not wait for.
+        code = server.wait(20.0)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"uWSGI did not stop:\n{server.log}") from None
     server.stop_seconds = time.monotonic() - started
