@@ -11,7 +11,7 @@ them (``PendingUserEvent``: building and serialising happen in the engine).
 
 1. Ceiling: what one process sustains to an endpoint answering in 100 ms with
    no drops, found by offering more than it can take. Rates rise by
-   ``--factor`` from ``--start-rate`` until a step drops events, cannot
+   ``--factor`` from ``--start-rate`` until a step (tried twice) drops events, cannot
    offer the rate (the process is out of CPU) or leaves a backlog that takes
    more than ``--drain-limit`` to drain; ``--bisect`` steps narrow the gap;
    the last clean rate is the ceiling. Then ``--runs`` runs at twice the
@@ -235,9 +235,14 @@ def ceiling(url: str, pool: list[Any], args: argparse.Namespace) -> dict[str, An
     steps: list[dict[str, Any]] = []
 
     def step(rate: float) -> bool:
-        steps.append(offer(url, pool, args.seconds, rate))
-        print(step_line(steps[-1]), flush=True)
-        return clean(steps[-1], args.drain_limit)
+        # A step fails only if it fails twice: one burst of load from another
+        # process must not end the search.
+        for _ in range(2):
+            steps.append(offer(url, pool, args.seconds, rate))
+            print(step_line(steps[-1]), flush=True)
+            if clean(steps[-1], args.drain_limit):
+                return True
+        return False
 
     rate, last_ok, first_bad = args.start_rate, None, None
     while rate <= args.max_rate:
