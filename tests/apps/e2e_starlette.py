@@ -2,7 +2,8 @@
 granian): 3 events per request, ``GET /work/<user>``.
 
 Servers load ``tests.apps.e2e_starlette:app``, which sends to
-``OPTIMIZELY_TEST_ENDPOINT``; in-process tests call :func:`build_app`.
+``OPTIMIZELY_TEST_ENDPOINT`` (the flush timeout: ``OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT``);
+in-process tests call :func:`build_app`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ async def work(request: Request) -> Response:
     return JSONResponse({"user": user.user_id, "enabled": enabled, "pid": os.getpid()})
 
 
-def build_app(endpoint: str) -> tuple[Starlette, RequestScopedEventDispatcher]:
+def build_app(
+    endpoint: str, shutdown_timeout: float = 20.0
+) -> tuple[Starlette, RequestScopedEventDispatcher]:
     """The app and its dispatcher, sending to ``endpoint``."""
     dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=endpoint, shutdown_timeout=20.0))
     client = create_client(dispatcher, datafile=DATAFILE)
@@ -51,7 +54,7 @@ def build_app(endpoint: str) -> tuple[Starlette, RequestScopedEventDispatcher]:
                 OptimizelyASGIMiddleware,
                 dispatcher=dispatcher,
                 client=client,
-                shutdown_timeout=20.0,
+                shutdown_timeout=shutdown_timeout,
             )
         ],
     )
@@ -59,4 +62,7 @@ def build_app(endpoint: str) -> tuple[Starlette, RequestScopedEventDispatcher]:
 
 
 if "OPTIMIZELY_TEST_ENDPOINT" in os.environ:  # as a server's app module
-    app, dispatcher = build_app(os.environ["OPTIMIZELY_TEST_ENDPOINT"])
+    app, dispatcher = build_app(
+        os.environ["OPTIMIZELY_TEST_ENDPOINT"],
+        float(os.environ.get("OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT", "20")),
+    )
