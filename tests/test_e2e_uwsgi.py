@@ -143,6 +143,7 @@ def test_lazy_apps_with_an_event_sent_at_import_delivers_every_event_once(
     arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": WORKERS})
     assert code == 0, server.log
     assert "forked this worker" not in server.log
+    assert server.count("exits: delivering the queued Optimizely events") >= WORKERS
     report(
         "uWSGI --lazy-apps, event at import",
         3 * n + WORKERS,
@@ -186,6 +187,8 @@ def test_max_requests_recycling_delivers_every_event_once(
     assert code == 0, server.log
     recycled = server.count(r"Respawned uWSGI worker")
     assert recycled >= 2, server.log
+    # uwsgi.atexit (chained by the package) ran in every worker that exited.
+    assert server.count("exits: delivering the queued Optimizely events") >= WORKERS + recycled
     report(
         "uWSGI prefork --max-requests 40",
         3 * n,
