@@ -34,6 +34,7 @@ from optimizely_middleware.batching import ItemEncoder
 from optimizely_middleware.clock import Clock, Wait, wait_on
 from optimizely_middleware.jobs import WorkerJobs
 from optimizely_middleware.retry import RetryPolicy
+from optimizely_middleware.servers import in_uwsgi_master
 from optimizely_middleware.transport import Transport
 from optimizely_middleware.worker import ProcessStamp, WorkerPool
 
@@ -45,6 +46,9 @@ logger = logging.getLogger("optimizely_middleware.sender")
 ErrorCallback = Callable[[list[Any], str], None]
 
 _reinit_lock = threading.Lock()
+
+# How long a hand-off in a uWSGI master may wait for its own delivery.
+MASTER_DELIVERY_TIMEOUT = 10.0
 
 
 def _new_reinit_lock() -> None:
@@ -230,11 +234,37 @@ class DeliveryEngine(WorkerJobs):
                     self._pool.maybe_grow(work_waiting=True)
             if lost_reason:
                 self.record_lost_event(lost_reason, lost)
+            if in_uwsgi_master():
+                self._deliver_before_fork()
         except Exception:
             # Never raise into the request; the loss is still counted and logged.
             with suppress(Exception):
                 self.record_lost_event(drops.SENDER_ERROR, len(items))
             logger.exception("EventSender.submit failed; the events are dropped.")
+
+    def _deliver_before_fork(self) -> None:
+        """In a uWSGI master, deliver now and leave no worker thread alive.
+
+        uWSGI forks its workers from the master in C, where Python's fork
+        handlers do not run: a thread alive at that moment (waiting on the
+        GIL or a lock) can hang the worker for good. Events in a master are
+        rare (sent at import), so this hand-off waits for its own POST.
+        """
+        if not self.flush(MASTER_DELIVERY_TIMEOUT):
+            logger.warning(
+                "An Optimizely event sent in the uWSGI master was not delivered within "
+                "%.0f s; its worker thread stays alive, and workers forked now may hang. "
+                "Set lazy-apps = true, or send no event before the fork.",
+                MASTER_DELIVERY_TIMEOUT,
+            )
+            return
+        with self._cond:
+            if self._jobs:
+                return
+            threads = self._pool.retire()
+            self._cond.notify_all()
+        for thread in threads:
+            thread.join(MASTER_DELIVERY_TIMEOUT)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every item submitted before the call is delivered or has

@@ -10,11 +10,13 @@ uWSGI embeds Python and has its own exit path and thread switch:
   option, read from ``uwsgi.opt``.)
 * **Fork.** Without ``lazy-apps`` uWSGI forks the workers in C; without
   ``py-call-osafterfork`` Python's fork handlers do not run, and a thread
-  that was running in the master at that moment (the sender after an event
-  at import, the SDK's datafile polling) can leave the worker hung. The
-  package chains ``uwsgi.post_fork_hook`` and warns in such a worker, with
-  the fix (``lazy-apps``). ``py-call-osafterfork`` is not enough: a worker
-  can hang before any Python code runs in it.
+  that was running in the master at that moment can leave the worker hung
+  (``py-call-osafterfork`` is not enough: a worker can hang before any
+  Python code runs in it). In a master (:func:`in_uwsgi_master`) the sender
+  therefore delivers at the hand-off and retires its threads before
+  returning. Other threads (the SDK's datafile polling) remain: the package
+  chains ``uwsgi.post_fork_hook`` and warns in such a worker, with the fix
+  (``lazy-apps``).
 * **Exit.** uWSGI calls ``uwsgi.atexit`` when a worker stops. The package
   chains it: its exit hooks (hand over, close the apps, close every sender
   within its ``shutdown_timeout``) run, then whatever ``uwsgi.atexit`` was
@@ -44,6 +46,7 @@ __all__ = [
     "UWSGI_FORK_HINT",
     "UWSGI_THREADS_HINT",
     "check_uwsgi",
+    "in_uwsgi_master",
     "threads_left_by_fork",
     "uwsgi_threads_disabled",
 ]
@@ -122,6 +125,19 @@ class ChainedPostFork:
             logger.debug("The uWSGI post-fork check failed.", exc_info=True)
         if self.previous is not None:
             self.previous()
+
+
+def in_uwsgi_master() -> bool:
+    """True in a uWSGI master that loaded the app (no ``lazy-apps``): the
+    workers are forked from this process in C, with no Python fork handlers.
+    Cheap outside uWSGI (one dict look-up)."""
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is None:
+        return False
+    try:
+        return bool(uwsgi.worker_id() == 0)
+    except Exception:
+        return False
 
 
 def check_uwsgi(uwsgi: Any = None) -> bool:

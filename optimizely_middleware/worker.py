@@ -104,6 +104,17 @@ class WorkerPool:
         self.idle = 0
         self._all_busy_since = None
 
+    def retire(self) -> list[threading.Thread]:
+        """Let every worker end at its next look at the queue; new ones start on demand.
+
+        Only for a pool with no job in progress (its jobs belong to the old
+        generation). Returns the retiring threads, to be joined.
+        """
+        self.generation += 1
+        threads, self.threads = self.threads, []
+        self._all_busy_since = None
+        return threads
+
     def start(self) -> None:
         thread = threading.Thread(
             target=self._run,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -430,3 +431,43 @@ def test_an_unchanged_process_is_never_reinitialised(engines: list[Any]) -> None
 
 def test_datafile_fixture_builds_real_events(datafile: str) -> None:
     assert project_config(datafile).revision == "42"
+
+
+# -- a uWSGI master ---------------------------------------------------------------
+
+
+class FakeUwsgiModule:
+    """The embedded ``uwsgi`` module as a master process sees it."""
+
+    def __init__(self, worker_id: int) -> None:
+        self._worker_id = worker_id
+
+    def worker_id(self) -> int:
+        return self._worker_id
+
+
+def test_in_a_uwsgi_master_the_hand_off_delivers_and_leaves_no_thread(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uWSGI forks its workers from the master in C: a sender thread alive at
+    that moment can hang a worker, so a master delivers at the hand-off."""
+    monkeypatch.setitem(sys.modules, "uwsgi", FakeUwsgiModule(worker_id=0))
+    engine = make_engine(engines, None, flush_interval=30.0)
+    before = set(threading.enumerate())
+    engine.submit([event("at-import")])
+    assert len(engine.transport.posts) == 1  # type: ignore[attr-defined]
+    assert engine.stats()["workers"] == 0
+    assert set(threading.enumerate()) - before == set()  # the worker has ended
+    engine.submit([event("later")])  # a new worker starts on demand, and retires again
+    assert len(engine.transport.posts) == 2  # type: ignore[attr-defined]
+    assert engine.stats()["delivered_events"] == 2
+
+
+def test_in_a_uwsgi_worker_the_hand_off_stays_asynchronous(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uwsgi", FakeUwsgiModule(worker_id=1))
+    engine = make_engine(engines, None, flush_interval=30.0)
+    engine.submit([event("in-a-request")])
+    assert engine.transport.posts == []  # type: ignore[attr-defined]
+    assert engine.stats()["queue_depth"] == 1
