@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-SNIPPET = re.compile(r"[Ff]rom \[`(examples/[\w.]+)`\]\([^)]*\):\s*```python\n(.*?)```", re.S)
+SNIPPET = re.compile(r"[Ff]rom \[`(examples/[\w./]+)`\]\([^)]*\):\s*```python\n(.*?)```", re.S)
 
 pytest_plugins = ["pytester"]
 
@@ -18,12 +18,14 @@ def _snippets() -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in SNIPPET.finditer(README)]
 
 
-def test_readme_has_a_snippet_for_flask_starlette_and_fastapi() -> None:
+def test_readme_has_a_snippet_for_flask_starlette_fastapi_and_django() -> None:
     sources = [source for source, _ in _snippets()]
     assert sources == [
         "examples/flask_app.py",
         "examples/starlette_app.py",
         "examples/fastapi_app.py",
+        "examples/django_project/mysite/settings.py",
+        "examples/django_project/mysite/views.py",
     ]
 
 
