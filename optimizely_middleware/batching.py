@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -182,24 +182,13 @@ def _split_envelope(
     visitors = params.get("visitors")
     if not isinstance(visitors, list) or not visitors:
         return None
-    cache_key = _envelope_cache_key(params)
+    cache_key = envelope_cache_key(params)
     cached = cache.get(cache_key) if cache_key is not None else None
     if cached is not None:
         return cached[0], cached[1], visitors
     if not all(isinstance(name, str) for name in params):
         return None
-    before: list[str] = []
-    after: list[str] = []
-    side = before
-    for name, value in params.items():
-        if name == "visitors":
-            side = after
-            continue
-        side.append(f"{_dumps(name)}:{_dumps(value)}")
-    head = ",".join(before)
-    tail = ",".join(after)
-    prefix = ("{" + head + ("," if head else "") + '"visitors":[').encode()
-    suffix = ("]" + ("," + tail if tail else "") + "}").encode()
+    prefix, suffix = envelope_parts(params, _dumps)
     if cache_key is not None:
         if len(cache) >= _ENVELOPE_CACHE_SIZE:
             cache.clear()
@@ -207,7 +196,25 @@ def _split_envelope(
     return prefix, suffix, visitors
 
 
-def _envelope_cache_key(params: dict[Any, Any]) -> tuple[Any, ...] | None:
+def envelope_parts(params: dict[str, Any], dumps: Callable[[Any], str]) -> tuple[bytes, bytes]:
+    """``(prefix, suffix)`` around the visitors of ``params``, in compact JSON:
+    ``prefix + b",".join(visitors) + suffix`` is the body of those visitors."""
+    before: list[str] = []
+    after: list[str] = []
+    side = before
+    for name, value in params.items():
+        if name == "visitors":
+            side = after
+            continue
+        side.append(f"{dumps(name)}:{dumps(value)}")
+    head = ",".join(before)
+    tail = ",".join(after)
+    prefix = ("{" + head + ("," if head else "") + '"visitors":[').encode()
+    suffix = ("]" + ("," + tail if tail else "") + "}").encode()
+    return prefix, suffix
+
+
+def envelope_cache_key(params: dict[Any, Any]) -> tuple[Any, ...] | None:
     """A key that only equal serialisations share, or None when not cacheable.
 
     Only str, int, bool and None values qualify: the type is part of the key

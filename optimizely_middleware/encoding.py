@@ -44,7 +44,13 @@ from optimizely.event.payload import EventBatch
 from optimizely.event.user_event import UserEvent
 from optimizely.helpers.enums import NotificationTypes
 
-from optimizely_middleware.batching import EncodedEvent, UnserializableEvent, post_headers
+from optimizely_middleware.batching import (
+    EncodedEvent,
+    UnserializableEvent,
+    envelope_cache_key,
+    envelope_parts,
+    post_headers,
+)
 from optimizely_middleware.json_forms import (
     _ENVELOPE_CACHE_SIZE,
     _JSON_HEADERS,
@@ -53,9 +59,8 @@ from optimizely_middleware.json_forms import (
     _dumps_payload,
     _dumps_visitor,
     _Envelope,
-    _params_cache_key,
     _plain_user_event,
-    _split,
+    _strict_dumps,
     canonical_json,
 )
 from optimizely_middleware.sdk_logging import SDKLogger
@@ -232,7 +237,7 @@ class EventEncoder:
                 True,
             )
             params = batch.get_event_params()
-            prefix, suffix = _split(params)
+            prefix, suffix = envelope_parts(params, _strict_dumps)
             region = str(context.region or "US").upper()
             url = EventFactory.EVENT_ENDPOINTS.get(region, EventFactory.EVENT_ENDPOINTS["US"])
             headers = dict(EventFactory.HTTP_HEADERS)
@@ -288,12 +293,12 @@ class EventEncoder:
     def _params_envelope(self, params: dict[Any, Any]) -> tuple[bytes, bytes]:
         if not all(name.__class__ is str for name in params):
             raise TypeError("keys must be str")
-        cache_key = _params_cache_key(params)
+        cache_key = envelope_cache_key(params)
         if cache_key is not None:
             cached = self._params_envelopes.get(cache_key)
             if cached is not None:
                 return cached
-        envelope = _split(params)
+        envelope = envelope_parts(params, _strict_dumps)
         if cache_key is not None:
             if len(self._params_envelopes) >= _ENVELOPE_CACHE_SIZE:
                 self._params_envelopes.clear()

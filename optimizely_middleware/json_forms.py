@@ -143,37 +143,6 @@ class _Envelope(NamedTuple):
     suffix: bytes
 
 
-def _split(params: dict[str, Any]) -> tuple[bytes, bytes]:
-    """``(prefix, suffix)`` around the visitors of ``params`` (compact JSON)."""
-    before: list[str] = []
-    after: list[str] = []
-    side = before
-    for name, value in params.items():
-        if name == "visitors":
-            side = after
-            continue
-        side.append(f"{_strict_dumps(name)}:{_strict_dumps(value)}")
-    head = ",".join(before)
-    tail = ",".join(after)
-    prefix = ("{" + head + ("," if head else "") + '"visitors":[').encode()
-    suffix = ("]" + ("," + tail if tail else "") + "}").encode()
-    return prefix, suffix
-
-
-def _params_cache_key(params: dict[Any, Any]) -> tuple[Any, ...] | None:
-    """A key that only equal serialisations of the envelope share (types included:
-    ``True == 1``), or None when it cannot be cached (floats: ``0.0 == -0.0``)."""
-    parts: list[Any] = []
-    for name, value in params.items():
-        if name == "visitors":
-            parts.append(len(parts))
-            continue
-        if value.__class__ not in _PLAIN_SCALARS or name.__class__ is not str:
-            return None
-        parts.append((name, value.__class__, value))
-    return tuple(parts)
-
-
 def _context_cache_key(context: Any) -> tuple[Any, ...]:
     values = (
         context.account_id,
