@@ -36,6 +36,28 @@ class RecordingSink:
         return [e for b in self.batches for e in b]
 
 
+class ShutdownSink(RecordingSink):
+    """A RecordingSink that records on which thread it was flushed and closed,
+    and can hold ``flush`` until the test opens ``gate``."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        if not hold:
+            self.gate.set()
+        self.flush_started = threading.Event()
+        self.threads: list[str] = []
+
+    def flush(self, timeout: float | None = None) -> bool:
+        self.threads.append(threading.current_thread().name)
+        self.flush_started.set()
+        return self.gate.wait(10)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().close(timeout)
+
+
 def visitor_id_of(item: object) -> str:
     """The visitor of one handed-over item: a LogEvent (its params) or a
     pending SDK UserEvent (``.user_event.user_id``)."""

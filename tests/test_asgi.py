@@ -7,7 +7,6 @@ at what the dispatcher had handed over at the moment of each ASGI message.
 from __future__ import annotations
 
 import asyncio
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,31 +20,9 @@ from optimizely_middleware import (
     WiringWarning,
     create_client,
 )
-from tests.support import RecordingSink
+from tests.support import RecordingSink, ShutdownSink
 
 Message = dict[str, Any]
-
-
-class ShutdownSink(RecordingSink):
-    """A RecordingSink that records on which thread it was flushed and closed,
-    and can hold ``flush`` until the test opens ``gate``."""
-
-    def __init__(self, *, hold: bool = False) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-        if not hold:
-            self.gate.set()
-        self.flush_started = threading.Event()
-        self.threads: list[str] = []
-
-    def flush(self, timeout: float | None = None) -> bool:
-        self.threads.append(threading.current_thread().name)
-        self.flush_started.set()
-        return self.gate.wait(10)
-
-    def close(self, timeout: float | None = None) -> None:
-        self.threads.append(threading.current_thread().name)
-        super().close(timeout)
 
 
 @pytest.fixture

@@ -31,31 +31,9 @@ from optimizely_middleware.lifespan import (
     unsent_summary,
 )
 from tests.event_endpoint import EventEndpoint
-from tests.support import RecordingSink
+from tests.support import ShutdownSink
 
 Message = dict[str, Any]
-
-
-class ShutdownSink(RecordingSink):
-    """A RecordingSink that records on which thread it was flushed and closed,
-    and can hold ``flush`` until the test opens ``gate``."""
-
-    def __init__(self, *, hold: bool = False) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-        if not hold:
-            self.gate.set()
-        self.flush_started = threading.Event()
-        self.threads: list[str] = []
-
-    def flush(self, timeout: float | None = None) -> bool:
-        self.threads.append(threading.current_thread().name)
-        self.flush_started.set()
-        return self.gate.wait(10)
-
-    def close(self, timeout: float | None = None) -> None:
-        self.threads.append(threading.current_thread().name)
-        super().close(timeout)
 
 
 @pytest.fixture
