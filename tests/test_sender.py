@@ -496,7 +496,9 @@ def test_endpoint_down_keeps_the_queue_bounded_and_counts_every_drop(
         sender.submit(sdk_events)
         assert sender.stats()["queue_depth"] <= 50
     stats = sender.stats()
-    assert stats["dropped"]["queue_full"] >= 300 - 50
+    # Accepted at most: the queue's 50, plus what the workers took off it
+    # meanwhile (one encoding slice and two POSTs of 10 events each).
+    assert stats["dropped"]["queue_full"] >= 300 - 50 - 3 * 10
     sender.close(timeout=0.5)
     # Batches waiting out their backoff are counted by close() itself, without
     # a grace period; a POST still on the network is reported as in flight.
