@@ -15,11 +15,11 @@ A request's scope holds two kinds of items: the SDK's ``LogEvent`` (from
 (from :class:`~optimizely_middleware.processor.RequestScopedEventProcessor`,
 which keeps the SDK's ``UserEvent`` and builds nothing on the request path).
 
-For a user event the encoder builds the visitor with the SDK's own
-``EventFactory._create_visitor`` and serialises it with ``orjson`` straight
-from the SDK's payload objects, which is what
+For a user event the encoder writes the visitor that the SDK's
+``EventFactory._create_visitor`` builds, as plain dicts serialised with
+``orjson`` (:func:`~optimizely_middleware.json_forms.visitor_json`): what
 ``EventFactory.create_log_event(...).params["visitors"]`` holds, at a fraction
-of the cost (no ``json.dumps`` / ``json.loads`` round trip). The envelope
+of the cost (no payload objects, no ``json.dumps`` / ``json.loads`` round trip). The envelope
 (every top-level key except ``visitors``, and the US or EU endpoint) is built
 once per event context by the SDK's ``EventBatch`` and cached on the encoder.
 Two events get the same ``key`` exactly when the SDK would batch them
@@ -56,12 +56,12 @@ from optimizely_middleware.json_forms import (
     _JSON_HEADERS,
     _JSON_HEADERS_KEY,
     _context_cache_key,
-    _dumps_payload,
     _dumps_visitor,
     _Envelope,
     _plain_user_event,
     _strict_dumps,
     canonical_json,
+    visitor_json,
 )
 from optimizely_middleware.sdk_logging import SDKLogger
 
@@ -188,10 +188,9 @@ class EventEncoder:
             fast = self.fast_path
         if item.notification_center is None and fast and _plain_user_event(user_event):
             try:
-                visitor = EventFactory._create_visitor(user_event, self._sdk_logger)
-                if visitor is not None:
+                visitors = visitor_json(user_event, self._sdk_logger)
+                if visitors is not None:
                     envelope = self._context_envelope(user_event.event_context)
-                    visitors = _dumps_payload(visitor)
                     return EncodedEvent(
                         key=envelope.key,
                         url=envelope.url,

@@ -24,7 +24,7 @@ from optimizely.event.payload import EventBatch
 from optimizely.event.user_event import ConversionEvent, UserEvent
 
 from optimizely_middleware.batching import EncodedEvent
-from optimizely_middleware.json_forms import _dumps_payload, _plain_user_event, canonical_json
+from optimizely_middleware.json_forms import _plain_user_event, canonical_json, visitor_json
 
 if TYPE_CHECKING:
     from optimizely_middleware.encoding import EventEncoder
@@ -44,9 +44,9 @@ def fast_path_problem(encoder: EventEncoder) -> str | None:
     for user_event in events:
         if not _plain_user_event(user_event):
             return "the synthetic events are not plain"
-        visitor = EventFactory._create_visitor(user_event, sdk_logger)
-        if visitor is None:
-            return "_create_visitor built nothing"
+        visitors = visitor_json(user_event, sdk_logger)
+        if visitors is None:
+            return "the fast path built no visitor"
         envelope = encoder._context_envelope(user_event.event_context)
         encoded.append(
             EncodedEvent(
@@ -54,7 +54,7 @@ def fast_path_problem(encoder: EventEncoder) -> str | None:
                 url=envelope.url,
                 headers=envelope.headers,
                 prefix=envelope.prefix,
-                visitors=_dumps_payload(visitor),
+                visitors=visitors,
                 suffix=envelope.suffix,
                 event=None,
             )
@@ -74,8 +74,9 @@ def fast_path_problem(encoder: EventEncoder) -> str | None:
 
 
 def _synthetic_user_events() -> list[UserEvent]:
-    """An impression (with a cmab uuid) and a conversion with revenue, value and
-    nested tags, of one event context, built from the SDK's own classes."""
+    """Impressions with a cmab uuid and with no rule decided, and conversions with
+    and without revenue, value and nested tags, of one event context, built
+    from the SDK's own classes."""
     from optimizely import entities
     from optimizely.event.payload import VisitorAttribute
     from optimizely.event.user_event import EventContext, ImpressionEvent
@@ -94,8 +95,13 @@ def _synthetic_user_events() -> list[UserEvent]:
         context, "user-1", experiment, attributes, variation,
         "flag", "exp", "feature-test", True, False, "cmab-1",
     )  # fmt: skip
+    # The SDK sends this for a flag whose rollout decided nothing (sendFlagDecisions).
+    undecided = ImpressionEvent(
+        context, "user-4", None, [], None,  # type: ignore[arg-type]
+        "flag", "", "rollout", False, False, None,
+    )  # fmt: skip
     event = entities.Event("8001", "purchase", ["4001"])
     tags = EventTags({"revenue": 1299, "value": "3.5", "nested": {"a": [1, 2.5, None, "x"]}})
     conversion = ConversionEvent(context, event, "user-2", [], tags, False)
     plain = ConversionEvent(context, event, "user-3", attributes[:1], None, None)
-    return [impression, conversion, plain]
+    return [impression, undecided, conversion, plain]

@@ -231,7 +231,7 @@ class DeliveryEngine(WorkerJobs):
                     raw = queue.raw_count
                     if was_empty or raw - accepted < queue.encode_early <= raw:
                         self._pool.wake(self._cond)
-                    self._pool.maybe_grow(work_waiting=True)
+                    self._grow_if_posts_are_slow()
             if lost_reason:
                 self.record_lost_event(lost_reason, lost)
             if in_uwsgi_master():
@@ -281,7 +281,7 @@ class DeliveryEngine(WorkerJobs):
                     while not done:
                         # Re-check now and then whether the POSTs are slow enough
                         # for another worker; no wake-ups unless someone flushes.
-                        self._pool.maybe_grow(work_waiting=self._queue.count > 0)
+                        self._grow_if_posts_are_slow()
                         step = self.scale_up_after or 0.1
                         if deadline is not None:
                             step = min(step, deadline - time.monotonic())

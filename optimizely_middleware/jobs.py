@@ -41,7 +41,7 @@ __all__ = ["SLICE_SECONDS", "WorkerJobs"]
 
 logger = logging.getLogger("optimizely_middleware.sender")
 
-SLICE_SECONDS: Final = 0.0002  # Python work between two releases of the GIL while encoding
+SLICE_SECONDS: Final = 0.0004  # Python work between two releases of the GIL while encoding
 
 
 class WorkerJobs:
@@ -82,6 +82,14 @@ class WorkerJobs:
         self._job_ids += 1
         self._jobs[self._job_ids] = oldest_seq
         return self._job_ids
+
+    def _grow_if_posts_are_slow(self) -> None:
+        """Another worker only while every worker waits on the network (lock held):
+        encoding is Python work under the GIL, which another thread cannot
+        speed up, and each extra thread waiting for the GIL costs the request
+        threads a wake-up whenever they release it."""
+        if self._queue.count and self._in_network >= len(self._pool.threads):
+            self._pool.maybe_grow(work_waiting=True)
 
     def _finish_job(self, job_id: int, generation: int) -> None:
         with self._cond:
@@ -128,7 +136,7 @@ class WorkerJobs:
                 if batch is not None:
                     self._in_flight += len(batch)
                     job_id = self._start_job(batch.first_seq)
-                    self._pool.maybe_grow(work_waiting=queue.count > 0)
+                    self._grow_if_posts_are_slow()
                     return lambda: self._post(job_id, batch, generation)
                 if ready is not None and (wake_at is None or ready < wake_at):
                     wake_at = ready
@@ -234,7 +242,6 @@ class WorkerJobs:
     def _deliver(self, batch: Batch, generation: int) -> tuple[str | None, str]:
         """POST ``batch`` until delivered (``None``) or failed for good (a drop reason)."""
         url = self.endpoint or batch.url
-        time.sleep(0)  # taking the batch was Python work under the lock: let others run
         body = batch.body()
         policy = self.retry_policy
         attempt = 0

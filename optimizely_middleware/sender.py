@@ -89,7 +89,8 @@ class EventSender:
     * ``flush_interval`` [0.1 s]: how long a lone event may wait for company.
     * ``max_in_flight`` [4]: worker threads at most, so POSTs in flight at once.
       A second worker starts only when work waits while every worker has
-      been busy for ``scale_up_after`` [0.1 s].
+      been busy for ``scale_up_after`` [0.1 s], each in a POST (slow
+      POSTs; encoding is Python work that another thread cannot speed up).
     * ``max_retries`` [5], ``backoff_base`` [0.5 s], ``backoff_cap`` [30 s],
       ``retry_after_cap`` [60 s]: retry policy for transient failures.
     * ``timeout`` [(3.05, 10.0)]: connect and read timeouts of the default transport.

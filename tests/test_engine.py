@@ -315,6 +315,38 @@ def test_fast_posts_never_start_a_second_worker(engines: list[Any]) -> None:
     assert engine.stats()["workers"] == 1
 
 
+class BlockingEncoder(LogEventEncoder):
+    """Encodes like LogEventEncoder once released; signals when the first encode starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, item: object) -> EncodedEvent:
+        self.started.set()
+        assert self.release.wait(10)
+        return super().encode(item)
+
+
+def test_slow_encoding_never_starts_a_second_worker(engines: list[Any]) -> None:
+    # Encoding is Python work under the GIL: another thread could not speed it
+    # up, and would only wait for the GIL beside the request threads.
+    clock = ManualClock()
+    encoder = BlockingEncoder()
+    engine = make_engine(engines, clock, encoder=encoder, flush_interval=0, scale_up_after=0.5)
+    try:
+        engine.submit([event("a")])
+        assert encoder.started.wait(10)  # the only worker is now encoding
+        clock.advance(1.0)
+        engine.submit([event("b", revision="2")])
+        assert engine.stats()["workers"] == 1
+    finally:
+        encoder.release.set()
+    assert engine.flush(10)
+    assert engine.stats()["workers"] == 1
+
+
 def test_an_idle_engine_makes_no_wake_ups(engines: list[Any]) -> None:
     clock = ManualClock()
     engine = make_engine(engines, clock, flush_interval=1.0)
