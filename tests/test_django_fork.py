@@ -82,6 +82,28 @@ def test_an_sdk_key_client_polls_again_in_a_forked_child(
         assert get_client() is parent_client  # the parent keeps its client
 
 
+def test_a_fork_right_after_the_build_gives_the_child_the_first_datafile(
+    datafile_server: DatafileServer, event_endpoint: EventEndpoint
+) -> None:
+    # The build waits for the first fetch: a fork that follows at once (gunicorn
+    # --preload) never happens while that fetch runs on the polling thread.
+    configure_django()
+    datafile_server.delay = 0.5
+    config = {
+        "SDK_KEY": "sdk-key-1",
+        "EVENT_ENDPOINT": event_endpoint.url,
+        "CLIENT_OPTIONS": {"url_template": datafile_server.url + "/{sdk_key}.json"},
+    }
+    with override_settings(OPTIMIZELY=config):
+        get_client()
+
+        def child() -> bool:
+            # The parent's datafile, without waiting for a fetch of the child's own.
+            return get_client().config_manager.optimizely_config is not None
+
+        assert in_child(child) == 0
+
+
 def test_a_datafile_client_is_kept_in_a_forked_child(event_endpoint: EventEndpoint) -> None:
     configure_django()
     config = {"DATAFILE_PATH": str(DATAFILE_PATH), "EVENT_ENDPOINT": event_endpoint.url}

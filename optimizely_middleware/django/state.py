@@ -121,7 +121,15 @@ def build(config: OptimizelySettings) -> DjangoOptimizely:
         dispatcher.close(0)
         raise ImproperlyConfigured(f"settings.OPTIMIZELY['CLIENT_OPTIONS']: {exc}") from exc
     config_manager = getattr(client, "config_manager", None)
-    if config.sdk_key is None and config_manager is not None and not config_manager.get_config():
+    if config.sdk_key is not None and config_manager is not None:
+        # Wait for the first datafile (up to the SDK's blocking_timeout), as the
+        # first decide would. A server that forks after this (gunicorn --preload,
+        # uWSGI without lazy-apps) then gives every worker that datafile, instead
+        # of forking while the first fetch, and the imports it makes, run on the
+        # polling thread: a lock held there at the fork is never released in the
+        # worker, whose own first fetch can then hang.
+        config_manager.get_config()
+    elif config_manager is not None and not config_manager.get_config():
         dispatcher.close(0)
         raise ImproperlyConfigured(
             "The Optimizely SDK rejected the datafile of settings.OPTIMIZELY (its log says "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,7 @@ class DatafileServer:
 
     def __init__(self) -> None:
         self.fetches = 0
+        self.delay = 0.0  # seconds before each datafile answer: a slow CDN
         self.datafile = DATAFILE_PATH.read_bytes()
         server = self
 
@@ -84,6 +86,7 @@ class DatafileServer:
                 if self.path == "/count":
                     body = str(server.fetches).encode()
                 else:
+                    time.sleep(server.delay)
                     server.fetches += 1
                     body = server.datafile
                 self.send_response(200)
