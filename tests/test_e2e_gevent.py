@@ -44,7 +44,7 @@ def test_gevent_workers_deliver_every_event_once(event_endpoint: EventEndpoint) 
     port = free_port()
     with running(gunicorn_gevent(port), event_endpoint, port, ready="Booting worker") as server:
         load, code = load_then_stop(server, event_endpoint, n=N)
-    arrived = assert_exactly_once(event_endpoint, load.users)
+    arrived = assert_exactly_once(event_endpoint, load.users, log=server.log)
     assert code == 0, server.log
     report("gunicorn gevent", 3 * N, arrived, stop_s=f"{server.stop_seconds:.2f}")
 
@@ -62,6 +62,6 @@ def test_gevent_with_preload_and_an_event_sent_in_the_master(
     ) as server:
         load, code = load_then_stop(server, event_endpoint, n=N)
     # The master's own event arrives once (from the master), not once per worker.
-    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1})
+    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1}, log=server.log)
     assert code == 0, server.log
     report("gunicorn gevent --preload", 3 * N + 1, arrived, stop_s=f"{server.stop_seconds:.2f}")

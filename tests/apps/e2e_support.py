@@ -180,11 +180,15 @@ def events_per_visitor(endpoint: EventEndpoint) -> Counter[str]:
 
 
 def assert_exactly_once(
-    endpoint: EventEndpoint, users: Sequence[str], extra: dict[str, int] | None = None
+    endpoint: EventEndpoint,
+    users: Sequence[str],
+    extra: dict[str, int] | None = None,
+    log: str = "",
 ) -> int:
     """Every event of every user arrived once: 3 per user, no uuid twice,
     nothing else (``extra``: other visitors and their event counts). Returns
-    the number of events that arrived."""
+    the number of events that arrived. ``log``, the server's output, is shown
+    when events are missing."""
     uuids = event_uuids(endpoint)
     twice = {uuid: n for uuid, n in uuids.items() if n > 1}
     assert not twice, f"{len(twice)} events arrived more than once"
@@ -195,6 +199,7 @@ def assert_exactly_once(
     unexpected = sum((got - expected).values())
     assert (missing, unexpected) == (0, 0), (
         f"{missing} events missing, {unexpected} unexpected, of {sum(expected.values())}"
+        + (f"; the server printed:\n{log}" if log else "")
     )
     return sum(uuids.values())
 
