@@ -88,8 +88,8 @@ class WorkerJobs:
         encoding is Python work under the GIL, which another thread cannot
         speed up, and each extra thread waiting for the GIL costs the request
         threads a wake-up whenever they release it."""
-        if self._queue.count and self._in_network >= len(self._pool.threads):
-            self._pool.maybe_grow(work_waiting=True)
+        all_in_network = self._in_network >= len(self._pool.threads)
+        self._pool.maybe_grow(work_waiting=self._queue.count > 0 and all_in_network)
 
     def _finish_job(self, job_id: int, generation: int) -> None:
         with self._cond:
