@@ -83,6 +83,8 @@ class ItemEncoder(Protocol):
 
     Raises :class:`UnserializableEvent` (whose message never contains the
     payload) when the item cannot be encoded. Called on a worker thread.
+    An encoder with locks may also define ``after_fork_in_child()``; the engine
+    calls it in a forked child before the child's first encode.
     """
 
     def encode(self, item: object) -> EncodedEvent: ...

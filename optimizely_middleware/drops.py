@@ -121,6 +121,10 @@ class DropLog:
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
+    def after_fork_in_child(self) -> None:
+        """A new lock: a parent thread may have held this one at fork time."""
+        self._lock = threading.Lock()
+
     def record(self, reason: str, count: int, detail: str = "") -> None:
         """Log ``count`` events dropped for ``reason`` (or hold the count back)."""
         now = self._clock()

@@ -51,6 +51,9 @@ from optimizely_middleware.batching import (
     envelope_parts,
     post_headers,
 )
+from optimizely_middleware.encoding_guard import (
+    fast_path_problem,
+)  # not lazily: see after_fork_in_child
 from optimizely_middleware.json_forms import (
     _ENVELOPE_CACHE_SIZE,
     _JSON_HEADERS,
@@ -164,6 +167,12 @@ class EventEncoder:
         self._guard_lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------
+
+    def after_fork_in_child(self) -> None:
+        """A new guard lock: a parent thread may have been running the guard at
+        fork time (it runs on the first encode, often just before a server forks
+        its workers). A guard left unfinished then runs again in the child."""
+        self._guard_lock = threading.Lock()
 
     def encode(self, item: object) -> EncodedEvent:
         """Serialise ``item``; raise ``UnserializableEvent`` when it cannot be."""
@@ -316,8 +325,6 @@ class EventEncoder:
         with self._guard_lock:
             if self._fast_path is not None:
                 return
-            from optimizely_middleware.encoding_guard import fast_path_problem
-
             try:
                 problem = fast_path_problem(self)
             except Exception as exc:

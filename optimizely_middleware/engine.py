@@ -174,6 +174,10 @@ class DeliveryEngine(WorkerJobs):
             # locks may be held forever. The parent's queue is the parent's to
             # send; the child starts empty and counts only its own events.
             self._reset(keep=False)
+            self._drop_log.after_fork_in_child()
+            after_fork = getattr(self.encoder, "after_fork_in_child", None)
+            if after_fork is not None:
+                after_fork()
             return
         # Same process, threading monkey-patched since (gevent): keep the
         # queue and the counters; batches on the old threads are unconfirmed.

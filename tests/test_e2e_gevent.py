@@ -65,3 +65,31 @@ def test_gevent_with_preload_and_an_event_sent_in_the_master(
     arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1}, log=server.log)
     assert code == 0, server.log
     report("gunicorn gevent --preload", 3 * N + 1, arrived, stop_s=f"{server.stop_seconds:.2f}")
+
+
+def test_gevent_preload_forked_while_the_master_encodes_its_first_event(
+    event_endpoint: EventEndpoint,
+) -> None:
+    """The master's sender thread runs the encoder's one-time guard under a lock
+    when gunicorn forks; the worker must not inherit that lock held (a native
+    lock held forever blocks gevent's hub: the worker hung until its timeout).
+    One worker: a second one could still be booting at the stop, before gunicorn
+    has installed its signal handlers, and sit out the graceful timeout."""
+    port = free_port()
+    command = gunicorn_gevent(
+        port, "--preload", "--workers", "1", "--config", "python:tests.apps.gunicorn_fork_in_guard"
+    )
+    command[-1] = "tests.apps.e2e_flask_fork_in_guard:app"
+    with running(
+        command, event_endpoint, port, ready="Booting worker", OPTIMIZELY_TEST_STARTUP_EVENT="1"
+    ) as server:
+        load, code = load_then_stop(server, event_endpoint, n=30)
+    assert "the fork is not inside it" not in server.log
+    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1}, log=server.log)
+    assert code == 0, server.log
+    report(
+        "gunicorn gevent --preload, fork inside the guard",
+        3 * 30 + 1,
+        arrived,
+        stop_s=f"{server.stop_seconds:.2f}",
+    )

@@ -16,7 +16,8 @@ import pytest
 from optimizely.event.log_event import LogEvent
 
 from optimizely_middleware import EventSender, process_hooks
-from tests.engine_support import three_events
+from optimizely_middleware.encoding import PendingUserEvent
+from tests.engine_support import impression, project_config, three_events
 from tests.event_endpoint import EventEndpoint
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -137,6 +138,33 @@ def test_child_does_not_deadlock_on_a_lock_held_by_a_parent_thread(
     finally:
         done.set()
         holder.join()
+        sender.close(5)
+    assert len(event_endpoint.all_visitors()) == 3
+
+
+@pytest.mark.parametrize("lock", ["encoder guard", "drop log"])
+def test_child_does_not_deadlock_on_an_encoder_or_drop_log_lock_held_at_fork(
+    lock: str,
+    datafile: str,
+    event_endpoint: EventEndpoint,
+) -> None:
+    """Under gunicorn --preload an event sent at import is encoded by the
+    master's worker thread about when the workers are forked: the encoder's
+    first encode runs its guard under a lock, which the child inherits held."""
+    sender = EventSender(endpoint=event_endpoint.url)
+    held = sender.encoder._guard_lock if lock == "encoder guard" else sender._engine._drop_log._lock
+    config = project_config(datafile)
+    events = [PendingUserEvent(impression(config, f"user-{i}"), None) for i in range(3)]
+    held.acquire()  # as a parent thread inside the guard (or a drop's log line) would
+    try:
+
+        def child(signal: Any) -> bool:
+            sender.submit(events)
+            return sender.flush(20) and sender.stats()["delivered_events"] == 3
+
+        assert run_in_child(child) == 0
+    finally:
+        held.release()
         sender.close(5)
     assert len(event_endpoint.all_visitors()) == 3
 
