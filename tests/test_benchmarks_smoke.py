@@ -3,7 +3,7 @@
 Tiny runs (a few dozen requests or pages, one run): the page latency
 benchmark's baseline and middleware variants on both frameworks (real
 gunicorn and uvicorn servers, the real event endpoint process and load
-generator), the per-page CPU benchmark, and the wrk benchmark. No timing is
+generator), both per-page CPU benchmarks, and the wrk benchmark. No timing is
 asserted, only the report's content: what was counted and delivered.
 """
 
@@ -152,6 +152,33 @@ def test_page_cpu_counts_three_events_per_page_and_each_delivered_once(
     assert package["unique"] == package["delivered"] == expected, package
     assert package["duplicates"] == 0 and package["dropped"] == {}, package
     assert f"PASS  package: {expected}/{expected} events delivered, 0 repeated" in stdout
+
+
+@pytest.mark.timeout(120)
+def test_page_cpu_interleaved_reports_every_variant_and_delivers_both_packages() -> None:
+    rounds, pages = 1, 20
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "page_cpu_interleaved.py"),
+            *("--rounds", str(rounds), "--pages", str(pages), "--endpoint-delay", "0"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    table = {
+        line.split("|")[1].strip(): line
+        for line in completed.stdout.splitlines()
+        if line.startswith("| ") and "x)" in line
+    }
+    assert set(table) == {"baseline", "scope-only", "package", "package-at-flush"}
+    assert "(1.00x)" in table["baseline"]
+    # Two package variants, 3 events a page, the warm-up round included.
+    delivered = 2 * 3 * pages * (rounds + 1)
+    assert f"# endpoint: {delivered} events in" in completed.stdout, completed.stdout
 
 
 # -- closed and open loop with wrk (benchmarks/page_wrk.py) -----------------------

@@ -1,0 +1,171 @@
+"""Where the package's per-page CPU goes: variants interleaved block by block in one process.
+
+``page_cpu.py`` gives each variant a process of its own. This one runs them
+side by side in one process, alternating short blocks (``--pages`` pages,
+then ``flush``), so a machine whose speed drifts from second to second
+(a busy VM host) moves every variant alike; each block's ratio is taken
+against the baseline block just before it, and the median over rounds is
+reported. Same page as ``page_cpu.py`` (3 events), same baseline (the SDK
+with a ``ForwardingEventProcessor`` whose dispatcher drops each
+``LogEvent``). The variants split the package's cost:
+
+* ``scope-only``: the package's request path (scope, processor, hand-off)
+  into a sink that throws the hand-off away: nothing is ever built or sent;
+* ``package``: ``create_client(RequestScopedEventDispatcher(EventSender(endpoint=...)))``,
+  as in ``page_cpu.py``: the worker builds, serialises and POSTs while the
+  pages run;
+* ``package-at-flush``: the same, but the worker is never woken before the
+  block's ``flush`` (a diagnostic: it reaches into the engine to raise its
+  early-encoding threshold, and lingers 100 s), so nothing competes with the
+  pages for the GIL; the queued events are kept alive until then.
+
+With ``--no-gc`` the cyclic garbage collector is off during the blocks
+(collected between them, outside the measurement): the difference shows
+what keeping events alive costs in collections.
+
+Usage::
+
+    python benchmarks/page_cpu_interleaved.py                  # 20 rounds of 300 pages
+    python benchmarks/page_cpu_interleaved.py --rounds 30 --no-gc
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from page_cpu import DEFAULT_DATAFILE, DroppingDispatcher, the_page
+from page_procs import Endpoint, describe_machine
+from page_variants import guard_loopback, point_sdk_at
+
+VARIANTS = ("baseline", "scope-only", "package", "package-at-flush")
+
+
+class DiscardingSink:
+    """An ``EventSink`` that throws every hand-off away."""
+
+    def submit(self, items: Sequence[Any]) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"dropped": {}}
+
+
+# (client, scope factory, flush, close)
+Variant = tuple[
+    Any, Callable[[], AbstractContextManager[Any]], Callable[[], object], Callable[[], object]
+]
+
+
+def build(name: str, datafile: str, url: str) -> Variant:
+    """(client, scope factory, flush, close) for ``name``."""
+    from optimizely import optimizely
+    from optimizely.event.event_processor import ForwardingEventProcessor
+    from optimizely.notification_center import NotificationCenter
+
+    from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
+
+    if name == "baseline":
+        dropping = DroppingDispatcher()
+        center = NotificationCenter()
+        client = optimizely.Optimizely(
+            datafile,
+            event_dispatcher=dropping,
+            event_processor=ForwardingEventProcessor(dropping, notification_center=center),
+            notification_center=center,
+        )
+        return client, nullcontext, lambda: None, lambda: None
+    if name == "scope-only":
+        dispatcher = RequestScopedEventDispatcher(DiscardingSink())
+    elif name == "package":
+        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=url))
+    elif name == "package-at-flush":
+        sender = EventSender(endpoint=url, flush_interval=100.0, max_queue_events=1_000_000)
+        sender._engine._queue.encode_early = 10**9  # diagnostic only: no early wake-up
+        dispatcher = RequestScopedEventDispatcher(sender)
+    else:
+        raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    client = create_client(dispatcher, datafile=datafile)
+    return client, dispatcher.request_scope, dispatcher.flush, lambda: dispatcher.close(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20, help="measured rounds (20); medians")
+    parser.add_argument("--pages", type=int, default=300, help="pages per block (300)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--endpoint-delay", type=float, default=0.1, help="seconds (0.1)")
+    parser.add_argument("--no-gc", action="store_true", help="no cyclic GC inside the blocks")
+    args = parser.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if "baseline" not in names:
+        names.insert(0, "baseline")
+    print(describe_machine(), flush=True)
+    print(
+        f"# {args.rounds} rounds of {args.pages} pages per variant, interleaved in one process; "
+        f"endpoint answers in {args.endpoint_delay * 1000:.0f} ms; "
+        f"GC {'off in the blocks' if args.no_gc else 'on'}",
+        flush=True,
+    )
+    endpoint = Endpoint("delay", args.endpoint_delay).start()
+    variants: dict[str, Variant] = {}
+    try:
+        guard_loopback()
+        point_sdk_at(endpoint.url)
+        datafile = DEFAULT_DATAFILE.read_text()
+        variants.update((name, build(name, datafile, endpoint.url)) for name in names)
+        thread: dict[str, list[float]] = {name: [] for name in names}
+        process: dict[str, list[float]] = {name: [] for name in names}
+        if args.no_gc:
+            gc.disable()
+        for round_ in range(args.rounds + 1):  # round 0 warms up
+            for name, (client, scope, flush, _) in variants.items():
+                spent = 0.0
+                started = time.process_time()
+                for i in range(args.pages):
+                    begin = time.thread_time()
+                    with scope():
+                        the_page(client, f"{name}-{round_}-{i}")
+                    spent += time.thread_time() - begin
+                flush()
+                whole = time.process_time() - started
+                if args.no_gc:
+                    gc.collect()
+                if round_:
+                    thread[name].append(1e6 * spent / args.pages)
+                    process[name].append(1e6 * whole / args.pages)
+        print("\n| variant | request thread, µs/page (x baseline) | whole process (x baseline) |")
+        print("|---|---|---|")
+        for name in names:
+            t_ratio = statistics.median(
+                a / b for a, b in zip(thread[name], thread["baseline"], strict=True)
+            )
+            p_ratio = statistics.median(
+                a / b for a, b in zip(process[name], process["baseline"], strict=True)
+            )
+            print(
+                f"| {name} | {statistics.median(thread[name]):.0f} ({t_ratio:.2f}x) "
+                f"| {statistics.median(process[name]):.0f} ({p_ratio:.2f}x) |"
+            )
+        counts = endpoint.settled_counts()
+        print(f"\n# endpoint: {counts.get('visitors', 0)} events in {counts.get('posts', 0)} POSTs")
+    finally:
+        for *_, close in variants.values():
+            close()
+        endpoint.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
