@@ -152,9 +152,11 @@ class WorkerJobs:
         failed: list[tuple[object, str]] = []
         total = sum(len(items) for _, _, items in entries)
         handled = 0  # events filed in the queue or dropped by _file
+        whole_encoded = whole_failed = 0  # how much of each list is whole hand-offs
         started = time.perf_counter()
         try:
             for first_seq, queued_at, items in entries:
+                last = len(items) - 1
                 for offset, item in enumerate(items):
                     try:
                         encoded.append((first_seq + offset, queued_at, encoder.encode(item)))
@@ -162,11 +164,19 @@ class WorkerJobs:
                         failed.append((item, str(exc)))
                     except Exception as exc:
                         failed.append((item, f"{type(exc).__name__} while encoding the event"))
+                    if offset == last:
+                        whole_encoded, whole_failed = len(encoded), len(failed)
                     if time.perf_counter() - started >= SLICE_SECONDS:
-                        if not self._file(encoded, failed, generation):
-                            return
-                        handled += len(encoded) + len(failed)
-                        encoded, failed = [], []
+                        # Only whole hand-offs are filed: a POST made meanwhile never
+                        # takes part of a request's events while the rest is encoded.
+                        if whole_encoded or whole_failed:
+                            if not self._file(
+                                encoded[:whole_encoded], failed[:whole_failed], generation
+                            ):
+                                return
+                            handled += whole_encoded + whole_failed
+                            del encoded[:whole_encoded], failed[:whole_failed]
+                            whole_encoded = whole_failed = 0
                         time.sleep(0)  # let request threads and the event loop run
                         started = time.perf_counter()
             if self._file(encoded, failed, generation):

@@ -388,6 +388,32 @@ def test_encoding_runs_in_slices_that_release_the_gil(
     assert set(yields) == {0}
 
 
+def test_only_whole_hand_offs_are_filed_so_no_post_takes_part_of_a_request(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slice ends after every event here; a worker POSTing meanwhile could
+    # take whatever is filed, so a part of a hand-off must never be filed.
+    monkeypatch.setattr(jobs, "SLICE_SECONDS", 0.0)
+    clock = ManualClock()
+    engine = make_engine(engines, clock, flush_interval=3600)
+    filed: list[list[int]] = []
+    real_file = engine._file
+
+    def spy(encoded: list[Any], failed: list[Any], generation: int) -> bool:
+        filed.append([seq for seq, _, _ in encoded])
+        return real_file(encoded, failed, generation)
+
+    monkeypatch.setattr(engine, "_file", spy)
+    for request in range(5):
+        engine.submit([event(f"r{request}-{n}") for n in range(3)])
+    assert engine.flush(10)
+    assert sorted(seq for call in filed for seq in call) == list(range(15))
+    for call in filed:
+        hand_offs = {seq // 3 for seq in call}
+        assert sorted(call) == [seq for h in sorted(hand_offs) for seq in range(3 * h, 3 * h + 3)]
+    assert len(filed) > 1  # it did file in several slices
+
+
 # -- settings --------------------------------------------------------------------------
 
 
