@@ -39,9 +39,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from page_cpu import DEFAULT_DATAFILE, DroppingDispatcher, the_page
+from page_cpu import DEFAULT_DATAFILE, the_page
 from page_procs import Endpoint, describe_machine
-from page_variants import guard_loopback, point_sdk_at
+from page_variants import build_variant, guard_loopback, point_sdk_at
 
 VARIANTS = ("baseline", "scope-only", "package", "package-at-flush")
 
@@ -70,22 +70,10 @@ Variant = tuple[
 
 def build(name: str, datafile: str, url: str) -> Variant:
     """(client, scope factory, flush, close) for ``name``."""
-    from optimizely import optimizely
-    from optimizely.event.event_processor import ForwardingEventProcessor
-    from optimizely.notification_center import NotificationCenter
-
     from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 
-    if name == "baseline":
-        dropping = DroppingDispatcher()
-        center = NotificationCenter()
-        client = optimizely.Optimizely(
-            datafile,
-            event_dispatcher=dropping,
-            event_processor=ForwardingEventProcessor(dropping, notification_center=center),
-            notification_center=center,
-        )
-        return client, nullcontext, lambda: None, lambda: None
+    if name == "baseline":  # the page benchmark's baseline client
+        return build_variant("baseline", datafile).client, nullcontext, lambda: None, lambda: None
     if name == "scope-only":
         dispatcher = RequestScopedEventDispatcher(DiscardingSink())
     elif name == "package":
