@@ -176,7 +176,7 @@ user_ids = st.text(min_size=0, max_size=12)
 actions = st.lists(
     st.one_of(
         st.tuples(st.just("decide"), st.booleans()),
-        st.tuples(st.just("activate"), st.none()),
+        st.tuples(st.just("activate"), st.sampled_from(["headline_test", "new_checkout_test"])),
         st.tuples(st.just("is_feature_enabled"), st.none()),
         st.tuples(st.just("track"), tag_dicts),
         st.tuples(st.just("track_event"), tag_dicts),
@@ -202,8 +202,8 @@ def run(capture: Capture, user_id: str, attrs: dict[str, Any], steps: list[Any])
         if kind == "decide":
             options = [OptimizelyDecideOption.DISABLE_DECISION_EVENT] if arg else []
             client.create_user_context(user_id, attrs).decide("new_checkout", options)
-        elif kind == "activate":
-            client.activate("headline_test", user_id, attrs)
+        elif kind == "activate":  # of a flag's rule too: same entities, another rule type
+            client.activate(arg, user_id, attrs)
         elif kind == "is_feature_enabled":
             client.is_feature_enabled("new_checkout", user_id, attrs)
         elif kind == "track":
