@@ -19,6 +19,13 @@ with a ``ForwardingEventProcessor`` whose dispatcher drops each
   early-encoding threshold, and lingers 100 s), so nothing competes with the
   pages for the GIL; the queued events are kept alive until then.
 
+For both package variants a second table splits the worker threads' CPU
+per page (``getrusage(RUSAGE_THREAD)`` around each job) into encoding and
+POSTing, user and system time: in ``package-at-flush`` the worker runs while
+the page loop waits in ``flush``, so its figures are the work alone; in
+``package`` the same work runs beside the pages, and the difference is what
+waiting for the GIL costs it (system time: futex wake-ups).
+
 With ``--no-gc`` the cyclic garbage collector is off during the blocks
 (collected between them, outside the measurement): the difference shows
 what keeping events alive costs in collections.
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -62,30 +70,73 @@ class DiscardingSink:
         return {"dropped": {}}
 
 
-# (client, scope factory, flush, close)
+class WorkerClock:
+    """The CPU (user, system) a sender's worker threads spend encoding and POSTing.
+
+    Wraps the engine's two job methods on this one instance (a diagnostic).
+    """
+
+    KINDS = ("encode", "post")
+
+    def __init__(self, engine: Any) -> None:
+        self.spent = dict.fromkeys(self.KINDS, (0.0, 0.0))
+        for kind, name in zip(self.KINDS, ("_encode", "_post"), strict=True):
+            setattr(engine, name, self._timed(kind, getattr(engine, name)))
+
+    def _timed(self, kind: str, job: Callable[..., None]) -> Callable[..., None]:
+        def timed(*args: Any) -> None:
+            before = resource.getrusage(resource.RUSAGE_THREAD)
+            try:
+                job(*args)
+            finally:
+                after = resource.getrusage(resource.RUSAGE_THREAD)
+                user, system = self.spent[kind]
+                self.spent[kind] = (
+                    user + after.ru_utime - before.ru_utime,
+                    system + after.ru_stime - before.ru_stime,
+                )
+
+        return timed
+
+    def take(self) -> dict[str, tuple[float, float]]:
+        """What was spent since the last call."""
+        spent, self.spent = self.spent, dict.fromkeys(self.KINDS, (0.0, 0.0))
+        return spent
+
+
+# (client, scope factory, flush, close, worker clock)
 Variant = tuple[
-    Any, Callable[[], AbstractContextManager[Any]], Callable[[], object], Callable[[], object]
+    Any,
+    Callable[[], AbstractContextManager[Any]],
+    Callable[[], object],
+    Callable[[], object],
+    WorkerClock | None,
 ]
 
 
 def build(name: str, datafile: str, url: str) -> Variant:
-    """(client, scope factory, flush, close) for ``name``."""
+    """(client, scope factory, flush, close, worker clock) for ``name``."""
     from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 
     if name == "baseline":  # the page benchmark's baseline client
-        return build_variant("baseline", datafile).client, nullcontext, lambda: None, lambda: None
+        client = build_variant("baseline", datafile).client
+        return client, nullcontext, lambda: None, lambda: None, None
+    clock = None
     if name == "scope-only":
         dispatcher = RequestScopedEventDispatcher(DiscardingSink())
     elif name == "package":
-        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=url))
+        sender = EventSender(endpoint=url)
+        clock = WorkerClock(sender._engine)
+        dispatcher = RequestScopedEventDispatcher(sender)
     elif name == "package-at-flush":
         sender = EventSender(endpoint=url, flush_interval=100.0, max_queue_events=1_000_000)
         sender._engine._queue.encode_early = 10**9  # diagnostic only: no early wake-up
+        clock = WorkerClock(sender._engine)
         dispatcher = RequestScopedEventDispatcher(sender)
     else:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     client = create_client(dispatcher, datafile=datafile)
-    return client, dispatcher.request_scope, dispatcher.flush, lambda: dispatcher.close(10)
+    return client, dispatcher.request_scope, dispatcher.flush, lambda: dispatcher.close(10), clock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         variants.update((name, build(name, datafile, endpoint.url)) for name in names)
         thread: dict[str, list[float]] = {name: [] for name in names}
         process: dict[str, list[float]] = {name: [] for name in names}
+        # per variant, per block: (encode user, encode system, POST user, POST system) µs/page
+        worker: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
         if args.no_gc:
             gc.disable()
         for round_ in range(args.rounds + 1):  # round 0 warms up
-            for name, (client, scope, flush, _) in variants.items():
+            for name, (client, scope, flush, _, clock) in variants.items():
                 spent = 0.0
                 started = time.process_time()
                 for i in range(args.pages):
@@ -128,11 +181,20 @@ def main(argv: list[str] | None = None) -> int:
                     spent += time.thread_time() - begin
                 flush()
                 whole = time.process_time() - started
+                jobs = clock.take() if clock else {}
                 if args.no_gc:
                     gc.collect()
                 if round_:
                     thread[name].append(1e6 * spent / args.pages)
                     process[name].append(1e6 * whole / args.pages)
+                    if jobs:
+                        worker[name].append(
+                            tuple(
+                                1e6 * t / args.pages
+                                for kind in WorkerClock.KINDS
+                                for t in jobs[kind]
+                            )
+                        )
         print("\n| variant | request thread, µs/page (x baseline) | whole process (x baseline) |")
         print("|---|---|---|")
         for name in names:
@@ -146,10 +208,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {statistics.median(thread[name]):.0f} ({t_ratio:.2f}x) "
                 f"| {statistics.median(process[name]):.0f} ({p_ratio:.2f}x) |"
             )
+        print(
+            "\n| variant | worker: encoding, user + system µs/page "
+            "| worker: POSTs, user + system µs/page |"
+        )
+        print("|---|---|---|")
+        for name in names:
+            if worker[name]:
+                eu, es, pu, ps = (
+                    statistics.median(column) for column in zip(*worker[name], strict=True)
+                )
+                print(f"| {name} | {eu:.0f} + {es:.0f} | {pu:.0f} + {ps:.0f} |")
         counts = endpoint.settled_counts()
         print(f"\n# endpoint: {counts.get('visitors', 0)} events in {counts.get('posts', 0)} POSTs")
     finally:
-        for *_, close in variants.values():
+        for _, _, _, close, _ in variants.values():
             close()
         endpoint.stop()
     return 0
