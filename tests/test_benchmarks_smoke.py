@@ -10,6 +10,7 @@ asserted, only the report's content: what was counted and delivered.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -177,8 +178,8 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_both_packages()
     assert set(table) == {"baseline", "scope-only", "package", "package-at-flush"}
     assert "(1.00x)" in table["baseline"]
     # Each package's worker CPU, split into encoding and POSTing, user + system.
-    split = [line for line in completed.stdout.splitlines() if line.count(" + ") == 2]
-    assert [line.split("|")[1].strip() for line in split] == ["package", "package-at-flush"]
+    split = re.findall(r"^\| ([\w-]+) \| \d+ \+ \d+ \| \d+ \+ \d+ \|$", completed.stdout, re.M)
+    assert split == ["package", "package-at-flush"]
     # Two package variants, 3 events a page, the warm-up round included.
     delivered = 2 * 3 * pages * (rounds + 1)
     assert f"# endpoint: {delivered} events in" in completed.stdout, completed.stdout
