@@ -21,12 +21,16 @@ import sys
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal
 
 from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
-from optimizely_middleware.process_hooks import Registry
+from optimizely_middleware.request_listeners import (
+    RequestEndListener,
+    add_request_end_listener,
+    live_dispatchers,
+    remove_request_end_listener,
+)
 from optimizely_middleware.scope import RequestScope, ScopeBlock, ScopeVar
 from optimizely_middleware.sink import EventSink
 
@@ -48,41 +52,6 @@ logger = logging.getLogger("optimizely_middleware")
 
 OutsideScopePolicy = Literal["send", "drop", "raise"]
 FailedRequestPolicy = Literal["keep", "discard"]
-
-# Called with (dispatcher, items, failed) each time a request scope closes;
-# items are LogEvents and PendingUserEvents.
-RequestEndListener = Callable[["RequestScopedEventDispatcher", "list[Any]", bool], None]
-
-# Every live dispatcher, so that a process-wide listener reaches those created later too.
-_dispatchers: Registry[RequestScopedEventDispatcher] = Registry()
-_process_listeners: dict[RequestEndListener, Callable[[], None]] = {}
-_process_listeners_lock = threading.Lock()
-
-
-def add_request_end_listener(listener: RequestEndListener) -> None:
-    """Call ``listener(dispatcher, items, failed)`` whenever a request scope of any
-    dispatcher in the process, existing or created later, closes (the testing
-    kit groups events per request this way, without changes to the app).
-    Listeners run on the request's thread: keep them O(1)."""
-    with _process_listeners_lock:
-        if listener in _process_listeners:
-            return
-        _process_listeners[listener] = _dispatchers.subscribe(
-            lambda dispatcher: dispatcher.add_request_end_listener(listener)
-        )
-    for dispatcher in _dispatchers.live():
-        dispatcher.add_request_end_listener(listener)
-
-
-def remove_request_end_listener(listener: RequestEndListener) -> None:
-    """Undo :func:`add_request_end_listener`."""
-    with _process_listeners_lock:
-        unsubscribe = _process_listeners.pop(listener, None)
-    if unsubscribe is not None:
-        unsubscribe()
-    for dispatcher in _dispatchers.live():
-        dispatcher.remove_request_end_listener(listener)
-
 
 # The SDK's BatchEventProcessor runs dispatch_event on a thread of this name.
 SDK_EVENT_THREAD_NAME = "EventThread"
@@ -156,7 +125,7 @@ class RequestScopedEventDispatcher:
         self._listeners: tuple[RequestEndListener, ...] = ()
         self._warned: set[str] = set()
         self._reset_counters()
-        _dispatchers.add(self)
+        live_dispatchers.add(self)
 
     def _reset_counters(self) -> None:
         """Zero counters and a new lock: at construction and in a new process
