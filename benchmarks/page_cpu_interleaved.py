@@ -42,6 +42,7 @@ import argparse
 import gc
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -80,6 +81,7 @@ class WorkerClock:
 
     def __init__(self, engine: Any) -> None:
         self.spent = dict.fromkeys(self.KINDS, (0.0, 0.0))
+        self._lock = threading.Lock()  # several workers finish jobs at once
         for kind, name in zip(self.KINDS, ("_encode", "_post"), strict=True):
             setattr(engine, name, self._timed(kind, getattr(engine, name)))
 
@@ -90,17 +92,19 @@ class WorkerClock:
                 job(*args)
             finally:
                 after = resource.getrusage(resource.RUSAGE_THREAD)
-                user, system = self.spent[kind]
-                self.spent[kind] = (
-                    user + after.ru_utime - before.ru_utime,
-                    system + after.ru_stime - before.ru_stime,
-                )
+                with self._lock:
+                    user, system = self.spent[kind]
+                    self.spent[kind] = (
+                        user + after.ru_utime - before.ru_utime,
+                        system + after.ru_stime - before.ru_stime,
+                    )
 
         return timed
 
     def take(self) -> dict[str, tuple[float, float]]:
         """What was spent since the last call."""
-        spent, self.spent = self.spent, dict.fromkeys(self.KINDS, (0.0, 0.0))
+        with self._lock:
+            spent, self.spent = self.spent, dict.fromkeys(self.KINDS, (0.0, 0.0))
         return spent
 
 
