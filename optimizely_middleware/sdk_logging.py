@@ -51,11 +51,10 @@ class SDKLogger(BaseLogger):
         self.target = target or logging.getLogger(SDK_LOGGER_NAME)
 
     def log(self, level: int, message: object, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        target = self.target
         if level < logging.WARNING:
-            if target.isEnabledFor(logging.DEBUG):
-                target.log(logging.DEBUG, message, *args, **kwargs)
+            self.debug(message, *args, **kwargs)
             return
+        target = self.target
         if not target.isEnabledFor(level):
             return
         text = str(message) % args if args else str(message)
