@@ -30,7 +30,7 @@ from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 if TYPE_CHECKING:
     from optimizely.optimizely import Optimizely
 
-__all__ = ["checked_dispatcher", "owned_by_outer"]
+__all__ = ["checked_dispatcher", "decorator_dispatcher", "owned_by_outer"]
 
 
 def checked_dispatcher(
@@ -49,6 +49,27 @@ def checked_dispatcher(
     if client is not None:
         check_client(client, dispatcher)
     return dispatcher
+
+
+def decorator_dispatcher(module: str, dispatcher: object) -> RequestScopedEventDispatcher:
+    """The argument of ``defer_events(dispatcher)``, checked when the decorator is made.
+
+    A bare ``@defer_events`` passes the view itself: that is reported here,
+    at import time, with the right form, instead of as a failure of every
+    request.
+    """
+    if isinstance(dispatcher, RequestScopedEventDispatcher):
+        return dispatcher
+    if callable(dispatcher):
+        name = getattr(dispatcher, "__name__", "view")
+        raise TypeError(
+            f"{module}.defer_events takes the dispatcher, then decorates: write "
+            f"@defer_events(dispatcher) above def {name}(...), not a bare @defer_events."
+        )
+    raise TypeError(
+        f"{module}.defer_events(dispatcher) needs a RequestScopedEventDispatcher, "
+        f"not {type(dispatcher).__name__}"
+    )
 
 
 def owned_by_outer(dispatcher: RequestScopedEventDispatcher) -> bool:

@@ -30,9 +30,8 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, has_app_context
@@ -40,10 +39,18 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
 from optimizely_middleware import process_hooks
-from optimizely_middleware.client import check_client, create_client
+from optimizely_middleware.adapters import decorator_dispatcher
+from optimizely_middleware.client import Datafile, check_client, datafile_text
+from optimizely_middleware.configured import build_client, build_dispatcher
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.outcome import request_failed
-from optimizely_middleware.sender import EventSender
+from optimizely_middleware.settings import (
+    DATAFILE_SOURCES,
+    ENV_PREFIX,
+    FLASK,
+    OptimizelySettings,
+    load_settings,
+)
 from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
 
 if TYPE_CHECKING:
@@ -113,7 +120,7 @@ class OptimizelyFlask:
         self,
         app: Flask | None = None,
         *,
-        datafile: str | None = None,
+        datafile: Datafile | None = None,
         sdk_key: str | None = None,
         dispatcher: RequestScopedEventDispatcher | None = None,
         client: Optimizely | None = None,
@@ -132,36 +139,32 @@ class OptimizelyFlask:
         """Set the app up: client, dispatcher, middleware and exit hook."""
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("OptimizelyFlask is already set up on this app.")
-        config = app.config
+        settings = self._settings_from(app.config)
         dispatcher = self._dispatcher or self._dispatcher_of(self._client)
+        built_dispatcher = dispatcher is None
         if dispatcher is None:
-            dispatcher = RequestScopedEventDispatcher(
-                EventSender(endpoint=config.get("OPTIMIZELY_EVENT_ENDPOINT")),
-                failed_requests=config.get("OPTIMIZELY_FAILED_REQUESTS", "keep"),
-                outside_scope=config.get("OPTIMIZELY_OUTSIDE_SCOPE", "send"),
-                max_events_per_request=int(config.get("OPTIMIZELY_MAX_EVENTS_PER_REQUEST", 1000)),
-            )
+            dispatcher = build_dispatcher(settings)
         client = self._client
         if client is not None:
             check_client(client, dispatcher)
         else:
-            client = create_client(
-                dispatcher,
-                self._datafile_from(config),
-                sdk_key=self._sdk_key or config.get("OPTIMIZELY_SDK_KEY"),
-                **config.get("OPTIMIZELY_CLIENT_OPTIONS", {}),
-            )
+            try:
+                client = build_client(settings, dispatcher)
+            except BaseException:
+                if built_dispatcher:
+                    dispatcher.close(0)
+                raise
         state = OptimizelyState(
             client=client,
             dispatcher=dispatcher,
-            shutdown_timeout=float(config.get("OPTIMIZELY_SHUTDOWN_TIMEOUT", 5.0)),
+            shutdown_timeout=settings.shutdown_timeout,
         )
         app.extensions[EXTENSION_KEY] = state
         self._apps += 1
         self._single_state = state if self._apps == 1 else None
         # The client was checked above (or built right), so it is not passed here.
         app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)  # type: ignore[method-assign]
-        if config.get("OPTIMIZELY_CLOSE_AT_EXIT", True):
+        if settings.close_at_exit:
             at_exit = functools.partial(close_at_exit, weakref.ref(state))
             process_hooks.on_exit("close_apps", at_exit)
 
@@ -178,20 +181,18 @@ class OptimizelyFlask:
             )
         return dispatcher
 
-    def _datafile_from(self, config: dict[str, Any]) -> str | None:
-        if self._datafile is not None:
-            return self._datafile
-        datafile: str | None = config.get("OPTIMIZELY_DATAFILE")
-        path = config.get("OPTIMIZELY_DATAFILE_PATH")
-        if datafile is None and path:
-            datafile = Path(path).read_text(encoding="utf-8")
-        if datafile is None and not (self._sdk_key or config.get("OPTIMIZELY_SDK_KEY")):
-            raise RuntimeError(
-                "OptimizelyFlask needs a datafile or an SDK key: set OPTIMIZELY_DATAFILE_PATH, "
-                "OPTIMIZELY_DATAFILE or OPTIMIZELY_SDK_KEY in app.config, or pass "
-                "datafile=/sdk_key=/client= to OptimizelyFlask."
-            )
-        return datafile
+    def _settings_from(self, config: Mapping[str, Any]) -> OptimizelySettings:
+        """``app.config``'s ``OPTIMIZELY_*`` keys and the environment, checked; the
+        extension's own ``datafile=``/``sdk_key=`` replace where the datafile comes from."""
+        values = {key: value for key, value in config.items() if key.startswith(ENV_PREFIX)}
+        if self._datafile is not None or self._sdk_key is not None:
+            for key in DATAFILE_SOURCES:
+                values.pop(ENV_PREFIX + key, None)
+            if self._datafile is not None:
+                values[ENV_PREFIX + "DATAFILE"] = datafile_text(self._datafile)
+            if self._sdk_key is not None:
+                values[ENV_PREFIX + "SDK_KEY"] = self._sdk_key
+        return load_settings(values, FLASK, require_datafile=self._client is None)
 
     @property
     def state(self) -> OptimizelyState:
@@ -262,6 +263,7 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[F], F]:
             decision = client.create_user_context(user_id).decide("new_checkout")
             ...
     """
+    dispatcher = decorator_dispatcher("optimizely_middleware.flask", dispatcher)
 
     def decorator(view: F) -> F:
         @functools.wraps(view)

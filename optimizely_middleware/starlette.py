@@ -1,8 +1,19 @@
-"""Starlette integration: a decorator for single endpoints and the client per request.
+"""Starlette integration: the extension, a decorator for single endpoints, the client.
 
 Usage::
 
-    from optimizely_middleware.starlette import defer_events, optimizely_client
+    from optimizely_middleware.starlette import OptimizelyStarlette, optimizely_client
+
+    app = Starlette(routes=routes)
+    OptimizelyStarlette(app)      # settings from OPTIMIZELY_* variables or keywords
+
+    async def checkout(request):
+        user = optimizely_client(request).create_user_context("user-1")
+        ...
+
+For one endpoint without the middleware::
+
+    from optimizely_middleware.starlette import defer_events
 
     @defer_events(dispatcher)
     async def checkout(request):
@@ -29,15 +40,23 @@ from typing import Any, TypeVar, cast
 from optimizely.optimizely import Optimizely
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from optimizely_middleware.adapters import owned_by_outer
+from optimizely_middleware.adapters import decorator_dispatcher, owned_by_outer
 from optimizely_middleware.asgi import STATE_KEY
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.outcome import request_failed
 from optimizely_middleware.scope import RequestScope
+from optimizely_middleware.starlette_extension import OptimizelyOptions, OptimizelyStarlette
 
-__all__ = ["DeferredResponse", "defer_events", "optimizely_client"]
+__all__ = [
+    "DeferredResponse",
+    "OptimizelyOptions",
+    "OptimizelyStarlette",
+    "defer_events",
+    "optimizely_client",
+]
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
@@ -61,13 +80,21 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
         def checkout(request: Request) -> Response:
             client.create_user_context("user-1").track_event("purchase")
             return PlainTextResponse("thanks")
+
+    It is for Starlette endpoints, which take the request and return a
+    ``Response``; a FastAPI path operation (other parameters, or data to
+    serialise) is refused when decorated: use ``OptimizelyFastAPI(app)``.
     """
+    dispatcher = decorator_dispatcher("optimizely_middleware.starlette", dispatcher)
 
     def decorate(endpoint: Endpoint) -> Endpoint:
+        check_starlette_endpoint(endpoint)
         if is_async_callable(endpoint):
 
             @functools.wraps(endpoint)
             async def async_endpoint(*args: Any, **kwargs: Any) -> Any:
+                if not args:
+                    raise_called_by_fastapi(endpoint)
                 if owned_by_outer(dispatcher):
                     return await endpoint(*args, **kwargs)
                 with endpoint_scope(dispatcher) as request:
@@ -80,6 +107,8 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
         def sync_endpoint(*args: Any, **kwargs: Any) -> Any:
             # Runs in the thread pool, in a copy of the request's context: the
             # scope opened here is the one the endpoint's events go to.
+            if not args:
+                raise_called_by_fastapi(endpoint)
             if owned_by_outer(dispatcher):
                 return endpoint(*args, **kwargs)
             with endpoint_scope(dispatcher) as request:
@@ -89,6 +118,73 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
         return cast(Endpoint, sync_endpoint)
 
     return decorate
+
+
+FASTAPI_HINT = (
+    "defer_events wraps the Response of a Starlette endpoint; FastAPI builds the response "
+    "after the path operation returns, so it cannot be deferred this way. For FastAPI add "
+    "the package to the app instead: OptimizelyFastAPI(app) from optimizely_middleware.fastapi "
+    "(or app.add_middleware(OptimizelyASGIMiddleware, dispatcher=..., client=...)), and take "
+    "the client as a dependency, OptimizelyClient."
+)
+
+
+def check_starlette_endpoint(endpoint: Callable[..., Any]) -> None:
+    """Refuse, when decorating, what Starlette cannot call as ``endpoint(request)``.
+
+    A Starlette endpoint (or ``HTTPEndpoint`` method, after ``self``) takes
+    one argument, the request, and returns a ``Response``; more parameters,
+    or a return annotation that is not a response, mean a FastAPI path
+    operation.
+    """
+    name = getattr(endpoint, "__qualname__", repr(endpoint))
+    try:
+        signature = inspect.signature(endpoint)
+    except (TypeError, ValueError):
+        return
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if any(p.kind in variadic for p in signature.parameters.values()):
+        return  # another decorator's wrapper: nothing to tell from its signature
+    parameters = list(signature.parameters.values())
+    if [p.name for p in parameters[:1]] in (["self"], ["cls"]):
+        parameters = parameters[1:]
+    if len(parameters) != 1:
+        names = ", ".join(p.name for p in parameters)
+        raise TypeError(
+            f"@defer_events(dispatcher) on {name}({names}): a Starlette endpoint takes one "
+            f"argument, the request. {FASTAPI_HINT}"
+        )
+    takes = parameters[0].annotation
+    if takes is not inspect.Parameter.empty and not _names(takes, HTTPConnection):
+        raise TypeError(
+            f"@defer_events(dispatcher) on {name}({parameters[0].name}: "
+            f"{getattr(takes, '__name__', takes)}): a Starlette "
+            f"endpoint takes the request. {FASTAPI_HINT}"
+        )
+    returns = signature.return_annotation
+    if returns is not inspect.Signature.empty and not _names(returns, Response):
+        raise TypeError(
+            f"@defer_events(dispatcher) on {name} -> {getattr(returns, '__name__', returns)}: "
+            "the endpoint must return a "
+            f"Starlette Response. {FASTAPI_HINT}"
+        )
+
+
+def _names(annotation: object, kind: type) -> bool:
+    """Whether ``annotation`` can be ``kind`` (a string one is given the benefit of the doubt
+    when it mentions a request or response, as in ``from __future__ import annotations``)."""
+    if isinstance(annotation, str):
+        words = ("Request", "WebSocket", "HTTPConnection", "Response", "Any")
+        return any(word in annotation for word in words)
+    if isinstance(annotation, type):
+        return issubclass(annotation, kind) or issubclass(kind, annotation)
+    return True  # a Union, a TypeVar...: leave it to the call
+
+
+def raise_called_by_fastapi(endpoint: Callable[..., Any]) -> None:
+    """FastAPI calls a path operation with keywords only; Starlette passes the request."""
+    name = getattr(endpoint, "__qualname__", repr(endpoint))
+    raise TypeError(f"@defer_events(dispatcher) on {name}, called by FastAPI. {FASTAPI_HINT}")
 
 
 @contextmanager

@@ -59,7 +59,7 @@ def gunicorn(event_endpoint: EventEndpoint, tmp_path: Path) -> Iterator[Callable
         server = Gunicorn(
             app,
             env={
-                "OPTIMIZELY_TEST_ENDPOINT": event_endpoint.url,
+                "OPTIMIZELY_TEST_EVENT_ENDPOINT": event_endpoint.url,
                 "OPTIMIZELY_TEST_DATAFILE": str(DATAFILE_PATH),
                 "OPTIMIZELY_TEST_SENDFILE_LOG": str(tmp_path / "sendfile.log"),
                 **(env or {}),

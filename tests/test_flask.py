@@ -32,6 +32,7 @@ from optimizely_middleware import (
     WiringWarning,
     create_client,
 )
+from optimizely_middleware.errors import ConfigurationError
 from optimizely_middleware.flask import OptimizelyFlask, OptimizelyState, current_optimizely
 from tests.apps.flask_views import create_app, create_decorated_app
 from tests.apps.wsgi_support import (
@@ -220,7 +221,7 @@ def test_the_decorator_behind_the_extension_sends_once(
 
 
 def test_init_app_needs_a_datafile_or_sdk_key() -> None:
-    with pytest.raises(RuntimeError, match="OPTIMIZELY_DATAFILE_PATH"):
+    with pytest.raises(ConfigurationError, match="OPTIMIZELY_DATAFILE_PATH"):
         OptimizelyFlask(Flask(__name__))
 
 
@@ -501,7 +502,7 @@ def test_the_same_client_disconnect_is_never_a_failed_request_under_gunicorn(
     server = Gunicorn(
         app,
         env={
-            "OPTIMIZELY_TEST_ENDPOINT": event_endpoint.url,
+            "OPTIMIZELY_TEST_EVENT_ENDPOINT": event_endpoint.url,
             "OPTIMIZELY_TEST_DATAFILE": str(DATAFILE_PATH),
             "OPTIMIZELY_TEST_FAILED_REQUESTS": "discard",
         },

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
-from optimizely_middleware import process_hooks
+from optimizely_middleware import configured, process_hooks
 from optimizely_middleware.client import create_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.django.config import SETTING, OptimizelySettings, load_settings
-from optimizely_middleware.sender import EventSender
+from optimizely_middleware.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from optimizely.optimizely import Optimizely
@@ -107,20 +107,11 @@ def get_dispatcher() -> RequestScopedEventDispatcher:
 
 def build(config: OptimizelySettings) -> DjangoOptimizely:
     """A new client and dispatcher for ``config`` (the middleware uses :func:`get_state`)."""
-    dispatcher = RequestScopedEventDispatcher(
-        EventSender(endpoint=config.event_endpoint, shutdown_timeout=config.shutdown_timeout),
-        failed_requests=config.failed_requests,
-        outside_scope=config.outside_scope,
-        max_events_per_request=config.max_events_per_request,
-    )
     try:
-        client = create_client(
-            dispatcher, config.datafile, sdk_key=config.sdk_key, **config.client_options
-        )
-    except TypeError as exc:
-        dispatcher.close(0)
-        raise ImproperlyConfigured(f"settings.OPTIMIZELY['CLIENT_OPTIONS']: {exc}") from exc
-    config_manager = getattr(client, "config_manager", None)
+        built = configured.build(config)
+    except ConfigurationError as exc:
+        raise ImproperlyConfigured(str(exc)) from exc
+    config_manager = getattr(built.client, "config_manager", None)
     if config.sdk_key is not None and config_manager is not None:
         # Wait for the first datafile (up to the SDK's blocking_timeout), as the
         # first decide would. A server that forks after this (gunicorn --preload,
@@ -129,13 +120,7 @@ def build(config: OptimizelySettings) -> DjangoOptimizely:
         # polling thread: a lock held there at the fork is never released in the
         # worker, whose own first fetch can then hang.
         config_manager.get_config()
-    elif config_manager is not None and not config_manager.get_config():
-        dispatcher.close(0)
-        raise ImproperlyConfigured(
-            "The Optimizely SDK rejected the datafile of settings.OPTIMIZELY (its log says "
-            "why); check that it is a datafile of your project's environment."
-        )
-    return DjangoOptimizely(client=client, dispatcher=dispatcher, settings=config)
+    return DjangoOptimizely(client=built.client, dispatcher=built.dispatcher, settings=config)
 
 
 def rebuilt_after_fork(state: DjangoOptimizely) -> DjangoOptimizely:

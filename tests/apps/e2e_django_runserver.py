@@ -2,7 +2,7 @@
 ``GET /work/<user>`` fires 3 events through ``request.optimizely``.
 
 ``DJANGO_SETTINGS_MODULE=tests.apps.e2e_django_runserver``; events go to
-``OPTIMIZELY_TEST_ENDPOINT``; ``OPTIMIZELY_TEST_SIGTERM_FLUSH=1`` calls
+``OPTIMIZELY_TEST_EVENT_ENDPOINT``; ``OPTIMIZELY_TEST_SIGTERM_FLUSH=1`` calls
 ``install_sigterm_flush()`` here, in settings, where the dispatcher is not at
 hand yet (so every sender of the process is flushed on SIGTERM).
 """
@@ -27,7 +27,7 @@ DATABASES: dict[str, object] = {}
 USE_TZ = True
 OPTIMIZELY = {
     "DATAFILE_PATH": str(Path(__file__).resolve().parents[1] / "data" / "datafile.json"),
-    "EVENT_ENDPOINT": os.environ.get("OPTIMIZELY_TEST_ENDPOINT"),
+    "EVENT_ENDPOINT": os.environ.get("OPTIMIZELY_TEST_EVENT_ENDPOINT"),
     "SHUTDOWN_TIMEOUT": 20.0,
 }
 LOGGING = {

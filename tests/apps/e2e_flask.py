@@ -1,7 +1,7 @@
 """The Flask app of the real-server tests (gevent, uWSGI, waitress): 3 events
 per request, ``GET /work/<user>``.
 
-Read from the environment: ``OPTIMIZELY_TEST_ENDPOINT`` (the event endpoint),
+Read from the environment: ``OPTIMIZELY_TEST_EVENT_ENDPOINT`` (the event endpoint),
 ``OPTIMIZELY_TEST_STARTUP_EVENT=1`` (one event from user ``startup`` while the
 module is imported, outside any request: in the master under ``--preload`` or
 uWSGI without ``--lazy-apps``), ``OPTIMIZELY_TEST_SIGTERM_FLUSH=1``
@@ -27,7 +27,7 @@ logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname
 
 app = Flask(__name__)
 app.config.update(
-    OPTIMIZELY_EVENT_ENDPOINT=os.environ["OPTIMIZELY_TEST_ENDPOINT"],
+    OPTIMIZELY_EVENT_ENDPOINT=os.environ["OPTIMIZELY_TEST_EVENT_ENDPOINT"],
     OPTIMIZELY_DATAFILE_PATH=str(DATAFILE),
     OPTIMIZELY_SHUTDOWN_TIMEOUT=float(os.environ.get("OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT", "20")),
 )

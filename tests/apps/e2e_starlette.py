@@ -2,7 +2,7 @@
 granian): 3 events per request, ``GET /work/<user>``.
 
 Servers load ``tests.apps.e2e_starlette:app``, which sends to
-``OPTIMIZELY_TEST_ENDPOINT`` (the flush timeout: ``OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT``);
+``OPTIMIZELY_TEST_EVENT_ENDPOINT`` (the flush timeout: ``OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT``);
 in-process tests call :func:`build_app`.
 """
 
@@ -61,8 +61,8 @@ def build_app(
     return app, dispatcher
 
 
-if "OPTIMIZELY_TEST_ENDPOINT" in os.environ:  # as a server's app module
+if "OPTIMIZELY_TEST_EVENT_ENDPOINT" in os.environ:  # as a server's app module
     app, dispatcher = build_app(
-        os.environ["OPTIMIZELY_TEST_ENDPOINT"],
+        os.environ["OPTIMIZELY_TEST_EVENT_ENDPOINT"],
         float(os.environ.get("OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT", "20")),
     )

@@ -217,7 +217,7 @@ def running(
     """Start ``command`` with the app's settings in the environment; wait until
     it is ready; kill whatever is left of it at the end."""
     server = ServerProcess(
-        command, env={"OPTIMIZELY_TEST_ENDPOINT": endpoint.url, **env}, port=port
+        command, env={"OPTIMIZELY_TEST_EVENT_ENDPOINT": endpoint.url, **env}, port=port
     )
     try:
         yield server.wait_ready(ready)

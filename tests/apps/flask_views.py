@@ -3,7 +3,7 @@ with ``defer_events`` on some views only.
 
 ``create_app()`` without arguments reads its settings from the environment so
 gunicorn can load it as ``tests.apps.flask_views:create_app()``:
-``OPTIMIZELY_TEST_ENDPOINT`` (the event endpoint URL), ``OPTIMIZELY_TEST_DATAFILE``
+``OPTIMIZELY_TEST_EVENT_ENDPOINT`` (the event endpoint URL), ``OPTIMIZELY_TEST_DATAFILE``
 (a datafile path) and optionally ``OPTIMIZELY_TEST_FAILED_REQUESTS`` and
 ``OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT``; ``OPTIMIZELY_TEST_STARTUP_EVENT=1`` fires
 one event while the app is created.
@@ -27,7 +27,7 @@ STATIC_FILE = Path(__file__).resolve().parents[1] / "data" / "datafile.json"
 
 def settings_from_env() -> dict[str, Any]:
     config: dict[str, Any] = {
-        "OPTIMIZELY_EVENT_ENDPOINT": os.environ["OPTIMIZELY_TEST_ENDPOINT"],
+        "OPTIMIZELY_EVENT_ENDPOINT": os.environ["OPTIMIZELY_TEST_EVENT_ENDPOINT"],
         "OPTIMIZELY_DATAFILE_PATH": os.environ["OPTIMIZELY_TEST_DATAFILE"],
     }
     if "OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT" in os.environ:
