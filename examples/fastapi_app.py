@@ -6,36 +6,27 @@ Run it next to the local event endpoint::
     python examples/fastapi_app.py                  # terminal 2: http://127.0.0.1:8000/
 
 then open http://127.0.0.1:8000/?user=alice and http://127.0.0.1:8000/buy?user=alice.
-``OPTIMIZELY_EVENT_ENDPOINT`` overrides where events go.
+``OPTIMIZELY_EVENT_ENDPOINT`` overrides where events go (default: the local
+devserver); in production leave ``event_endpoint`` out and set
+``OPTIMIZELY_SDK_KEY`` (or ``OPTIMIZELY_DATAFILE_PATH``) in the environment:
+``OptimizelyFastAPI(app)`` then needs no keywords at all.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import BackgroundTasks, Depends, FastAPI
-from optimizely.optimizely import Optimizely
+from fastapi import BackgroundTasks, FastAPI
 
-from optimizely_middleware import (
-    EventSender,
-    OptimizelyASGIMiddleware,
-    RequestScopedEventDispatcher,
-    create_client,
-)
-from optimizely_middleware.starlette import optimizely_client
+from optimizely_middleware.fastapi import OptimizelyClient, OptimizelyFastAPI
 
-DATAFILE = Path(__file__).with_name("datafile.json").read_text()
+DATAFILE = Path(__file__).with_name("datafile.json")
 EVENT_ENDPOINT = os.environ.get("OPTIMIZELY_EVENT_ENDPOINT", "http://127.0.0.1:8765/v1/events")
 
-dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=EVENT_ENDPOINT))
-client = create_client(dispatcher, datafile=DATAFILE)
-
 app = FastAPI()
-app.add_middleware(OptimizelyASGIMiddleware, dispatcher=dispatcher, client=client)
-
-OptimizelyClient = Annotated[Optimizely, Depends(optimizely_client)]
+optimizely = OptimizelyFastAPI(app, datafile_path=DATAFILE, event_endpoint=EVENT_ENDPOINT)
 
 
 @app.get("/")

@@ -9,7 +9,9 @@ then open http://127.0.0.1:5000/?user=alice and POST to /buy?user=alice
 (``curl -X POST 'http://127.0.0.1:5000/buy?user=alice'``).
 ``OPTIMIZELY_EVENT_ENDPOINT`` overrides where events go (default: the local
 devserver); leave it out of ``app.config`` in production to send events to
-Optimizely.
+Optimizely. Every ``OPTIMIZELY_*`` key can come from the environment instead
+(see docs/configuration.md): with ``OPTIMIZELY_SDK_KEY`` set there,
+``optimizely.init_app(app)`` needs no ``app.config`` at all.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 from pathlib import Path
 
 from flask import Flask, request
+from markupsafe import escape
 
 from optimizely_middleware.flask import OptimizelyFlask, current_optimizely
 
@@ -41,7 +44,8 @@ def create_app(event_endpoint: str | None = None) -> Flask:
     def index() -> str:
         user = current_optimizely.create_user_context(request.args.get("user", "anonymous"))
         decision = user.decide("new_checkout")  # collected, sent after the response
-        return f"Hello {user.user_id}: you get the {decision.variation_key} checkout.\n"
+        # A str response is text/html: escape what came from the request.
+        return f"Hello {escape(user.user_id)}: you get the {decision.variation_key} checkout.\n"
 
     @app.post("/buy")
     def buy() -> str:

@@ -6,7 +6,10 @@ Run it next to the local event endpoint::
     python examples/starlette_app.py                # terminal 2: http://127.0.0.1:8000/
 
 then open http://127.0.0.1:8000/?user=alice and http://127.0.0.1:8000/buy?user=alice.
-``OPTIMIZELY_EVENT_ENDPOINT`` overrides where events go.
+``OPTIMIZELY_EVENT_ENDPOINT`` overrides where events go (default: the local
+devserver); in production leave ``event_endpoint`` out and set
+``OPTIMIZELY_SDK_KEY`` (or ``OPTIMIZELY_DATAFILE_PATH``) in the environment:
+``OptimizelyStarlette(app)`` then needs no keywords at all.
 """
 
 from __future__ import annotations
@@ -15,24 +18,14 @@ import os
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from optimizely_middleware import (
-    EventSender,
-    OptimizelyASGIMiddleware,
-    RequestScopedEventDispatcher,
-    create_client,
-)
-from optimizely_middleware.starlette import optimizely_client
+from optimizely_middleware.starlette import OptimizelyStarlette, optimizely_client
 
-DATAFILE = Path(__file__).with_name("datafile.json").read_text()
+DATAFILE = Path(__file__).with_name("datafile.json")
 EVENT_ENDPOINT = os.environ.get("OPTIMIZELY_EVENT_ENDPOINT", "http://127.0.0.1:8765/v1/events")
-
-dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=EVENT_ENDPOINT))
-client = create_client(dispatcher, datafile=DATAFILE)
 
 
 async def home(request: Request) -> JSONResponse:
@@ -48,10 +41,8 @@ async def buy(request: Request) -> JSONResponse:
     return JSONResponse({"user": user.user_id, "new_checkout": decision.enabled, "bought": True})
 
 
-app = Starlette(
-    routes=[Route("/", home), Route("/buy", buy, methods=["GET", "POST"])],
-    middleware=[Middleware(OptimizelyASGIMiddleware, dispatcher=dispatcher, client=client)],
-)
+app = Starlette(routes=[Route("/", home), Route("/buy", buy, methods=["GET", "POST"])])
+optimizely = OptimizelyStarlette(app, datafile_path=DATAFILE, event_endpoint=EVENT_ENDPOINT)
 
 if __name__ == "__main__":
     import uvicorn

@@ -29,7 +29,7 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,6 +48,7 @@ __all__ = [
     "KEYS",
     "KEYWORDS",
     "ConfigurationError",
+    "NoDatafileError",
     "OptimizelySettings",
     "SettingsSource",
     "close_match",
@@ -180,6 +181,10 @@ ENVIRONMENT = SettingsSource(
 )
 
 
+class NoDatafileError(ConfigurationError):
+    """Neither a datafile nor an SDK key is set anywhere."""
+
+
 def close_match(name: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str | None:
     """The closest of ``choices`` to ``name`` (case-insensitive), or None."""
     close = difflib.get_close_matches(name.upper(), [c.upper() for c in choices], 1, cutoff)
@@ -285,8 +290,7 @@ def _parse(
 
     defaults = OptimizelySettings()
     sdk_key = _optional_str(value("SDK_KEY"), "SDK_KEY", label("SDK_KEY"))
-    return OptimizelySettings(
-        datafile=_datafile(merged, sdk_key, source, require_datafile),
+    checked = OptimizelySettings(
         sdk_key=sdk_key,
         event_endpoint=_endpoint(value("EVENT_ENDPOINT"), label("EVENT_ENDPOINT")),
         failed_requests=cast(
@@ -318,6 +322,8 @@ def _parse(
         ),
         origins={key: where for key, (_, where) in merged.items()},
     )
+    # Last, so that a wrong value is reported before a missing datafile.
+    return replace(checked, datafile=_datafile(merged, sdk_key, source, require_datafile))
 
 
 def _problem(key: str, value: Any, label: str, hint: str = "") -> ConfigurationError:
@@ -363,7 +369,7 @@ def _datafile(
         where = text_label
     elif sdk_key is None and required:
         names = ", ".join(source.name(key) for key in DATAFILE_SOURCES)
-        raise ConfigurationError(
+        raise NoDatafileError(
             f"optimizely_middleware needs a datafile or an SDK key: set {names} in "
             f"{source.where} (for example {source.example}), or OPTIMIZELY_DATAFILE_PATH "
             "or OPTIMIZELY_SDK_KEY in the environment."

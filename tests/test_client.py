@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from optimizely_middleware import (
     create_client,
 )
 from optimizely_middleware.encoding import EventEncoder, PendingUserEvent
+from optimizely_middleware.errors import ConfigurationError
 from optimizely_middleware.processor import RequestScopedEventProcessor
 from optimizely_middleware.sdk_logging import SDKLogger
 from tests.event_endpoint import EventEndpoint
@@ -249,3 +251,47 @@ def test_a_logger_passed_to_create_client_is_used_as_it_is(
     with caplog.at_level(logging.INFO, logger="tests.my_sdk_logger"):
         client.track("purchase", "visitor-45")
     assert any("visitor-45" in r.getMessage() for r in caplog.records if r.name == mine.name)
+
+
+# -- the datafile: JSON text, a path, or a clear error ---------------------------------
+
+
+@pytest.mark.parametrize("as_type", [str, Path], ids=["str", "Path"])
+def test_create_client_takes_the_path_of_a_datafile(
+    as_type: type, tmp_path: Path, datafile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "datafile.json").write_text(datafile)
+    monkeypatch.chdir(tmp_path)  # a relative path, as a user writes it
+    dispatcher = RequestScopedEventDispatcher(RecordingSink())
+    client = create_client(dispatcher, datafile=as_type("datafile.json"))
+    with dispatcher.request_scope():
+        decision = client.create_user_context("user-1").decide("new_checkout")
+    assert decision.variation_key is not None  # the client decides: the file was read
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("datafile", "message"),
+    [
+        ("missing.json", "names a file, and that file cannot be read: No such file"),
+        (Path("missing.json"), "cannot be read: No such file"),
+        ("", "got an empty datafile"),
+        ("{not json", "rejected the datafile: it is not valid JSON"),
+        ("{}", "rejected the datafile: it is JSON, but not an Optimizely datafile"),
+        ('{"version": "4"}', "rejected the datafile"),
+    ],
+)
+def test_a_datafile_that_cannot_be_used_is_an_error(
+    datafile: str | Path, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as raised:
+        create_client(RequestScopedEventDispatcher(RecordingSink()), datafile=datafile)
+    assert message in str(raised.value)
+
+
+def test_a_file_the_sdk_rejects_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "datafile.json"
+    path.write_text('{"not": "a datafile"}')
+    with pytest.raises(ConfigurationError, match=f"rejected the datafile in '{path}'"):
+        create_client(RequestScopedEventDispatcher(RecordingSink()), datafile=path)

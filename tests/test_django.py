@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import pickle
 import threading
 import time
@@ -396,6 +397,12 @@ def test_the_example_project(
         ({"SDK_KEY": "k", "OUTSIDE_SCOPE": "ignore"}, "'send', 'drop' or 'raise', not 'ignore'"),
         ({"SDK_KEY": "k", "SHUTDOWN_TIMEOUT": -1}, "seconds, a number >= 0, not -1"),
         ({"SDK_KEY": "k", "EVENT_ENDPOINT": "localhost:8765"}, "must be a URL"),
+        (
+            {"SDK_KEY": "k", "EVENT_ENDPOINT": "localhost:8765"},
+            "did you mean 'http://localhost:8765'?",
+        ),
+        ({"SDK_KEY": "k", "ENDPOINT": "http://x"}, "did you mean 'EVENT_ENDPOINT'?"),
+        ({"DATAFILE_PATH": os.devnull}, "is not valid JSON (it is empty)"),
         ({"SDK_KEY": "k", "CLIENT_OPTIONS": {"event_dispatcher": None}}, "CLIENT_OPTIONS"),
     ],
 )
@@ -403,6 +410,48 @@ def test_settings_mistakes_raise_improperly_configured(config: Any, message: str
     with override_settings(OPTIMIZELY=config), pytest.raises(ImproperlyConfigured) as raised:
         get_state()
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"OPTIMIZELY_DATAFILE_PTH": "x.json"},
+            "Unknown key 'OPTIMIZELY_DATAFILE_PTH' in the environment; "
+            "did you mean 'OPTIMIZELY_DATAFILE_PATH'?",
+        ),
+        ({"OPTIMIZELY_ENDPOINT": "http://x"}, "did you mean 'OPTIMIZELY_EVENT_ENDPOINT'?"),
+        ({"OPTIMIZELY_EVENT_ENDPOINT": "127.0.0.1:1"}, "OPTIMIZELY_EVENT_ENDPOINT must be a URL"),
+        ({"OPTIMIZELY_DATAFILE_PATH": os.devnull}, "is not valid JSON (it is empty)"),
+    ],
+)
+def test_environment_mistakes_raise_improperly_configured(
+    environ: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.conf import settings
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with override_settings():
+        del settings.OPTIMIZELY
+        with pytest.raises(ImproperlyConfigured) as raised:
+            get_state()
+    assert message in str(raised.value)
+
+
+def test_the_environment_alone_configures_django(
+    event_endpoint: EventEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.conf import settings
+
+    monkeypatch.setenv("OPTIMIZELY_DATAFILE_PATH", str(DATAFILE_PATH))
+    monkeypatch.setenv("OPTIMIZELY_EVENT_ENDPOINT", event_endpoint.url)
+    monkeypatch.setenv("OPTIMIZELY_FAILED_REQUESTS", "discard")
+    with override_settings():
+        del settings.OPTIMIZELY
+        assert Client().get("/decide/env-user").status_code == 200
+        assert get_state().settings.failed_requests == "discard"
+        assert visitors(event_endpoint, 1) == ["env-user"]
 
 
 def test_a_mistake_surfaces_when_django_loads_the_middleware() -> None:

@@ -295,3 +295,38 @@ def test_the_fastapi_example_under_uvicorn(event_endpoint: EventEndpoint, tmp_pa
 
     assert own_visitors(event_endpoint) == ["eve"] * 3
     assert sorted(event_keys(event_endpoint.posts)) == ["campaign_activated"] * 3 + ["purchase"]
+
+
+def test_a_fastapi_app_configured_only_by_the_environment(
+    event_endpoint: EventEndpoint, tmp_path: Path
+) -> None:
+    """OptimizelyFastAPI(app) with no keywords: the datafile and the event endpoint
+    come from OPTIMIZELY_* variables. Every event of a burst arrives exactly once,
+    delivered by the lifespan shutdown after SIGTERM, and the app's own lifespan runs."""
+    users = [f"env{i}" for i in range(20)]
+    env = {"OPTIMIZELY_DATAFILE_PATH": str(ROOT / "tests" / "data" / "datafile.json")}
+    with uvicorn("tests.apps.fastapi_env:app", event_endpoint, tmp_path, env=env) as server:
+        event_endpoint.wait_for_visitors(1)  # the readiness request's decision
+        server.wait_for_log("app lifespan: started")
+        arrived_before = event_endpoint.arrived
+        event_endpoint.hold()
+        with httpx.Client(base_url=server.url) as http, ThreadPoolExecutor(4) as pool:
+            pages = list(pool.map(lambda u: http.get("/", params={"user": u}), users))
+            buys = list(pool.map(lambda u: http.get("/buy", params={"user": u}), users))
+        assert [r.json()["user"] for r in pages] == users
+        assert all(r.json()["bought"] for r in buys)
+        event_endpoint.wait_for_arrivals(arrived_before + 1)
+        server.process.send_signal(signal.SIGTERM)
+        server.wait_for_log("app lifespan: shutting down")
+        assert server.process.poll() is None
+        event_endpoint.release()
+        returncode = server.process.wait(EXIT_TIMEOUT)
+
+    # No waiting here: everything must have been received before the exit.
+    assert own_visitors(event_endpoint) == sorted(users * 2), server.log
+    assert sorted(event_keys(event_endpoint.posts)) == (
+        ["campaign_activated"] * (len(users) + 1) + ["purchase"] * len(users)
+    )
+    assert returncode in (0, -signal.SIGTERM), server.log
+    assert "Traceback" not in server.log
+    assert "Application shutdown complete." in server.log

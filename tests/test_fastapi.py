@@ -10,12 +10,17 @@ from typing import Annotated, Any
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from optimizely.optimizely import Optimizely
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.testclient import TestClient
 
 from optimizely_middleware import (
     OptimizelyASGIMiddleware,
+    RequestScopedEventDispatcher,
 )
-from optimizely_middleware.starlette import optimizely_client
+from optimizely_middleware.fastapi import OptimizelyClient as FastAPIClient
+from optimizely_middleware.fastapi import OptimizelyFastAPI
+from optimizely_middleware.starlette import defer_events, optimizely_client
 from tests.apps.asgi_support import (
     Wired,
     arrivals_by_visitor,
@@ -147,4 +152,65 @@ def test_the_fastapi_example(
         event_endpoint.wait_for_visitors(3)
     assert visitor_ids(event_endpoint.all_visitors()) == ["bob"] * 3
     assert event_keys(event_endpoint.posts) == ["campaign_activated"] * 2 + ["purchase"]
-    example.client.close()
+    example.optimizely.client.close()
+
+
+# -- the one-line setup, and defer_events refused on path operations ------------------
+
+
+def test_one_line_adds_the_package_and_the_client_is_a_dependency(
+    event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    shutdown_ran: list[bool] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        shutdown_ran.append(True)
+
+    app = FastAPI(lifespan=lifespan)
+    optimizely = OptimizelyFastAPI(app, datafile=datafile, event_endpoint=event_endpoint.url)
+
+    @app.get("/")
+    def home(optimizely: FastAPIClient, user: str) -> dict[str, Any]:
+        context = optimizely.create_user_context(user)
+        return {"variation": context.decide("new_checkout").variation_key}
+
+    event_endpoint.delay = 0.2
+    with TestClient(app) as http:
+        assert http.get("/", params={"user": "dora"}).json()["variation"]
+    # The app's own lifespan ran, and the flush at shutdown delivered (no waiting here).
+    assert shutdown_ran == [True]
+    assert visitor_ids(event_endpoint.all_visitors()) == ["dora"]
+    optimizely.dispatcher.close(0)
+
+
+def test_defer_events_on_a_path_operation_fails_when_decorating(datafile: str) -> None:
+    app = FastAPI()
+    dispatcher = RequestScopedEventDispatcher()
+    with pytest.raises(TypeError) as raised:
+
+        @app.get("/")
+        @defer_events(dispatcher)
+        def home(user: str = "anon") -> dict[str, Any]:
+            return {"user": user}
+
+    assert "OptimizelyFastAPI(app)" in str(raised.value)
+    assert "OptimizelyClient" in str(raised.value)
+    dispatcher.close(0)
+
+
+def test_defer_events_on_a_path_operation_that_takes_the_request_says_what_to_do(
+    datafile: str,
+) -> None:
+    app = FastAPI()
+    dispatcher = RequestScopedEventDispatcher()
+
+    @app.get("/")
+    @defer_events(dispatcher)
+    def home(request: Request) -> Response:  # looks like a Starlette endpoint
+        return PlainTextResponse("never sent")
+
+    with TestClient(app) as http, pytest.raises(TypeError, match=r"called by FastAPI\."):
+        http.get("/")
+    dispatcher.close(0)

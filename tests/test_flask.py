@@ -33,7 +33,12 @@ from optimizely_middleware import (
     create_client,
 )
 from optimizely_middleware.errors import ConfigurationError
-from optimizely_middleware.flask import OptimizelyFlask, OptimizelyState, current_optimizely
+from optimizely_middleware.flask import (
+    OptimizelyFlask,
+    OptimizelyState,
+    current_optimizely,
+    defer_events,
+)
 from tests.apps.flask_views import create_app, create_decorated_app
 from tests.apps.wsgi_support import (
     DATAFILE_PATH,
@@ -555,3 +560,23 @@ def test_the_example_app(event_endpoint: EventEndpoint) -> None:
         ]
     finally:
         app.extensions["optimizely"].dispatcher.close(10)
+
+
+# -- decorator mistakes fail when decorating ------------------------------------
+
+
+def test_a_bare_defer_events_fails_when_decorating_and_shows_the_right_form() -> None:
+    app = Flask(__name__)
+    with pytest.raises(TypeError) as raised:
+
+        @app.get("/<u>")
+        @defer_events  # type: ignore[arg-type]
+        def view(u: str) -> str:
+            return u
+
+    assert "write @defer_events(dispatcher) above def view(...)" in str(raised.value)
+
+
+def test_defer_events_needs_a_dispatcher() -> None:
+    with pytest.raises(TypeError, match="needs a RequestScopedEventDispatcher, not str"):
+        defer_events("dispatcher")  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket
 
 from optimizely_middleware import (
     OptimizelyASGIMiddleware,
+    RequestScopedEventDispatcher,
 )
 from optimizely_middleware.starlette import DeferredResponse, defer_events, optimizely_client
 from tests.apps.asgi_support import (
@@ -38,6 +39,7 @@ from tests.apps.asgi_support import (
     visitor_ids,
 )
 from tests.event_endpoint import EventEndpoint
+from tests.support import RecordingSink
 
 
 class Shop(Wired):
@@ -519,4 +521,30 @@ def test_the_starlette_example(
         event_endpoint.wait_for_visitors(3)
     assert visitor_ids(event_endpoint.all_visitors()) == ["alice"] * 3
     assert event_keys(event_endpoint.posts) == ["campaign_activated"] * 2 + ["purchase"]
-    example.client.close()
+    example.optimizely.client.close()
+
+
+# -- decorator mistakes fail when decorating ---------------------------------------
+
+
+def test_a_bare_defer_events_fails_when_decorating_and_shows_the_right_form() -> None:
+    with pytest.raises(TypeError) as raised:
+
+        @defer_events  # type: ignore[arg-type]
+        async def checkout(request: Request) -> Response:
+            return PlainTextResponse("ok")
+
+    assert "write @defer_events(dispatcher) above def checkout(...)" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        lambda: None,
+        lambda request, user: None,
+    ],
+    ids=["no-argument", "two-arguments"],
+)
+def test_what_starlette_cannot_call_with_the_request_is_refused(endpoint: Any) -> None:
+    with pytest.raises(TypeError, match="a Starlette endpoint takes one argument, the request"):
+        defer_events(RequestScopedEventDispatcher(RecordingSink()))(endpoint)

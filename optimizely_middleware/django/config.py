@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from optimizely_middleware.errors import ConfigurationError
-from optimizely_middleware.settings import DJANGO, ENV_PREFIX, OptimizelySettings
+from optimizely_middleware.settings import DJANGO, ENV_PREFIX, NoDatafileError, OptimizelySettings
 from optimizely_middleware.settings import load_settings as load_from
 
 __all__ = ["SETTING", "OptimizelySettings", "load_settings", "parse_settings"]
@@ -35,12 +35,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OptimizelySetting
     if not hasattr(settings, SETTING):
         try:
             return load_from(None, DJANGO, environ=environ)
-        except ConfigurationError as exc:
+        except NoDatafileError as exc:
             raise ImproperlyConfigured(
                 "optimizely_middleware.django needs settings.OPTIMIZELY, a dict with a "
                 f"datafile or an SDK key, or the {ENV_PREFIX}* environment variables: "
                 f"{exc}"
             ) from exc
+        except ConfigurationError as exc:
+            raise ImproperlyConfigured(str(exc)) from exc
     return parse_settings(getattr(settings, SETTING), environ=environ)
 
 
