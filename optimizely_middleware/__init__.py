@@ -27,7 +27,11 @@ if TYPE_CHECKING:
     from optimizely_middleware.client import check_client, create_client
     from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
     from optimizely_middleware.encoding import EventEncoder, PendingUserEvent
-    from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
+    from optimizely_middleware.errors import (
+        ConfigurationError,
+        EventOutsideScopeError,
+        WiringWarning,
+    )
     from optimizely_middleware.processor import RequestScopedEventProcessor
     from optimizely_middleware.scope import RequestScope
     from optimizely_middleware.sender import EventSender
@@ -40,6 +44,7 @@ __version__ = "0.1.0"
 # Names are imported on first use: the pytest plugin entry point imports this
 # package in every pytest run, which must not pay for the Optimizely SDK.
 _EXPORTS = {
+    "ConfigurationError": "optimizely_middleware.errors",
     "EventEncoder": "optimizely_middleware.encoding",
     "EventOutsideScopeError": "optimizely_middleware.errors",
     "EventSender": "optimizely_middleware.sender",
@@ -57,6 +62,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ConfigurationError",
     "EventEncoder",
     "EventOutsideScopeError",
     "EventSender",

@@ -2,9 +2,9 @@
 
 Usage::
 
-    from optimizely_middleware.settings import FLASK, load_settings
+    from optimizely_middleware.settings import DJANGO, load_settings
 
-    settings = load_settings({"DATAFILE_PATH": "datafile.json"}, FLASK)
+    settings = load_settings({"DATAFILE_PATH": "datafile.json"}, DJANGO)
     settings.event_endpoint    # None, or OPTIMIZELY_EVENT_ENDPOINT from the environment
 
 Flask's ``app.config["OPTIMIZELY_*"]``, Django's ``settings.OPTIMIZELY``, the
@@ -24,13 +24,11 @@ a datafile path in the code and an SDK key in a shell never mix by accident.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, cast
 
 from optimizely_middleware.dispatcher import (
@@ -40,10 +38,27 @@ from optimizely_middleware.dispatcher import (
 )
 from optimizely_middleware.errors import ConfigurationError
 from optimizely_middleware.sender import EventSender
+from optimizely_middleware.setting_values import (
+    DATAFILE_SOURCES,
+    KEYS,
+    NoDatafileError,
+    boolean,
+    checked_datafile,
+    choice,
+    client_options,
+    close_match,
+    endpoint,
+    number,
+    optional_str,
+    positive_int,
+    problem,
+)
 
 __all__ = [
+    "DATAFILE_SOURCES",
     "DJANGO",
     "ENVIRONMENT",
+    "ENV_PREFIX",
     "FLASK",
     "KEYS",
     "KEYWORDS",
@@ -52,11 +67,11 @@ __all__ = [
     "OptimizelySettings",
     "SettingsSource",
     "close_match",
+    "keywords_of",
     "load_settings",
 ]
 
 ENV_PREFIX = "OPTIMIZELY_"
-DATAFILE_SOURCES = ("DATAFILE_PATH", "DATAFILE", "SDK_KEY")
 # OPTIMIZELY_* variables of Optimizely's own tools that look like a typo of a key.
 OTHER_TOOLS = frozenset({"OPTIMIZELY_SDKKEYS"})  # Optimizely Agent
 
@@ -78,22 +93,6 @@ DEFAULT_MAX_EVENTS_PER_REQUEST: int = _engine_default(
 )
 DEFAULT_SHUTDOWN_TIMEOUT: float = _engine_default(EventSender, "shutdown_timeout")
 
-# Each key and what it takes, for the error messages and docs/configuration.md.
-KEYS: dict[str, str] = {
-    "DATAFILE_PATH": "the path of a datafile (a JSON file)",
-    "DATAFILE": "the datafile's JSON text",
-    "SDK_KEY": "an SDK key (the datafile is then fetched and polled)",
-    "EVENT_ENDPOINT": "a URL (http:// or https://) that receives every event instead of "
-    "Optimizely's endpoint, or None",
-    "FAILED_REQUESTS": "'keep' or 'discard'",
-    "OUTSIDE_SCOPE": "'send', 'drop' or 'raise'",
-    "SHUTDOWN_TIMEOUT": "seconds, a number >= 0",
-    "MAX_EVENTS_PER_REQUEST": "an int >= 1",
-    "CLIENT_OPTIONS": "a dict of keywords for optimizely_middleware.create_client",
-    "CLOSE_AT_EXIT": "True or False",
-    "VISITOR_COOKIE_NAME": "the cookie name of visitor_id(request)",
-    "VISITOR_COOKIE_MAX_AGE": "seconds the visitor cookie lives, an int >= 1",
-}
 # Keys that only one integration reads; elsewhere they are reported, not ignored.
 ONLY_IN = {
     "CLOSE_AT_EXIT": "Flask",
@@ -165,13 +164,20 @@ DJANGO = SettingsSource(
     lambda key: f"settings.OPTIMIZELY[{key!r}]",
     'OPTIMIZELY = {"DATAFILE_PATH": BASE_DIR / "datafile.json"}',
 )
-KEYWORDS = SettingsSource(
-    "Starlette",
-    "the keywords of OptimizelyStarlette",
-    lambda key: key.lower(),
-    lambda key: f"OptimizelyStarlette({key.lower()}=...)",
-    'OptimizelyStarlette(app, datafile_path="datafile.json")',
-)
+
+
+def keywords_of(owner: str) -> SettingsSource:
+    """The keyword arguments of ``owner`` (``OptimizelyStarlette``, ``OptimizelyFastAPI``)."""
+    return SettingsSource(
+        "Starlette",
+        f"the keywords of {owner}",
+        lambda key: key.lower(),
+        lambda key: f"{owner}({key.lower()}=...)",
+        f'{owner}(app, datafile_path="datafile.json")',
+    )
+
+
+KEYWORDS = keywords_of("OptimizelyStarlette")
 ENVIRONMENT = SettingsSource(
     "environment",
     "the environment",
@@ -179,18 +185,6 @@ ENVIRONMENT = SettingsSource(
     lambda key: f"the environment variable {ENV_PREFIX + key}",
     "OPTIMIZELY_DATAFILE_PATH=datafile.json",
 )
-
-
-class NoDatafileError(ConfigurationError):
-    """Neither a datafile nor an SDK key is set anywhere."""
-
-
-def close_match(name: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str | None:
-    """The closest of ``choices`` to ``name`` (case-insensitive), or None."""
-    close = difflib.get_close_matches(name.upper(), [c.upper() for c in choices], 1, cutoff)
-    if not close:
-        return None
-    return next(c for c in choices if c.upper() == close[0])
 
 
 def load_settings(
@@ -267,7 +261,7 @@ def _from_text(key: str, text: str) -> Any:
         try:
             return int(text) if key == "MAX_EVENTS_PER_REQUEST" else float(text)
         except ValueError:
-            raise _problem(key, text, ENVIRONMENT.label(key)) from None
+            raise problem(key, text, ENVIRONMENT.label(key)) from None
     if key == "CLIENT_OPTIONS":
         try:
             return json.loads(text)
@@ -289,32 +283,32 @@ def _parse(
         return merged[key][1] if key in merged else source.label(key)
 
     defaults = OptimizelySettings()
-    sdk_key = _optional_str(value("SDK_KEY"), "SDK_KEY", label("SDK_KEY"))
+    sdk_key = optional_str(value("SDK_KEY"), "SDK_KEY", label("SDK_KEY"))
     checked = OptimizelySettings(
         sdk_key=sdk_key,
-        event_endpoint=_endpoint(value("EVENT_ENDPOINT"), label("EVENT_ENDPOINT")),
+        event_endpoint=endpoint(value("EVENT_ENDPOINT"), label("EVENT_ENDPOINT")),
         failed_requests=cast(
             FailedRequestPolicy,
-            _choice(value("FAILED_REQUESTS"), "FAILED_REQUESTS", label, defaults.failed_requests),
+            choice(value("FAILED_REQUESTS"), "FAILED_REQUESTS", label, defaults.failed_requests),
         ),
         outside_scope=cast(
             OutsideScopePolicy,
-            _choice(value("OUTSIDE_SCOPE"), "OUTSIDE_SCOPE", label, defaults.outside_scope),
+            choice(value("OUTSIDE_SCOPE"), "OUTSIDE_SCOPE", label, defaults.outside_scope),
         ),
-        shutdown_timeout=_number(value("SHUTDOWN_TIMEOUT"), label, defaults.shutdown_timeout),
-        max_events_per_request=_positive_int(
+        shutdown_timeout=number(value("SHUTDOWN_TIMEOUT"), label, defaults.shutdown_timeout),
+        max_events_per_request=positive_int(
             value("MAX_EVENTS_PER_REQUEST"),
             "MAX_EVENTS_PER_REQUEST",
             label,
             defaults.max_events_per_request,
         ),
-        client_options=_client_options(value("CLIENT_OPTIONS"), label("CLIENT_OPTIONS")),
-        close_at_exit=_boolean(value("CLOSE_AT_EXIT"), label("CLOSE_AT_EXIT")),
-        visitor_cookie_name=_optional_str(
+        client_options=client_options(value("CLIENT_OPTIONS"), label("CLIENT_OPTIONS")),
+        close_at_exit=boolean(value("CLOSE_AT_EXIT"), label("CLOSE_AT_EXIT")),
+        visitor_cookie_name=optional_str(
             value("VISITOR_COOKIE_NAME"), "VISITOR_COOKIE_NAME", label("VISITOR_COOKIE_NAME")
         )
         or defaults.visitor_cookie_name,
-        visitor_cookie_max_age=_positive_int(
+        visitor_cookie_max_age=positive_int(
             value("VISITOR_COOKIE_MAX_AGE"),
             "VISITOR_COOKIE_MAX_AGE",
             label,
@@ -323,119 +317,12 @@ def _parse(
         origins={key: where for key, (_, where) in merged.items()},
     )
     # Last, so that a wrong value is reported before a missing datafile.
-    return replace(checked, datafile=_datafile(merged, sdk_key, source, require_datafile))
-
-
-def _problem(key: str, value: Any, label: str, hint: str = "") -> ConfigurationError:
-    return ConfigurationError(f"{label} must be {KEYS[key]}, not {value!r}{hint}")
-
-
-def _optional_str(value: Any, key: str, label: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _problem(key, value, label)
-    return value
-
-
-def _datafile(
-    merged: Mapping[str, tuple[Any, str]],
-    sdk_key: str | None,
-    source: SettingsSource,
-    required: bool,
-) -> str | None:
-    datafile, text_label = merged.get("DATAFILE", (None, ""))
-    path, path_label = merged.get("DATAFILE_PATH", (None, ""))
-    if datafile is not None and path is not None:
-        raise ConfigurationError(f"Both {text_label} and {path_label} are set; keep one of them.")
-    if path is not None:
-        if not isinstance(path, (str, Path)) or not str(path).strip():
-            raise _problem("DATAFILE_PATH", path, path_label)
-        try:
-            datafile = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigurationError(
-                f"{path_label} = {str(path)!r} cannot be read: {reason}. "
-                "Give the path of the datafile JSON (relative paths start from the "
-                f"current directory, {os.getcwd()!r})."
-            ) from exc
-        where = f"the file {str(path)!r} ({path_label})"
-    elif datafile is not None:
-        if isinstance(datafile, bytes):
-            datafile = datafile.decode("utf-8")
-        if not isinstance(datafile, str):
-            raise _problem("DATAFILE", datafile, text_label)
-        where = text_label
-    elif sdk_key is None and required:
+    missing = None
+    if require_datafile:
         names = ", ".join(source.name(key) for key in DATAFILE_SOURCES)
-        raise NoDatafileError(
+        missing = (
             f"optimizely_middleware needs a datafile or an SDK key: set {names} in "
             f"{source.where} (for example {source.example}), or OPTIMIZELY_DATAFILE_PATH "
             "or OPTIMIZELY_SDK_KEY in the environment."
         )
-    else:
-        return None
-    try:
-        json.loads(datafile)
-    except ValueError as exc:
-        empty = " (it is empty)" if not datafile.strip() else ""
-        raise ConfigurationError(
-            f"{where} is not valid JSON{empty}: {exc}. Download the datafile of your "
-            "project's environment from Optimizely (Settings > Environments)."
-        ) from exc
-    return datafile
-
-
-def _endpoint(value: Any, label: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        hint = ""
-        if isinstance(value, str) and "://" not in value and value.strip():
-            hint = f"; did you mean 'http://{value}'?"
-        raise _problem("EVENT_ENDPOINT", value, label, hint)
-    return value
-
-
-def _choice(value: Any, key: str, label: Callable[[str], str], default: str) -> str:
-    if value is None:
-        return default
-    choices = ("keep", "discard") if key == "FAILED_REQUESTS" else ("send", "drop", "raise")
-    if value in choices:
-        return str(value)
-    match = close_match(str(value), choices, cutoff=0.5)
-    hint = f"; did you mean {match!r}?" if match else "."
-    raise _problem(key, value, label(key), hint)
-
-
-def _number(value: Any, label: Callable[[str], str], default: float) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise _problem("SHUTDOWN_TIMEOUT", value, label("SHUTDOWN_TIMEOUT"))
-    return float(value)
-
-
-def _positive_int(value: Any, key: str, label: Callable[[str], str], default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _problem(key, value, label(key))
-    return value
-
-
-def _boolean(value: Any, label: str) -> bool:
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise _problem("CLOSE_AT_EXIT", value, label)
-    return value
-
-
-def _client_options(value: Any, label: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _problem("CLIENT_OPTIONS", value, label)
-    return dict(value)
+    return replace(checked, datafile=checked_datafile(merged, sdk_key, missing))

@@ -29,7 +29,7 @@ from optimizely_middleware.dispatcher import (
     OutsideScopePolicy,
     RequestScopedEventDispatcher,
 )
-from optimizely_middleware.settings import KEYWORDS, load_settings
+from optimizely_middleware.settings import keywords_of, load_settings
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -98,8 +98,9 @@ class OptimizelyStarlette:
         self._given_client = client
         self._environ = environ
         self._values: dict[str, Any] = dict(settings)
+        self._source = keywords_of(type(self).__name__)
         # A misspelt keyword is reported here, before any app is set up.
-        load_settings(self._values, KEYWORDS, environ={}, require_datafile=False)
+        load_settings(self._values, self._source, environ={}, require_datafile=False)
         self._client: Optimizely | None = None
         self._dispatcher: RequestScopedEventDispatcher | None = None
         if app is not None:
@@ -113,7 +114,7 @@ class OptimizelyStarlette:
             )
         settings = load_settings(
             self._values,
-            KEYWORDS,
+            self._source,
             environ=self._environ,
             require_datafile=self._given_client is None,
         )
@@ -161,8 +162,8 @@ def _dispatcher_of(client: Optimizely | None) -> RequestScopedEventDispatcher | 
     dispatcher = getattr(processor, "event_dispatcher", None)
     if not isinstance(dispatcher, RequestScopedEventDispatcher):
         raise TypeError(
-            "OptimizelyStarlette(client=...) needs a client that forwards its events to a "
-            "RequestScopedEventDispatcher (build it with create_client), or pass "
-            "dispatcher= as well."
+            "OptimizelyStarlette(client=...) (or OptimizelyFastAPI) needs a client that "
+            "forwards its events to a RequestScopedEventDispatcher (build it with "
+            "create_client), or pass dispatcher= as well."
         )
     return dispatcher
