@@ -88,22 +88,24 @@ class OptimizelyFlask:
 
     Views reach the client as :data:`current_optimizely` or ``ext.client``.
 
-    Arguments given here win over ``app.config``:
+    The settings are the ``OPTIMIZELY_*`` keys of ``app.config``, then the
+    ``OPTIMIZELY_*`` environment variables (:mod:`optimizely_middleware.settings`;
+    the table is in docs/configuration.md): ``OPTIMIZELY_DATAFILE_PATH``,
+    ``OPTIMIZELY_DATAFILE`` or ``OPTIMIZELY_SDK_KEY``, and
+    ``OPTIMIZELY_EVENT_ENDPOINT``, ``OPTIMIZELY_FAILED_REQUESTS``,
+    ``OPTIMIZELY_OUTSIDE_SCOPE``, ``OPTIMIZELY_MAX_EVENTS_PER_REQUEST``,
+    ``OPTIMIZELY_SHUTDOWN_TIMEOUT``, ``OPTIMIZELY_CLIENT_OPTIONS``,
+    ``OPTIMIZELY_CLOSE_AT_EXIT``. A mistake (an unknown key, a datafile that
+    cannot be used, an endpoint without a scheme) raises
+    :class:`~optimizely_middleware.errors.ConfigurationError` from ``init_app``.
 
-    * ``datafile`` / ``OPTIMIZELY_DATAFILE`` (JSON text) or
-      ``OPTIMIZELY_DATAFILE_PATH``; ``sdk_key`` / ``OPTIMIZELY_SDK_KEY``
-      (polls the datafile; ``OPTIMIZELY_DATAFILE*`` then serves until the
-      first fetch). ``OPTIMIZELY_CLIENT_OPTIONS``: more keywords for
-      :func:`~optimizely_middleware.create_client`.
-    * ``dispatcher``: share one; otherwise one is built from
-      ``OPTIMIZELY_EVENT_ENDPOINT`` (send every event there instead of
-      Optimizely's endpoint), ``OPTIMIZELY_FAILED_REQUESTS`` (``"keep"`` or
-      ``"discard"``), ``OPTIMIZELY_OUTSIDE_SCOPE`` and
-      ``OPTIMIZELY_MAX_EVENTS_PER_REQUEST``.
+    Arguments given here win over both:
+
+    * ``datafile`` (JSON text or a path) and ``sdk_key``: where the datafile
+      comes from.
+    * ``dispatcher``: share one; the dispatcher keys are then not used.
     * ``client``: a client you built; checked for wiring. Without
       ``dispatcher``, the one it forwards to is used.
-    * ``OPTIMIZELY_SHUTDOWN_TIMEOUT`` (default 5 s), ``OPTIMIZELY_CLOSE_AT_EXIT``
-      (default True).
 
     Example::
 

@@ -176,6 +176,8 @@ def _names(annotation: object, kind: type) -> bool:
     if isinstance(annotation, str):
         words = ("Request", "WebSocket", "HTTPConnection", "Response", "Any")
         return any(word in annotation for word in words)
+    if annotation is Any or annotation is object:
+        return True
     if isinstance(annotation, type):
         return issubclass(annotation, kind) or issubclass(kind, annotation)
     return True  # a Union, a TypeVar...: leave it to the call
