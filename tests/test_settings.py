@@ -250,3 +250,13 @@ def test_init_app_twice_is_an_error(endpoint_in_environment: EventEndpoint) -> N
     with pytest.raises(RuntimeError, match="already set up"):
         optimizely.init_app(Starlette())
     optimizely.dispatcher.close(0)
+
+
+def test_a_client_built_by_hand_needs_no_datafile_setting() -> None:
+    from optimizely_middleware import RequestScopedEventDispatcher, create_client
+
+    dispatcher = RequestScopedEventDispatcher()
+    client = create_client(dispatcher, datafile=DATAFILE)
+    optimizely = OptimizelyStarlette(Starlette(), client=client)
+    assert (optimizely.client, optimizely.dispatcher) == (client, dispatcher)
+    dispatcher.close(0)

@@ -4,6 +4,10 @@
 optimizely_middleware.devserver``) and ``OPTIMIZELY_DATAFILE_PATH`` (default:
 ``examples/datafile.json``) come from the environment; leave
 ``EVENT_ENDPOINT`` out in production so the events go to Optimizely.
+
+Every key of ``OPTIMIZELY`` can come from an ``OPTIMIZELY_*`` environment
+variable instead (docs/configuration.md): with ``OPTIMIZELY_SDK_KEY`` set
+there, the ``OPTIMIZELY`` dict can be left out; a key set here wins.
 """
 
 from __future__ import annotations
