@@ -35,8 +35,15 @@ DIST = "optimizely-middleware"
 REPOSITORY = "https://github.com/optimizely-middleware/optimizely-middleware"
 FACES = {
     "flask": ["optimizely_middleware/flask.py"],
-    "starlette": ["optimizely_middleware/starlette.py"],
-    "fastapi": ["optimizely_middleware/starlette.py"],
+    "starlette": [
+        "optimizely_middleware/starlette.py",
+        "optimizely_middleware/starlette_extension.py",
+    ],
+    "fastapi": [
+        "optimizely_middleware/starlette.py",
+        "optimizely_middleware/starlette_extension.py",
+        "optimizely_middleware/fastapi.py",
+    ],
     "django": ["optimizely_middleware/django"],
     "testing": ["optimizely_middleware/pytest_plugin.py"],
 }
