@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_BYTES,
         metavar="SIZE",
         help=f"bytes of POST bodies kept in memory, e.g. 64MiB (default "
-        f"{format_bytes(DEFAULT_MAX_BYTES)}; a parsed body takes about three times its size)",
+        f"{format_bytes(DEFAULT_MAX_BYTES)}; a kept body takes up to about four times its size)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     output = parser.add_mutually_exclusive_group()

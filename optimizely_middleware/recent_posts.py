@@ -31,7 +31,7 @@ class RecentPosts:
     and ``let_go_bytes`` count what was let go since the start (clearing is
     not letting go); ``received``, ``visitors_accepted`` and ``visitors_all``
     count what arrived since the last clear, kept or let go. A kept body
-    costs about three times its size in memory once its JSON is parsed.
+    costs up to about four times its size in memory once its JSON is parsed.
     Not thread-safe: callers hold a lock.
 
     Example::
