@@ -28,15 +28,18 @@ Or embed it (tests, demos)::
         server.wait_for_visitors(3)
         print(server.posts[0].visitors)
 
+It keeps the newest POSTs, up to ``max_posts`` (1000) and ``max_bytes`` of
+bodies (32 MiB), and says how many older ones it let go.
+
 Event payloads carry user ids and attributes, and showing them is the point
-of this tool, so it listens on 127.0.0.1 only unless told otherwise, and the
-inspector answers requests from this machine only.
+of this tool, so it listens on 127.0.0.1 only unless told otherwise, the
+inspector answers requests from this machine only, and a browser's
+cross-origin POST (a page elsewhere sending made-up events) is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import sys
 import threading
@@ -45,21 +48,26 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from optimizely_middleware.devserver_handler import handler_for
 from optimizely_middleware.inspector import EventCounts
 from optimizely_middleware.received import (
+    OutputFormat,
     ReceivedPost,
+    clock,
     describe_conversion,
     describe_decision,
+    format_bytes,
     format_post,
     format_summary,
-    iso_time,
+    render_post,
 )
+from optimizely_middleware.recent_posts import DEFAULT_MAX_BYTES, DEFAULT_MAX_POSTS, RecentPosts
 
 __all__ = [
     "DevServer",
+    "OutputFormat",
     "ReceivedPost",
     "describe_conversion",
     "describe_decision",
@@ -74,8 +82,6 @@ EVENTS_PATH = "/v1/events"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
-OutputFormat = Literal["text", "json", "quiet"]
-
 
 class DevServer:
     """A local event endpoint that records and prints every POST.
@@ -86,7 +92,9 @@ class DevServer:
     endpoint and may be changed while it runs. ``output`` receives the
     readable log (``None`` for silence); ``output_format`` is ``"text"``,
     ``"json"`` (one JSON line per POST) or ``"quiet"`` (one summary line per
-    POST, no user data).
+    POST, no user data). It keeps the newest ``max_posts`` POSTs within
+    ``max_bytes`` of bodies; older ones are let go (the newest is always
+    kept), and :meth:`counts` says how many.
 
     Example::
 
@@ -108,6 +116,8 @@ class DevServer:
         delay: float = 0.0,
         output: TextIO | None = None,
         output_format: OutputFormat = "text",
+        max_posts: int = DEFAULT_MAX_POSTS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if not 100 <= status <= 599:
             raise ValueError(f"status must be an HTTP status code, not {status!r}")
@@ -123,7 +133,8 @@ class DevServer:
         self.delay = delay
         self.output = output
         self.output_format: OutputFormat = output_format
-        self._posts: list[ReceivedPost] = []
+        self._posts = RecentPosts(max_posts, max_bytes)
+        self._refused = 0
         self._cond = threading.Condition()
         self._last_id = 0
         self._generation = 0  # changes when the list is cleared
@@ -241,34 +252,34 @@ class DevServer:
 
     @property
     def posts(self) -> list[ReceivedPost]:
-        """Every POST received so far, oldest first (a copy)."""
+        """The POSTs kept (the newest ones since the last clear), oldest first (a copy)."""
         with self._cond:
             return list(self._posts)
 
     def visitors(self) -> list[dict[str, Any]]:
-        """The visitors of every accepted POST so far."""
+        """The visitors of every accepted POST kept."""
         return [v for post in self.posts if post.accepted for v in post.visitors]
 
     def wait_for_visitors(
         self, n: int, timeout: float | None = None, *, include_rejected: bool = False
     ) -> bool:
-        """Wait until accepted POSTs carry at least ``n`` visitors in all.
+        """Wait until accepted POSTs since the last clear carry at least ``n`` visitors in all.
 
         With ``include_rejected`` POSTs answered with an error count too (a
-        retried POST then counts each time it arrives).
+        retried POST then counts each time it arrives). POSTs let go count.
         """
 
         def enough() -> bool:
-            posts = self._posts if include_rejected else [p for p in self._posts if p.accepted]
-            return sum(len(p.visitors) for p in posts) >= n
+            posts = self._posts
+            return (posts.visitors_all if include_rejected else posts.visitors_accepted) >= n
 
         with self._cond:
             return self._cond.wait_for(enough, timeout)
 
     def wait_for_posts(self, n: int, timeout: float | None = None) -> bool:
-        """Wait until at least ``n`` POSTs (accepted or not) have been answered."""
+        """Wait until at least ``n`` POSTs (accepted or not) were answered since the last clear."""
         with self._cond:
-            return self._cond.wait_for(lambda: len(self._posts) >= n, timeout)
+            return self._cond.wait_for(lambda: self._posts.received >= n, timeout)
 
     def clear(self) -> None:
         """Forget the POSTs received so far (the inspector's counts stay)."""
@@ -287,17 +298,25 @@ class DevServer:
         """Visitors, impressions per variation and conversions per event since the start.
 
         Only accepted POSTs count; :meth:`clear` leaves the counts as they are.
-        ``listed`` is how many POSTs the list holds now.
+        ``listed`` (``listed_bytes``) is what the list holds now, ``let_go``
+        (``let_go_bytes``) what left it to stay within the limits and
+        ``refused_posts`` the browsers' cross-origin POSTs.
         """
         with self._cond:
             counts = self._counts.as_json()
             counts["listed"] = len(self._posts)
+            counts["listed_bytes"] = self._posts.bytes
+            counts["let_go"] = self._posts.let_go
+            counts["let_go_bytes"] = self._posts.let_go_bytes
+            counts["max_posts"] = self._posts.max_posts
+            counts["max_bytes"] = self._posts.max_bytes
+            counts["refused_posts"] = self._refused
             return counts
 
     def post_by_id(self, post_id: int) -> ReceivedPost | None:
-        """The post with this :attr:`ReceivedPost.id`, unless it was cleared."""
+        """The post with this :attr:`ReceivedPost.id`, unless it was cleared or let go."""
         with self._cond:
-            return next((p for p in self._posts if p.id == post_id), None)
+            return self._posts.by_id(post_id)
 
     def posts_after(
         self, since: int, generation: int | None = None, timeout: float = 0.0
@@ -318,10 +337,7 @@ class DevServer:
         with self._cond:
             if timeout > 0:
                 self._cond.wait_for(news, timeout)
-            start = len(self._posts)
-            while start > 0 and self._posts[start - 1].id > since:  # ids only go up
-                start -= 1
-            return self._posts[start:], self._generation, self._last_id
+            return self._posts.after(since), self._generation, self._last_id
 
     # -- called by the handler -----------------------------------------------
 
@@ -330,29 +346,36 @@ class DevServer:
         with self._cond:
             self._last_id += 1
             post.id = self._last_id
-            self._posts.append(post)
+            let_go_now = self._posts.add(post)
+            first_let_go = let_go_now > 0 and self._posts.let_go == let_go_now
             self._counts.add(post)
             self._cond.notify_all()
         self._print(post)
+        if first_let_go:
+            self._note(
+                f"(Memory: keeping the newest {self._posts.max_posts} POSTs within "
+                f"{format_bytes(self._posts.max_bytes)}; older ones are let go from the list "
+                "and the inspector, and counted. --max-posts and --max-bytes change this.)"
+            )
+
+    def _refuse(self, path: str, reason: str) -> None:
+        """Count a browser's cross-origin POST, which is not recorded, and say so."""
+        with self._cond:
+            self._refused += 1
+        self._note(f"{clock(time.time())}  POST {path} refused: {reason}")
+
+    def _note(self, text: str) -> None:
+        """A line for whoever reads the text or quiet output (not the JSON lines)."""
+        if self.output_format != "json":
+            self._write(text)
 
     def _print(self, post: ReceivedPost) -> None:
+        if self.output is not None:
+            self._write(render_post(post, self.output_format))
+
+    def _write(self, text: str) -> None:
         if self.output is None:
             return
-        if self.output_format == "json":
-            text = json.dumps(
-                {
-                    "received_at": iso_time(post.wall_time),
-                    "path": post.path,
-                    "status": post.status,
-                    "problems": post.problems,
-                    "payload": post.payload,
-                },
-                separators=(",", ":"),
-            )
-        elif self.output_format == "quiet":
-            text = format_summary(post)
-        else:
-            text = format_post(post)
         with self._output_lock:
             self.output.write(text + "\n")
             self.output.flush()

@@ -4,6 +4,8 @@ Usage::
 
     optimizely-devserver                       # http://127.0.0.1:8765/ is the inspector
     optimizely-devserver --status 503 --delay 0.5 --quiet
+    optimizely-devserver --max-posts 5000 --max-bytes 256MiB
+    optimizely-devserver --version
 
 See :mod:`optimizely_middleware.devserver` for what the server does.
 """
@@ -11,11 +13,14 @@ See :mod:`optimizely_middleware.devserver` for what the server does.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Any
 
+from optimizely_middleware import __version__
 from optimizely_middleware.devserver import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -23,9 +28,29 @@ from optimizely_middleware.devserver import (
     DevServer,
     OutputFormat,
 )
-from optimizely_middleware.received import status_text
+from optimizely_middleware.received import format_bytes, status_text
+from optimizely_middleware.recent_posts import DEFAULT_MAX_BYTES, DEFAULT_MAX_POSTS
 
-__all__ = ["run"]
+__all__ = ["parse_size", "run"]
+
+_SIZE = re.compile(r"(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"33554432"``, ``"512k"``, ``"32MiB"`` or ``"1G"`` (binary units).
+
+    Example::
+
+        assert parse_size("32MiB") == 32 * 1024 * 1024
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: a number of bytes, or with k, M or G (e.g. 64MiB)"
+        )
+    number, unit = match.groups()
+    return int(number) * _UNITS[unit[:1].lower()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +82,23 @@ def _parser() -> argparse.ArgumentParser:
         default=int(HTTPStatus.NO_CONTENT),
         help="status to answer with (default %(default)s; e.g. 503 or 429 to simulate failures)",
     )
+    parser.add_argument(
+        "--max-posts",
+        type=int,
+        default=DEFAULT_MAX_POSTS,
+        metavar="N",
+        help="POSTs kept in memory for the inspector (default %(default)s); older ones are "
+        "let go, and counted",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help=f"bytes of POST bodies kept in memory, e.g. 64MiB (default "
+        f"{format_bytes(DEFAULT_MAX_BYTES)}; a kept body takes up to about four times its size)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--quiet", action="store_true", help="one summary line per POST, no user data"
@@ -77,6 +119,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             delay=args.delay,
             output=sys.stdout,
             output_format=output_format,
+            max_posts=args.max_posts,
+            max_bytes=args.max_bytes,
         )
     except ValueError as exc:
         print(f"optimizely-devserver: {exc}", file=sys.stderr)
@@ -113,10 +157,33 @@ def run(argv: Sequence[str] | None = None) -> int:
         server.serve_forever()
     except KeyboardInterrupt:
         server.stop()
-        posts = server.posts
-        visitors = sum(len(p.visitors) for p in posts)
-        print(f"\nStopped after {len(posts)} POST(s) with {visitors} visitor(s).", file=notes)
+        print("\n" + stop_summary(server.counts()), file=notes)
     return 0
+
+
+def stop_summary(counts: dict[str, Any]) -> str:
+    """The last line: what arrived, counted as the inspector counts it.
+
+    Events are impressions plus conversions of accepted POSTs; visitors are
+    distinct visitor ids.
+    """
+    events = sum(i["count"] for i in counts["impressions"]) + sum(
+        c["count"] for c in counts["conversions"]
+    )
+    line = (
+        f"Stopped after {counts['posts']} POST(s): {events} event(s) "
+        f"from {counts['visitors']} visitor(s)"
+    )
+    if counts["rejected_posts"]:
+        line += f"; {counts['rejected_posts']} POST(s) answered with an error"
+    if counts["refused_posts"]:
+        line += f"; {counts['refused_posts']} browser POST(s) refused"
+    if counts["let_go"]:
+        line += (
+            f"; {counts['let_go']} older POST(s) were let go from memory "
+            f"(keeping {counts['max_posts']} within {format_bytes(counts['max_bytes'])})"
+        )
+    return line + "."
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -1,7 +1,8 @@
 """The devserver's HTTP handler: event POSTs in, the inspector's page and API out.
 
-Every path accepts POSTs, which are recorded by the :class:`DevServer`; GET
-and DELETE go to :func:`optimizely_middleware.inspector.handle_inspector`.
+Every path accepts POSTs, which are recorded by the :class:`DevServer`
+unless a browser page on another origin sent them; GET and DELETE go to
+:func:`optimizely_middleware.inspector.handle_inspector`.
 Usage (what :meth:`DevServer.bind` does)::
 
     server = ThreadingHTTPServer((host, port), handler_for(devserver))
@@ -15,7 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
-from optimizely_middleware.inspector import handle_inspector
+from optimizely_middleware.inspector import browser_post_refusal, handle_inspector
 from optimizely_middleware.received import ReceivedPost
 from optimizely_middleware.validation import payload_errors
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from optimizely_middleware.devserver import DevServer
 
 __all__ = ["handler_for"]
+
+# A refused POST's body is read (and dropped) up to this size, so its
+# connection stays usable; a larger one closes the connection.
+MAX_REFUSED_BODY = 4 * 1024 * 1024
 
 
 def handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
@@ -41,11 +46,26 @@ def handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
             super().finish()
 
         def do_POST(self) -> None:
+            refusal = browser_post_refusal(
+                self.headers.get("Origin"),
+                self.headers.get("Sec-Fetch-Site"),
+                devserver.host,
+                devserver.port,
+            )
             length_header = self.headers.get("Content-Length")
-            if length_header is None or not length_header.isdigit():
+            length = int(length_header) if length_header and length_header.isdigit() else None
+            if refusal is not None:
+                if length is not None and length <= MAX_REFUSED_BODY:
+                    self.rfile.read(length)  # read and dropped: the connection stays usable
+                else:
+                    self.close_connection = True
+                devserver._refuse(self.path, refusal)
+                self._answer_json(HTTPStatus.FORBIDDEN, {"error": refusal})
+                return
+            if length is None:
                 self._answer(HTTPStatus.LENGTH_REQUIRED)
                 return
-            body = self.rfile.read(int(length_header))
+            body = self.rfile.read(length)
             received_at, wall_time = time.monotonic(), time.time()
             payload: Any = None
             try:
@@ -111,6 +131,16 @@ def handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(text)))
             self.end_headers()
             self.wfile.write(text)
+
+        def _answer_json(self, status: int, value: Any) -> None:
+            body = json.dumps(value).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
 
         def _answer(self, status: int) -> None:
             self.send_response(status)

@@ -21,7 +21,10 @@ in the answer changes when the list is cleared. Example::
 
 Payloads carry user ids and attributes: the page and the API answer only
 requests from this machine (loopback peer and a local ``Host``), whatever
-address the server listens on.
+address the server listens on. For the same reason a page in a browser may
+not POST events to the devserver from another origin
+(:func:`browser_post_refusal`); SDKs and servers send no ``Origin`` and are
+not affected.
 """
 
 from __future__ import annotations
@@ -43,7 +46,14 @@ if TYPE_CHECKING:
     from optimizely_middleware.devserver import DevServer
     from optimizely_middleware.received import ReceivedPost
 
-__all__ = ["EventCounts", "InspectorResponse", "PostFilter", "handle_inspector", "post_json"]
+__all__ = [
+    "EventCounts",
+    "InspectorResponse",
+    "PostFilter",
+    "browser_post_refusal",
+    "handle_inspector",
+    "post_json",
+]
 
 MAX_WAIT = 30.0
 DEFAULT_LIMIT = 200
@@ -195,7 +205,7 @@ def post_json(post: ReceivedPost, post_filter: PostFilter | None = None) -> dict
         "accepted": post.accepted,
         "bytes": len(post.body),
         "visitor_count": len(visitors),
-        "event_count": sum(len(v.impressions) + len(v.conversions) for v in visitors),
+        "event_count": post.event_count,
         "envelope": {k: v for k, v in payload.items() if k != "visitors"},
         "problems": list(post.problems),
         "visitors": [_visitor_json(v) for v in shown],
@@ -231,7 +241,7 @@ def handle_inspector(
         post_id = path[len("/api/posts/") : -len("/raw")]
         post = server.post_by_id(int(post_id)) if post_id.isdigit() else None
         if post is None:
-            return _json(HTTPStatus.NOT_FOUND, {"error": "no such post (cleared?)"})
+            return _json(HTTPStatus.NOT_FOUND, {"error": "no such post (cleared, or let go)"})
         is_json = post.payload is not None
         content_type = "application/json" if is_json else "text/plain; charset=utf-8"
         return InspectorResponse(HTTPStatus.OK, content_type, post.body)
@@ -309,6 +319,44 @@ def _refusal(peer: str, host_header: str | None, server_host: str) -> str | None
             # A page elsewhere whose name resolves to 127.0.0.1 (DNS rebinding).
             return f"open the inspector at 127.0.0.1 or localhost, not {name!r}"
     return None
+
+
+def browser_post_refusal(
+    origin: str | None, fetch_site: str | None, server_host: str, server_port: int
+) -> str | None:
+    """Why a POST sent by a browser page must be refused, or ``None`` when it may be taken.
+
+    Browsers say where a request comes from: ``Origin`` (on every POST) and
+    ``Sec-Fetch-Site``. A page on another origin, a ``null`` origin
+    (sandboxed frames, ``file:``) or another site of this host (another
+    port) is refused. SDKs and the package's sender send neither header.
+
+    Example::
+
+        browser_post_refusal("http://evil.example", "cross-site", "127.0.0.1", 8765)
+        # "browser pages elsewhere may not send events here (Origin 'http://evil.example')"
+    """
+    if fetch_site is not None and fetch_site.strip().lower() not in ("same-origin", "none"):
+        where = f"Origin {origin!r}" if origin else f"Sec-Fetch-Site {fetch_site!r}"
+        return f"browser pages elsewhere may not send events here ({where})"
+    if origin is None:
+        return None
+    scheme, _, authority = origin.strip().partition("://")
+    name, port = _split_authority(authority)
+    local = name.lower() in LOOPBACK_NAMES | {server_host.lower()}
+    if scheme.lower() == "http" and local and port == server_port:
+        return None
+    return f"browser pages elsewhere may not send events here (Origin {origin!r})"
+
+
+def _split_authority(authority: str) -> tuple[str, int | None]:
+    """``("::1", 8765)`` from ``"[::1]:8765"``; the port is None when absent or not a number."""
+    if authority.startswith("["):
+        name, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = authority.partition(":")
+    return name, int(port) if port.isdigit() else None
 
 
 def _json(status: int, value: Any) -> InspectorResponse:

@@ -12,12 +12,13 @@ one parser, so the terminal, the inspector page and the testing kit agree.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 from optimizely_middleware.payloads import (
     VisitorEvents,
@@ -29,14 +30,21 @@ from optimizely_middleware.payloads import (
 from optimizely_middleware.payloads import describe_conversion as _describe_conversion
 
 __all__ = [
+    "OutputFormat",
     "ReceivedPost",
+    "clock",
     "describe_conversion",
     "describe_decision",
+    "format_bytes",
     "format_post",
     "format_summary",
     "iso_time",
+    "render_post",
     "status_text",
 ]
+
+# What the devserver prints per POST: readable text, one JSON line, or one summary line.
+OutputFormat = Literal["text", "json", "quiet"]
 
 
 @dataclass
@@ -67,13 +75,29 @@ class ReceivedPost:
         return []
 
     @property
+    def event_count(self) -> int:
+        """The impressions and conversions the batch carries (what the inspector counts)."""
+        return sum(len(v.impressions) + len(v.conversions) for v in self.visitor_events)
+
+    @property
     def accepted(self) -> bool:
         """True when the server answered 2xx, so the sender counts it as delivered."""
         return 200 <= self.status < 300
 
 
-def _clock(wall_time: float) -> str:
+def clock(wall_time: float) -> str:
+    """``HH:MM:SS.mmm`` in local time, as the terminal output shows arrivals."""
     return datetime.fromtimestamp(wall_time).strftime("%H:%M:%S.%f")[:-3]
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes for people: ``"512 bytes"``, ``"1.5 KiB"``, ``"32 MiB"``."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            break
+        size /= 1024
+    return f"{n} bytes" if unit == "bytes" else f"{size:.3g} {unit}"
 
 
 def iso_time(wall_time: float) -> str:
@@ -87,13 +111,27 @@ def status_text(status: int) -> str:
         return str(status)
 
 
+def render_post(post: ReceivedPost, output_format: OutputFormat) -> str:
+    """What the devserver prints for ``post`` in ``output_format`` (no final newline)."""
+    if output_format == "quiet":
+        return format_summary(post)
+    if output_format == "text":
+        return format_post(post)
+    line = {
+        "received_at": iso_time(post.wall_time),
+        "path": post.path,
+        "status": post.status,
+        "problems": post.problems,
+        "payload": post.payload,
+    }
+    return json.dumps(line, separators=(",", ":"))
+
+
 def format_summary(post: ReceivedPost) -> str:
     """One line for a POST: arrival time, path, batch size and the answer."""
-    visitors = post.visitors
-    n_events = sum(len(s.get("events", [])) for v in visitors for s in v.get("snapshots", []))
     return (
-        f"{_clock(post.wall_time)}  POST {post.path}  {len(visitors)} visitor(s), "
-        f"{n_events} event(s), {len(post.body)} bytes -> {status_text(post.status)}"
+        f"{clock(post.wall_time)}  POST {post.path}  {len(post.visitors)} visitor(s), "
+        f"{post.event_count} event(s), {len(post.body)} bytes -> {status_text(post.status)}"
     )
 
 

@@ -19,16 +19,83 @@ import logging
 import re
 from typing import Any
 
+from optimizely.helpers.enums import Errors
 from optimizely.logger import BaseLogger
 
-__all__ = ["SDK_LOGGER_NAME", "SDKLogger"]
+__all__ = ["SDK_LOGGER_NAME", "SDK_TEMPLATES", "SDKLogger", "SDKTemplate", "redact_sdk_line"]
 
 SDK_LOGGER_NAME = "optimizely_middleware.sdk"
 
-# A quoted user id in an SDK line ('... for user "user-1".'); and the SDK's
-# line that prints a whole LogEvent (visitor ids, attributes, tags).
-_QUOTED_USER = re.compile(r'(\buser\s+)"[^"]*"', re.IGNORECASE)
-_PAYLOAD_LINE = "Error dispatching event:"
+REDACTED = "<redacted>"
+
+
+class SDKTemplate:
+    """One of the SDK's WARNING or ERROR lines that carries a visitor's data.
+
+    The SDK formats the data into the line, so the line is ``prefix``, the
+    data, then ``suffix``, both the SDK's own text: everything between them
+    is the data, whatever characters it holds (quotes, backslashes,
+    newlines, or the suffix itself).
+
+    Example::
+
+        template = SDKTemplate('Unable to save user profile for user "{}".')
+        assert template.redact('Unable to save user profile for user "a"b".') == (
+            'Unable to save user profile for user "<redacted>".'
+        )
+    """
+
+    __slots__ = ("prefix", "suffix")
+
+    def __init__(self, template: str) -> None:
+        self.prefix, placeholder, self.suffix = template.partition("{}")
+        if not placeholder:
+            raise ValueError(f"an SDK template needs one {{}}: {template!r}")
+
+    def redact(self, text: str) -> str | None:
+        """``text`` with the data replaced by ``<redacted>``; None if it is another line."""
+        prefix, suffix = self.prefix, self.suffix
+        if (
+            len(text) >= len(prefix) + len(suffix)
+            and text.startswith(prefix)
+            and text.endswith(suffix)
+        ):
+            return prefix + REDACTED + suffix
+        return None
+
+
+# The SDK's (5.x) WARNING and ERROR lines that carry a visitor id or a payload.
+# Where the SDK adds an exception's text after the id (a user profile service's,
+# which may repeat the id), the suffix is the line's end and that text goes too.
+SDK_TEMPLATES: tuple[SDKTemplate, ...] = tuple(
+    SDKTemplate(template)
+    for template in (
+        'Unable to retrieve user profile for user "{}" as lookup failed.',
+        'Unable to save user profile for user "{}".',
+        'Failed to save user profile of user "{}".',  # ... "{id}" for exception:{exc}".
+        "Error dispatching event: {}",  # the whole LogEvent, then the error
+        Errors.ODP_EVENT_FAILED,  # "ODP event send failed ({})." with a batch of identifiers
+    )
+)
+
+# A line of another SDK version that names a user: everything from the first
+# quote after "user" to the line's last quote goes (more than the id, never less).
+_QUOTED_USER = re.compile(r'(\buser\s+)".*"', re.IGNORECASE | re.DOTALL)
+
+
+def redact_sdk_line(text: str) -> str:
+    """``text`` without the visitor data the SDK put in it (see :data:`SDK_TEMPLATES`).
+
+    Example::
+
+        redact_sdk_line('Unable to save user profile for user "a"b".')
+        # 'Unable to save user profile for user "<redacted>".'
+    """
+    for template in SDK_TEMPLATES:
+        redacted = template.redact(text)
+        if redacted is not None:
+            return redacted
+    return _QUOTED_USER.sub(rf'\1"{REDACTED}"', text)
 
 
 class SDKLogger(BaseLogger):
@@ -37,9 +104,9 @@ class SDKLogger(BaseLogger):
     The SDK logs visitor ids, attributes and event payloads at INFO and
     DEBUG. Its lines go to the ``optimizely_middleware.sdk`` logger: INFO
     lines are logged at DEBUG there (so an app logging at INFO gets none of
-    them), and WARNING and ERROR lines keep their level with quoted user
-    ids and payloads replaced by ``<redacted>`` (the full line is logged
-    at DEBUG too). A line costs nothing unless its level is enabled.
+    them), and WARNING and ERROR lines keep their level with visitor ids
+    and payloads replaced by ``<redacted>``, whatever characters an id
+    holds (the full line is logged at DEBUG too). A line costs nothing unless its level is enabled.
 
     Example::
 
@@ -58,10 +125,7 @@ class SDKLogger(BaseLogger):
         if not target.isEnabledFor(level):
             return
         text = str(message) % args if args else str(message)
-        if text.startswith(_PAYLOAD_LINE):
-            redacted = _PAYLOAD_LINE + " <redacted>"
-        else:
-            redacted = _QUOTED_USER.sub(r'\1"<redacted>"', text)
+        redacted = redact_sdk_line(text)
         if redacted != text:
             # The traceback may carry the same data: it goes with the full line only.
             if target.isEnabledFor(logging.DEBUG):

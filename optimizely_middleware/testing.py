@@ -18,6 +18,12 @@ wire payload (after batching and serialisation); a request-end listener groups
 what each request produced. Every read flushes the senders first, so a test
 never races the worker thread, and every POST is checked against the event
 API's shape (see :mod:`optimizely_middleware.validation`).
+
+A test that never reads a response body still sees that request's events:
+a read first hands over the requests of the test's own test client calls
+whose body is still unread (see :mod:`optimizely_middleware.unread_responses`),
+and so does the end of the capture, so no request of one test is handed
+over during another.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from optimizely_middleware.payloads import (
     impressions_in,
 )
 from optimizely_middleware.transport import Transport, TransportResponse
+from optimizely_middleware.unread_responses import UnreadResponses
 from optimizely_middleware.validation import InvalidEventPayload
 
 if TYPE_CHECKING:
@@ -120,6 +127,7 @@ class EventCapture(EventAssertions):
         self._dispatchers: dict[int, RequestScopedEventDispatcher] = {}
         self._reported_invalid = 0
         self._installed = False
+        self._unread: UnreadResponses | None = None
 
     # -- installing ----------------------------------------------------------
 
@@ -138,6 +146,8 @@ class EventCapture(EventAssertions):
             for sender in iter_senders():
                 _route_sender(sender)
         add_request_end_listener(self._on_request_end)
+        # Test clients run the app on the thread that installs the capture.
+        self._unread = UnreadResponses().install()
         return self
 
     def uninstall(self) -> None:
@@ -151,6 +161,8 @@ class EventCapture(EventAssertions):
         if not self._installed:
             return
         try:
+            # flush() hands over the test's unread responses, so that none is
+            # handed over (garbage collected) during a later test.
             if not self.flush():
                 logger.warning(
                     "Optimizely events were still queued %.1fs after the test; "
@@ -158,6 +170,9 @@ class EventCapture(EventAssertions):
                     self.flush_timeout,
                 )
         finally:
+            if self._unread is not None:
+                self._unread.uninstall()
+                self._unread = None
             remove_request_end_listener(self._on_request_end)
             with _installed_lock:
                 _installed.remove(self)
@@ -205,9 +220,14 @@ class EventCapture(EventAssertions):
     # -- reading -------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every sender has POSTed what it was handed; True if all did in time."""
+        """Wait until every sender has POSTed what it was handed; True if all did in time.
+
+        The requests of the test's responses whose body is still unread are
+        handed over first.
+        """
         from optimizely_middleware.sender import iter_senders
 
+        self._hand_over_unread()
         timeout = self.flush_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         sinks: dict[int, EventSink] = {id(s): s for s in iter_senders()}
@@ -219,6 +239,11 @@ class EventCapture(EventAssertions):
         for sink in sinks.values():
             done = sink.flush(max(0.0, deadline - time.monotonic())) and done
         return done
+
+    def _hand_over_unread(self) -> None:
+        unread = self._unread
+        if unread is not None:
+            unread.hand_over()
 
     def check(self) -> None:
         """Raise :class:`InvalidEventPayload` for POSTs not yet reported as invalid."""
@@ -294,6 +319,7 @@ class EventCapture(EventAssertions):
         """
         __tracebackhide__ = True
         timeout = self.flush_timeout if timeout is None else timeout
+        self._hand_over_unread()
         with self._lock:
             ended = self._lock.wait_for(lambda: len(self._requests) >= count, timeout)
             seen = len(self._requests)

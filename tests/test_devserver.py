@@ -18,6 +18,7 @@ from typing import IO
 import pytest
 import requests
 
+import optimizely_middleware
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 from optimizely_middleware.devserver import (
     DevServer,
@@ -26,6 +27,7 @@ from optimizely_middleware.devserver import (
     describe_decision,
     format_post,
 )
+from optimizely_middleware.devserver_cli import parse_size
 
 WAIT = 20.0
 
@@ -230,6 +232,115 @@ def test_rejects_invalid_options() -> None:
         DevServer(status=42)
     with pytest.raises(ValueError, match="delay"):
         DevServer(delay=-1)
+    with pytest.raises(ValueError, match="max_posts"):
+        DevServer(max_posts=0)
+    with pytest.raises(ValueError, match="max_bytes"):
+        DevServer(max_bytes=0)
+
+
+# -- memory -------------------------------------------------------------------------
+
+
+def post_visitor(server: DevServer, visitor_id: str, padding: int = 0) -> requests.Response:
+    """One POST of one visitor; ``padding`` bytes of attribute make the body bigger."""
+    body = {
+        "account_id": "10001",
+        "visitors": [{"visitor_id": visitor_id, "note": "x" * padding, "snapshots": []}],
+    }
+    return requests.post(server.url, json=body, timeout=WAIT)
+
+
+def test_keeps_the_newest_posts_up_to_a_count() -> None:
+    output = io.StringIO()
+    with DevServer(port=0, output=output, output_format="quiet", max_posts=3) as server:
+        for n in range(5):
+            assert post_visitor(server, f"user-{n}").status_code == 204
+        assert [v["visitor_id"] for v in server.visitors()] == ["user-2", "user-3", "user-4"]
+        assert [p.id for p in server.posts] == [3, 4, 5]
+        counts = server.counts()
+        assert (counts["listed"], counts["let_go"], counts["posts"]) == (3, 2, 5)
+        assert counts["let_go_bytes"] == sum(len(p.body) for p in server.posts[:2])
+        assert counts["visitors"] == 5  # the counts since the start keep what was let go
+        assert server.post_by_id(1) is None and server.post_by_id(5) is not None
+        # What arrived counts for the waits, kept or not.
+        assert server.wait_for_posts(5, 0) and server.wait_for_visitors(5, 0)
+    notes = [line for line in output.getvalue().splitlines() if "let go" in line]
+    assert notes == [
+        "(Memory: keeping the newest 3 POSTs within 32 MiB; older ones are let go from the "
+        "list and the inspector, and counted. --max-posts and --max-bytes change this.)"
+    ]
+
+
+def test_keeps_the_newest_posts_within_a_byte_budget() -> None:
+    with DevServer(port=0, max_bytes=25_000) as server:
+        for n in range(4):
+            post_visitor(server, f"user-{n}", padding=10_000)
+        kept = server.posts
+        assert [v["visitor_id"] for p in kept for v in p.visitors] == ["user-2", "user-3"]
+        counts = server.counts()
+        assert counts["listed_bytes"] == sum(len(p.body) for p in kept) <= 25_000
+        assert counts["let_go"] == 2 and counts["max_bytes"] == 25_000
+
+        # One POST over the whole budget is kept, alone: the newest is always there.
+        post_visitor(server, "big", padding=30_000)
+        assert [v["visitor_id"] for p in server.posts for v in p.visitors] == ["big"]
+        assert server.counts()["let_go"] == 4
+
+
+def test_memory_stays_bounded_under_big_posts() -> None:
+    """The issue's case: 1.2 MB POSTs, many of them; what is kept stays within the budget."""
+    budget = 4 * 1024 * 1024
+    with DevServer(port=0, max_bytes=budget) as server:
+        for n in range(12):
+            post_visitor(server, f"user-{n}", padding=1_200_000)
+        assert server.counts()["listed_bytes"] <= budget
+        assert len(server.posts) == 3 and server.counts()["let_go"] == 9
+
+
+# -- browsers ----------------------------------------------------------------------
+
+
+def test_a_cross_origin_post_from_a_browser_page_is_refused_and_not_stored(
+    devserver: DevServer, datafile: str
+) -> None:
+    own = f"http://127.0.0.1:{devserver.port}"
+    foreign = [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": f"http://localhost:{devserver.port + 1}"},  # another port: another origin
+        {"Origin": f"http://evil.example:{devserver.port}"},  # DNS rebinding
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": f"http://localhost:{devserver.port + 1}"},
+    ]
+    with requests.Session() as session:  # one connection: a refusal leaves it usable
+        for headers in foreign:
+            response = post_as(session, devserver, headers, "made-up")
+            assert response.status_code == 403, headers
+            assert "browser pages elsewhere may not send events here" in response.json()["error"]
+        assert devserver.posts == [] and devserver.counts()["posts"] == 0
+        assert devserver.counts()["refused_posts"] == len(foreign)
+        # The page itself (same origin) and a browser's direct request are not refused.
+        assert post_as(session, devserver, {"Origin": own}, "same-origin").status_code == 204
+        assert post_as(session, devserver, {"Sec-Fetch-Site": "none"}, "typed").status_code == 204
+
+    # The SDK through the package's sender sends no Origin: its events arrive.
+    dispatcher = send_request_events(devserver, datafile)
+    dispatcher.close(WAIT)
+    assert devserver.wait_for_visitors(5, WAIT)
+    ids = [v["visitor_id"] for v in devserver.visitors()]
+    assert "made-up" not in ids and ids[:2] == ["same-origin", "typed"]
+    assert isinstance(devserver.output, io.StringIO)
+    refused = [line for line in devserver.output.getvalue().splitlines() if "refused" in line]
+    assert len(refused) == len(foreign)
+    assert "POST /v1/events refused: browser pages elsewhere" in refused[0]
+    assert "'http://evil.example'" in refused[0]
+
+
+def post_as(
+    session: requests.Session, server: DevServer, headers: dict[str, str], visitor_id: str
+) -> requests.Response:
+    body = {"account_id": "10001", "visitors": [{"visitor_id": visitor_id, "snapshots": []}]}
+    return session.post(server.url, json=body, headers=headers, timeout=WAIT)
 
 
 # -- the command ------------------------------------------------------------------
@@ -326,7 +437,8 @@ def test_command_prints_each_post_and_stops_cleanly(command: list[Command], data
     assert "visitor 'user-7'  plan='free'" in printed
     assert "decision    new_checkout: new_checkout_test (feature-test) ->" in printed
     assert cmd.stop() == 0
-    assert "with 2 visitor(s)." in cmd.read_until(cmd.stderr, "Stopped after ")[-1]
+    stopped = cmd.read_until(cmd.stderr, "Stopped after ")[-1]
+    assert stopped == "Stopped after 1 POST(s): 2 event(s) from 1 visitor(s)."
 
 
 def test_command_says_it_listens_on_localhost_only(command: list[Command]) -> None:
@@ -387,6 +499,71 @@ def test_command_help_lists_the_options() -> None:
         timeout=WAIT,
     )
     assert result.returncode == 0
-    for option in ("--host", "--port", "--delay", "--status", "--quiet", "--json"):
+    for option in (
+        "--host",
+        "--port",
+        "--delay",
+        "--status",
+        "--quiet",
+        "--json",
+        "--max-posts",
+        "--max-bytes",
+        "--version",
+    ):
         assert option in result.stdout
     assert "inspector page at /" in result.stdout
+
+
+def test_command_keeps_posts_within_the_limits_it_is_given(command: list[Command]) -> None:
+    cmd = Command("--port", "0", "--quiet", "--max-posts", "2", "--max-bytes", "1MiB")
+    command.append(cmd)
+    server_url = cmd.url()
+    with requests.Session() as session:
+        for visitor_id in ("ann", "ann", "bea"):
+            body = {"account_id": "1", "visitors": [{"visitor_id": visitor_id, "snapshots": []}]}
+            assert session.post(server_url, json=body, timeout=WAIT).status_code == 204
+        stats = session.get(server_url.replace("/v1/events", "/api/stats"), timeout=WAIT).json()
+    assert (stats["max_posts"], stats["max_bytes"], stats["let_go"]) == (2, 1024 * 1024, 1)
+    note = cmd.read_until(cmd.stdout, "(Memory: ")[-1]
+    assert note.startswith("(Memory: keeping the newest 2 POSTs within 1 MiB;")
+    assert cmd.stop() == 0
+    assert cmd.read_until(cmd.stderr, "Stopped after ")[-1] == (
+        "Stopped after 3 POST(s): 0 event(s) from 2 visitor(s); 1 older POST(s) were let go "
+        "from memory (keeping 2 within 1 MiB)."
+    )
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        [sys.executable, "-m", "optimizely_middleware.devserver"],
+        [str(Path(sys.executable).with_name("optimizely-devserver"))],
+    ],
+    ids=["module", "script"],
+)
+def test_command_prints_its_version(program: list[str]) -> None:
+    result = subprocess.run(
+        [*program, "--version"], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"optimizely-devserver {optimizely_middleware.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1000", 1000), ("512k", 512 * 1024), ("32MiB", 32 * 1024**2), ("1 GB", 1024**3)],
+)
+def test_sizes_are_read_in_binary_units(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_a_size_that_is_not_one_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "optimizely_middleware.devserver", "--max-bytes", "lots"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "'lots' is not a size" in result.stderr

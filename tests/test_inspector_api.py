@@ -18,7 +18,7 @@ import requests
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client, payloads
 from optimizely_middleware import testing as testing_kit
 from optimizely_middleware.devserver import DevServer
-from optimizely_middleware.inspector import handle_inspector
+from optimizely_middleware.inspector import browser_post_refusal, handle_inspector
 
 ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "optimizely_middleware"
@@ -243,6 +243,22 @@ def test_raw_body_is_the_bytes_that_arrived(devserver: DevServer) -> None:
     assert gone.status_code == 404
 
 
+def test_the_api_says_how_many_posts_were_let_go() -> None:
+    with DevServer(port=0, max_posts=2, max_bytes=10_000) as server:
+        for n in range(3):
+            requests.post(server.url, json={"visitors": [{"visitor_id": f"v{n}"}]}, timeout=WAIT)
+        listing = api(server, "api/posts")
+        assert visitor_ids(listing) == ["v2", "v1"]
+        stats = listing["stats"]
+        assert (stats["listed"], stats["let_go"], stats["posts"]) == (2, 1, 3)
+        assert stats["let_go_bytes"] == len(b'{"visitors": [{"visitor_id": "v0"}]}')
+        assert (stats["max_posts"], stats["max_bytes"]) == (2, 10_000)
+        assert stats["listed_bytes"] == sum(len(p.body) for p in server.posts)
+        assert api(server, "api/stats")["let_go"] == 1
+        gone = requests.get(f"{server.inspector_url}api/posts/1/raw", timeout=WAIT)
+        assert gone.status_code == 404 and "let go" in gone.json()["error"]
+
+
 def test_a_foreign_host_name_is_refused(devserver: DevServer) -> None:
     # A page elsewhere whose name resolves to 127.0.0.1 (DNS rebinding) must not read payloads.
     requests.post(devserver.url, json={"visitors": [{"visitor_id": "secret"}]}, timeout=WAIT)
@@ -326,3 +342,27 @@ def test_one_parser_for_devserver_and_testing_kit() -> None:
         if payloads.IMPRESSION_EVENT_KEY in path.read_text()
     ]
     assert spelled == ["payloads.py"]
+
+
+@pytest.mark.parametrize(
+    ("origin", "fetch_site", "refused"),
+    [
+        (None, None, False),  # an SDK, the package's sender, curl
+        ("http://127.0.0.1:8765", "same-origin", False),
+        ("http://localhost:8765", None, False),
+        ("http://[::1]:8765", None, False),
+        (None, "none", False),  # typed in the address bar
+        ("https://127.0.0.1:8765", None, True),
+        ("http://127.0.0.1:8766", None, True),
+        ("http://127.0.0.1", None, True),
+        ("http://evil.example:8765", None, True),
+        ("null", None, True),
+        (None, "same-site", True),
+        (None, "cross-site", True),
+    ],
+)
+def test_which_browser_posts_are_refused(
+    origin: str | None, fetch_site: str | None, refused: bool
+) -> None:
+    reason = browser_post_refusal(origin, fetch_site, "127.0.0.1", 8765)
+    assert (reason is not None) is refused

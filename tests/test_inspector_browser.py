@@ -52,12 +52,12 @@ if CHROMIUM.exists():  # selenium is a dev dependency; only import it where it c
 class Shop:
     """The devserver plus the WSGI example app whose events it receives."""
 
-    def __init__(self, datafile: str) -> None:
+    def __init__(self, datafile: str, max_posts: int = 1000) -> None:
         spec = importlib.util.spec_from_file_location("wsgi_app", ROOT / "examples" / "wsgi_app.py")
         assert spec is not None and spec.loader is not None
         example = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(example)
-        self.devserver = DevServer(port=0, output=io.StringIO()).start()
+        self.devserver = DevServer(port=0, output=io.StringIO(), max_posts=max_posts).start()
         self.dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=self.devserver.url))
         app = example.create_app(self.dispatcher, datafile)
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -243,8 +243,9 @@ def test_filters_narrow_the_list_live(browser: WebDriver, shop: Shop) -> None:
     # With a filter set, matching events still arrive live, and others stay out.
     type_filter(browser, "flag", "")
     type_filter(browser, "visitor", "dave")
-    until(browser, lambda: browser.find_element(By.ID, "empty").is_displayed())
-    assert "matches the filters" in browser.find_element(By.ID, "empty").text
+    until(browser, lambda: browser.find_element(By.ID, "no-match").is_displayed())
+    assert "matches the filters" in browser.find_element(By.ID, "no-match").text
+    assert not browser.find_element(By.ID, "empty").is_displayed()
     shop.visit("erin", "/")
     shop.visit("dave", "/buy")
     shop.delivered(7)
@@ -267,6 +268,55 @@ def test_clear_button_empties_the_list(browser: WebDriver, shop: Shop) -> None:
 
     shop.visit("bob", "/")
     until(browser, lambda: ids_shown(browser) == ["bob"], "a new event after the clear")
+
+
+def test_the_page_says_it_is_loading_until_the_first_answer(browser: WebDriver, shop: Shop) -> None:
+    shop.visit("alice", "/")
+    shop.delivered(1)
+    # Chromium blocks the page's API requests: the page is up, and no answer has come.
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/api/*"]})
+    try:
+        browser.set_window_size(1280, 860)
+        browser.get(shop.devserver.inspector_url)
+        live = browser.find_element(By.ID, "live")
+        until(browser, lambda: live.get_attribute("data-state") == "offline", "a blocked request")
+        loading = browser.find_element(By.ID, "loading")
+        assert loading.is_displayed() and "Loading" in loading.text
+        assert not browser.find_element(By.ID, "empty").is_displayed()
+        for name in ("visitors", "impressions", "conversions", "posts"):
+            assert browser.find_element(By.ID, f"count-{name}").text == "…", name
+        assert "0" not in browser.find_element(By.CLASS_NAME, "totals").text
+        assert "None yet" not in browser.find_element(By.ID, "breakdown").text
+        screenshot(browser, "inspector-loading.png")
+    finally:
+        browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        browser.execute_cdp_cmd("Network.disable", {})
+    until(browser, lambda: ids_shown(browser) == ["alice"], "the first answer")
+    assert not browser.find_element(By.ID, "loading").is_displayed()
+    assert browser.find_element(By.ID, "count-visitors").text == "1"
+
+    # An empty list after the first answer says so (and says nothing is loading).
+    browser.find_element(By.ID, "clear").click()
+    until(browser, lambda: browser.find_element(By.ID, "empty").is_displayed())
+    assert not browser.find_element(By.ID, "loading").is_displayed()
+
+
+def test_the_page_says_how_many_posts_were_let_go(browser: WebDriver, datafile: str) -> None:
+    shop = Shop(datafile, max_posts=2)
+    try:
+        for user in ("alice", "bob", "carol"):
+            shop.visit(user, "/")
+            shop.delivered(1)  # one POST each
+        open_inspector(browser, shop)
+        until(browser, lambda: ids_shown(browser) == ["carol", "bob"])
+        note = browser.find_element(By.ID, "let-go")
+        assert note.is_displayed()
+        assert note.text.startswith("1 older POST (")
+        assert "let go to bound memory: the list keeps the newest 2 within 32.0 MiB" in note.text
+        assert browser.find_element(By.ID, "count-visitors").text == "3"
+    finally:
+        shop.close()
 
 
 def test_a_restarted_devserver_is_followed(browser: WebDriver, shop: Shop) -> None:

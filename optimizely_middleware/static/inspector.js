@@ -16,6 +16,7 @@
     controller: null,
     ids: new Set(),
     listed: 0,
+    loaded: false, // until the first answer, the page shows "Loading…", not "0" or "No events yet"
   };
 
   function el(tag, className, text) {
@@ -40,6 +41,12 @@
 
   function plural(n, word) {
     return `${n} ${word}${n === 1 ? "" : "s"}`;
+  }
+
+  function size(bytes) {
+    if (bytes < 1024) return `${bytes} bytes`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+    return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
   }
 
   // -- one post ------------------------------------------------------------------
@@ -102,7 +109,7 @@
       pre.textContent = "Loading…";
       try {
         const response = await fetch(`/api/posts/${post.id}/raw`, { cache: "no-store" });
-        if (!response.ok) throw new Error(response.status === 404 ? "This POST was cleared." : `HTTP ${response.status}`);
+        if (!response.ok) throw new Error(response.status === 404 ? "This POST is no longer kept (cleared, or let go to bound memory)." : `HTTP ${response.status}`);
         const text = await response.text();
         try {
           pre.textContent = JSON.stringify(JSON.parse(text), null, 2);
@@ -183,9 +190,13 @@
 
   function updateShown() {
     const n = $("posts").children.length;
-    const empty = $("empty");
-    empty.hidden = n > 0;
-    if (filtering()) empty.textContent = "Nothing here matches the filters.";
+    $("loading").hidden = state.loaded;
+    $("empty").hidden = !state.loaded || n > 0 || filtering();
+    $("no-match").hidden = !state.loaded || n > 0 || !filtering();
+    if (!state.loaded) {
+      $("shown").textContent = "";
+      return;
+    }
     $("shown").textContent = filtering()
       ? `${plural(n, "POST")} ${n === 1 ? "matches" : "match"} the filters, of ${state.listed} in the list.`
       : `${plural(n, "POST")} in the list, newest first.`;
@@ -215,6 +226,12 @@
     $("count-conversions").textContent = conversions;
     $("count-posts").textContent = stats.posts;
     $("count-posts").title = `${stats.accepted_posts} accepted, ${stats.rejected_posts} answered with an error`;
+    const letGo = $("let-go");
+    letGo.hidden = !stats.let_go;
+    letGo.textContent = stats.let_go
+      ? `${plural(stats.let_go, "older POST")} (${size(stats.let_go_bytes)}) let go to bound memory: ` +
+        `the list keeps the newest ${stats.max_posts} within ${size(stats.max_bytes)}. The counts include them.`
+      : "";
 
     const groups = new Map();
     for (const i of stats.impressions) {
@@ -286,6 +303,8 @@
         }
         const fresh = state.generation !== null;
         state.generation = data.generation;
+        state.loaded = true;
+        document.body.dataset.loading = "false";
         renderStats(data.stats);
         addPosts(data.posts, fresh);
         state.since = data.last_id;
