@@ -165,8 +165,7 @@ def total(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def exactly_once(r: dict[str, Any]) -> bool:
     """Every event produced arrived, once: the issue's target."""
-    unique: int = r["unique"]
-    return unique == r["delivered"] == r["produced"] > 0 and r["duplicates"] == 0
+    return bool(r["unique"] == r["delivered"] == r["produced"] > 0 and r["duplicates"] == 0)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
