@@ -141,6 +141,10 @@ def one_case(
         "shutdown_s": shutdown_s,
         "load_before": load_before,
         "load_after": load_average(),
+        # Every counter of each server process's dispatcher (retries, POSTs, workers,
+        # last_error, ...), and the server's last log lines, for the JSON report.
+        "dispatcher_stats": [p.get("dispatcher") for p in stats],
+        "server_log_tail": server.log_tail(),
     }
     row["silently_lost"] = produced - row["unique"] - row["dropped_total"]
     return row
