@@ -10,7 +10,9 @@ middleware flushes and closes its dispatcher) and three counts are compared:
 
 * events produced: every user event the SDK handed to its event processor
   in the server's processes (``page_variants`` counts them);
-* events delivered: the endpoint's count of event uuids, unique and repeated;
+* events delivered: the endpoint's count of event uuids, unique and repeated,
+  and how many had arrived when the load ended (before the stop, whose
+  ``close`` delivers what is still queued);
 * events dropped, by reason: the dispatcher's ``stats()["dropped"]``
   (``queue_full``, ``shutdown``, ...), which includes its sender's.
 
@@ -98,6 +100,7 @@ def one_case(
         burner_cpu = burner.cpu_seconds() if burner else 0.0
         tag = f"s{round_}{label}{wiring[0]}"
         wrk = run_wrk(server.port, args.seconds, args.connections, args.wrk_threads, tag)
+        during_load = endpoint.counts()  # before the stop, which flushes what is queued
         server_cpu = server.cpu_seconds() - server_cpu
         burner_cpu = burner.cpu_seconds() - burner_cpu if burner else 0.0
         if burner:
@@ -133,6 +136,7 @@ def one_case(
         "pages": sum(p["pages"] for p in stats),
         "produced": produced,
         "delivered": counts["events"],
+        "delivered_during_load": during_load["events"],
         "unique": counts["unique_uuids"],
         "duplicates": counts["duplicate_uuids"],
         "posts": counts["accepted_posts"],
@@ -153,9 +157,10 @@ def one_case(
 def total(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The rounds of one case added up (the rates and CPU shares averaged)."""
     out = dict(rows[0], round="all", rounds=len(rows))
-    for key in ("seconds", "processes", "pages", "produced", "delivered", "unique"):
-        out[key] = sum(r[key] for r in rows)
-    for key in ("duplicates", "posts", "dropped_total", "silently_lost"):
+    for key in (
+        *("seconds", "processes", "pages", "produced", "delivered", "unique"),
+        *("delivered_during_load", "duplicates", "posts", "dropped_total", "silently_lost"),
+    ):
         out[key] = sum(r[key] for r in rows)
     for key in ("rps", "wrk_cpu", "server_cpu", "burner_cpu", "p50", "p99"):
         out[key] = sum(r[key] for r in rows) / len(rows)
@@ -175,9 +180,10 @@ def exactly_once(r: dict[str, Any]) -> bool:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| server | wiring | round | req/s | p99 ms | wrk CPU | server CPU | burner CPU "
-        "| pages | events produced | delivered (unique uuids) | repeated | dropped "
+        "| pages | events produced | delivered (unique uuids) | of which before the stop "
+        "| repeated | dropped "
         "| dropped by reason | not accounted | load before / after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         share = r["dropped_total"] / r["produced"] if r["produced"] else 0.0
@@ -186,7 +192,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['server']} | {r['wiring']} | {r['round']} | {r['rps']:.0f} "
             f"| {r['p99'] * 1000:.0f} | {r['wrk_cpu']:.2f} | {r['server_cpu']:.2f} "
             f"| {r['burner_cpu']:.2f} | {r['pages']} | {r['produced']} "
-            f"| {r['unique']} | {r['duplicates']} | {r['dropped_total']} ({share:.1%}) "
+            f"| {r['unique']} | {r['delivered_during_load']} | {r['duplicates']} "
+            f"| {r['dropped_total']} ({share:.1%}) "
             f"| {reasons} | {r['silently_lost']} | {r['load_before']} / {r['load_after']} |"
         )
     return "\n".join(lines)

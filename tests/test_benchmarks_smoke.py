@@ -271,6 +271,7 @@ def test_saturation_reports_each_server_and_wiring_and_every_event_once(tmp_path
         # must arrive, once, and the dispatcher must count nothing as dropped.
         assert r["unique"] == r["delivered"] == r["produced"], r
         assert r["duplicates"] == 0 and r["dropped"] == {} and r["silently_lost"] == 0, r
+        assert 0 <= r["delivered_during_load"] <= r["delivered"], r
         assert r["wrk_cpu"] > 0 and r["server_cpu"] > 0 and r["burner_cpu"] > 0, r
         line = f"| {r['server']} | {r['wiring']} | 1 | "
         assert line in completed.stdout
