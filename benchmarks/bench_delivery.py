@@ -4,13 +4,18 @@ Every event goes to ``benchmarks/page_endpoint.py`` in its own process on
 127.0.0.1, which counts what it received. A producer thread offers real SDK
 events, 3 per "request", at a paced rate (100 ticks a second) to one
 ``EventSender`` with its defaults (``endpoint=`` the local endpoint), then
-calls ``flush``. The items offered are ``LogEvent``s (what
-``RequestScopedEventDispatcher.dispatch_event`` hands over), and, when the
-package has them, the SDK's user events as the request-scoped processor keeps
-them (``PendingUserEvent``: building and serialising happen in the engine).
+calls ``flush``. For the ceiling, the items offered are what a
+``RequestScopedEventDispatcher`` hands its sender at the end of a request of
+the benchmark page, captured through the public API (a sink that keeps what
+it is given): ``log-events`` from the dispatcher wiring (the SDK's
+``ForwardingEventProcessor``: ``LogEvent``s), ``user-events`` from
+``create_client`` (the package's processor: whatever it hands over). So the
+same script measures any version of the engine.
 
-1. Ceiling: what one process sustains to an endpoint answering in 100 ms with
-   no drops, found by offering more than it can take. Rates rise by
+1. Ceiling: the events handed off per second, by one producer thread in one
+   process, that the sender as shipped (every option at its default) delivers
+   to an endpoint answering in 100 ms with zero drops, found by offering more
+   than it can take (target: at least 50,000 events/s). Rates rise by
    ``--factor`` from ``--start-rate`` until a step (tried twice) drops events, cannot
    offer the rate (the process is out of CPU) or leaves a backlog that takes
    more than ``--drain-limit`` to drain; ``--bisect`` steps narrow the gap;
@@ -46,7 +51,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +72,10 @@ DATAFILE = (ROOT / "tests" / "data" / "datafile.json").read_text()
 ENDPOINT_SCRIPT = ROOT / "benchmarks" / "page_endpoint.py"
 SDK_LOGGER = logging.getLogger("bench.sdk")
 EVENTS_PER_REQUEST = 3
+TARGET_CEILING = 50_000  # events/s (issue 22)
+# The endpoint process of each URL, whose CPU is reported: a ceiling measured while
+# the endpoint takes a whole core says more about the endpoint than the engine.
+ENDPOINT_PIDS: dict[str, int] = {}
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -86,7 +95,9 @@ def local_endpoint(delay: float) -> Iterator[str]:
         line = proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "READY":
             raise RuntimeError(f"event endpoint did not start: {line!r}")
-        yield f"http://127.0.0.1:{line[1]}/v1/events"
+        url = f"http://127.0.0.1:{line[1]}/v1/events"
+        ENDPOINT_PIDS[url] = proc.pid
+        yield url
     finally:
         proc.terminate()
         try:
@@ -151,29 +162,65 @@ def log_event_pool(n: int = 600) -> list[Any]:
     return [e for e in built if e is not None]
 
 
-def user_event_pool(n: int = 600) -> list[Any] | None:
-    """The SDK's user events as the request-scoped processor keeps them, or None
-    when this version of the package has no such processor."""
-    import importlib.util
+class KeepingSink:
+    """An ``EventSink`` that keeps every item handed to it."""
 
-    import optimizely_middleware
+    def __init__(self) -> None:
+        self.items: list[Any] = []
 
-    package_dir = Path(optimizely_middleware.__file__).parent
-    spec = importlib.util.find_spec("optimizely_middleware.encoding")
-    # Only a module of the package measured (PYTHONPATH may point at an older checkout).
-    if spec is None or spec.origin is None or Path(spec.origin).parent != package_dir:
-        return None
-    from optimizely_middleware.encoding import PendingUserEvent
+    def submit(self, items: Sequence[Any]) -> None:
+        self.items.extend(items)
 
-    config = ProjectConfig(DATAFILE, SDK_LOGGER, NoOpErrorHandler())
-    return [PendingUserEvent(u, None) for u in user_events(config, n)]
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"dropped": {}}
+
+
+def handed_off_pool(items: str, pages: int = 200) -> list[Any] | None:
+    """What a ``RequestScopedEventDispatcher`` hands its sender for ``pages`` requests
+    of the benchmark page (3 events each), in the wiring ``items`` names; None when
+    this version of the package hands over nothing in that wiring."""
+    from optimizely import optimizely
+    from optimizely.event.event_processor import ForwardingEventProcessor
+    from optimizely.notification_center import NotificationCenter
+
+    import optimizely_middleware as om
+
+    sink = KeepingSink()
+    dispatcher = om.RequestScopedEventDispatcher(sink)
+    if items == "user-events":
+        client = om.create_client(dispatcher, datafile=DATAFILE)
+    else:
+        center = NotificationCenter()
+        client = optimizely.Optimizely(
+            DATAFILE,
+            event_dispatcher=dispatcher,
+            event_processor=ForwardingEventProcessor(dispatcher, notification_center=center),
+            notification_center=center,
+        )
+    from page_cpu import the_page
+
+    for i in range(pages):
+        with dispatcher.request_scope():
+            the_page(client, f"user-{i}")
+    dispatcher.close(1)
+    return sink.items or None
 
 
 def offer(url: str, pool: list[Any], seconds: float, rate: float) -> dict[str, Any]:
     """Offer ``rate`` events/s from ``pool`` to a fresh default ``EventSender`` for
     ``seconds``, then flush; what arrived, what was dropped, how long it took to drain."""
+    from page_procs import tree_cpu_seconds
+
     sender = EventSender(endpoint=url)
     before = endpoint_counts(url)
+    endpoint_pid = ENDPOINT_PIDS.get(url)
+    endpoint_cpu = tree_cpu_seconds(endpoint_pid) if endpoint_pid else 0.0
     cpu_start = time.process_time()
     start = time.monotonic()
     size = len(pool)
@@ -187,6 +234,8 @@ def offer(url: str, pool: list[Any], seconds: float, rate: float) -> dict[str, A
     flushed = sender.flush(60)
     drained = time.monotonic()
     cpu = time.process_time() - cpu_start
+    if endpoint_pid:
+        endpoint_cpu = tree_cpu_seconds(endpoint_pid) - endpoint_cpu
     stats = sender.stats()
     sender.close(10)
     after = endpoint_counts(url)
@@ -208,6 +257,8 @@ def offer(url: str, pool: list[Any], seconds: float, rate: float) -> dict[str, A
         "drain_s": drained - offer_end,
         "flushed": flushed,
         "cpu_us_per_event": 1e6 * cpu / delivered if delivered else float("nan"),
+        "process_cpu_share": cpu / (drained - start),
+        "endpoint_cpu_share": endpoint_cpu / (drained - start),
     }
 
 
@@ -225,7 +276,9 @@ def step_line(step: dict[str, Any]) -> str:
         f"  offered {step['offered_rate']:7.0f}/s (achieved {step['achieved_rate']:7.0f}) "
         f"arrived during the offer {step['window_rate']:7.0f}/s, "
         f"dropped {step['dropped']}/{step['produced']}, drained in {step['drain_s']:.2f} s, "
-        f"{step['events_per_post']:.0f} events/POST, {step['cpu_us_per_event']:.1f} µs CPU/event"
+        f"{step['events_per_post']:.0f} events/POST, {step['cpu_us_per_event']:.1f} µs CPU/event, "
+        f"CPU (cores): this process {step['process_cpu_share']:.2f}, "
+        f"endpoint {step['endpoint_cpu_share']:.2f}"
     )
 
 
@@ -292,6 +345,7 @@ def ceiling(url: str, pool: list[Any], args: argparse.Namespace) -> dict[str, An
             else None
         ),
         "cpu_us_per_event": median_of(confirmed, "cpu_us_per_event") if confirmed else None,
+        "endpoint_cpu_share": (median_of(overloaded, "endpoint_cpu_share") if overloaded else None),
     }
 
 
@@ -354,15 +408,14 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 
 
 def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
-    pools = {"log-events": log_event_pool()}
-    if args.items in ("user-events", "both"):
-        user_pool = user_event_pool()
-        if user_pool is None:
-            print("# no PendingUserEvent in this version of the package: user events skipped")
-        else:
-            pools["user-events"] = user_pool
-    if args.items == "user-events":
-        pools.pop("log-events")
+    pools: dict[str, list[Any]] = {}
+    for kind in ("log-events", "user-events"):
+        if args.items in (kind, "both"):
+            pool = handed_off_pool(kind)
+            if pool is None:
+                print(f"# nothing handed over in the {kind} wiring: skipped")
+            else:
+                pools[kind] = pool
     results: dict[str, Any] = {}
     with local_endpoint(args.ceiling_delay) as url:
         for kind, pool in pools.items():
@@ -382,8 +435,9 @@ def ceiling_table(results: dict[str, Any]) -> str:
     """The ceiling's results as a Markdown table, one row per kind of item."""
     lines = [
         "| items | sustained with no drops (events/s) | clean runs at it | delivered while "
-        "overloaded (events/s, median) | dropped while overloaded | CPU µs/event |",
-        "|---|---|---|---|---|---|",
+        "overloaded (events/s, median) | dropped while overloaded | CPU µs/event "
+        "| endpoint CPU while overloaded (cores) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, r in results.items():
         ok = f"{r['last_clean_rate']:.0f}" if r["last_clean_rate"] else "below the start rate"
@@ -400,9 +454,26 @@ def ceiling_table(results: dict[str, Any]) -> str:
         cpu = "-" if r["cpu_us_per_event"] is None else f"{r['cpu_us_per_event']:.1f}"
         lines.append(
             f"| {kind} | {ok} | {r['clean_confirmations']}/{len(r['confirmed'])} | {saturated} "
-            f"| {share} | {cpu} |"
+            f"| {share} | {cpu} | {_cores(r.get('endpoint_cpu_share'))} |"
         )
+    lines.append("")
+    for kind, r in results.items():
+        rate = r["last_clean_rate"] or 0.0
+        lines.append(
+            f"{'PASS' if rate >= TARGET_CEILING else 'MISS'}  ceiling, {kind}: {rate:.0f} "
+            f"events/s with no drops (target >= {TARGET_CEILING})"
+        )
+        endpoint = r.get("endpoint_cpu_share")
+        if endpoint is not None and endpoint > 0.8:
+            lines.append(
+                f"WARN  ceiling, {kind}: the endpoint used {endpoint:.2f} of a core while "
+                "overloaded: it may be the limit"
+            )
     return "\n".join(lines)
+
+
+def _cores(share: float | None) -> str:
+    return "-" if share is None else f"{share:.2f}"
 
 
 def run_throughput(args: argparse.Namespace) -> dict[str, Any]:

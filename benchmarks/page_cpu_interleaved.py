@@ -17,14 +17,28 @@ with a ``ForwardingEventProcessor`` whose dispatcher drops each
 * ``package-at-flush``: the same, but the worker is never woken before the
   block's ``flush`` (a diagnostic: it reaches into the engine to raise its
   early-encoding threshold, and lingers 100 s), so nothing competes with the
-  pages for the GIL; the queued events are kept alive until then.
+  pages for the GIL; the queued events are kept alive until then. Skipped,
+  with a note, on an engine without those internals;
+* ``dispatcher``: the dispatcher wiring, the SDK's ``ForwardingEventProcessor``
+  with a ``RequestScopedEventDispatcher`` (``page_variants``): the SDK builds
+  each ``LogEvent`` on the request thread, as in the baseline, and the
+  package delivers it.
 
-For both package variants a second table splits the worker threads' CPU
-per page (``getrusage(RUSAGE_THREAD)`` around each job) into encoding and
-POSTing, user and system time: in ``package-at-flush`` the worker runs while
-the page loop waits in ``flush``, so its figures are the work alone; in
-``package`` the same work runs beside the pages, and the difference is what
-waiting for the GIL costs it (system time: futex wake-ups).
+Three figures per variant, each a median over rounds of the block's ratio
+to the baseline block: *up to the response* (``thread_time`` of the page
+inside the request scope), *request thread* (the same plus the scope's
+hand-off at its end), and *whole process* (``process_time`` from the block's
+first page until its ``flush`` has returned: delivery included). Every
+event the package variants produce must reach the endpoint exactly once (it
+counts event uuids).
+
+Where the engine has them (a diagnostic reaching into its internals), a
+second table splits the worker threads' CPU per page
+(``getrusage(RUSAGE_THREAD)`` around each job) into encoding and POSTing,
+user and system time: in ``package-at-flush`` the worker runs while the page
+loop waits in ``flush``, so its figures are the work alone; in ``package``
+the same work runs beside the pages, and the difference is what waiting for
+the GIL costs it (system time: futex wake-ups).
 
 With ``--no-gc`` the cyclic garbage collector is off during the blocks
 (collected between them, outside the measurement): the difference shows
@@ -34,12 +48,14 @@ Usage::
 
     python benchmarks/page_cpu_interleaved.py                  # 20 rounds of 300 pages
     python benchmarks/page_cpu_interleaved.py --rounds 30 --no-gc
+    python benchmarks/page_cpu_interleaved.py --variants baseline,package,dispatcher
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import resource
 import statistics
 import threading
@@ -52,7 +68,18 @@ from page_cpu import DEFAULT_DATAFILE, the_page
 from page_procs import Endpoint, describe_machine
 from page_variants import build_variant, guard_loopback, point_sdk_at
 
-VARIANTS = ("baseline", "scope-only", "package", "package-at-flush")
+VARIANTS = ("baseline", "scope-only", "package", "package-at-flush", "dispatcher")
+# The issue's targets, against the baseline: (variant, figure, at most).
+TARGETS = (
+    ("package", "response", 0.60),
+    ("package", "process", 0.70),
+    ("dispatcher", "process", 1.05),
+)
+FIGURES = {
+    "response": "up to the response",
+    "thread": "request thread",
+    "process": "whole process",
+}
 
 
 class DiscardingSink:
@@ -78,11 +105,20 @@ class WorkerClock:
     """
 
     KINDS = ("encode", "post")
+    JOBS = ("_encode", "_post")
+
+    @classmethod
+    def attach(cls, sender: Any) -> WorkerClock | None:
+        """A clock on ``sender``'s engine, or None on an engine without those jobs."""
+        engine = getattr(sender, "_engine", None)
+        if engine is None or not all(callable(getattr(engine, n, None)) for n in cls.JOBS):
+            return None
+        return cls(engine)
 
     def __init__(self, engine: Any) -> None:
         self.spent = dict.fromkeys(self.KINDS, (0.0, 0.0))
         self._lock = threading.Lock()  # several workers finish jobs at once
-        for kind, name in zip(self.KINDS, ("_encode", "_post"), strict=True):
+        for kind, name in zip(self.KINDS, self.JOBS, strict=True):
             setattr(engine, name, self._timed(kind, getattr(engine, name)))
 
     def _timed(self, kind: str, job: Callable[..., None]) -> Callable[..., None]:
@@ -118,6 +154,10 @@ Variant = tuple[
 ]
 
 
+class Unavailable(Exception):
+    """A diagnostic variant that this version of the engine cannot be set up for."""
+
+
 def build(name: str, datafile: str, url: str) -> Variant:
     """(client, scope factory, flush, close, worker clock) for ``name``."""
     from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
@@ -125,22 +165,58 @@ def build(name: str, datafile: str, url: str) -> Variant:
     if name == "baseline":  # the page benchmark's baseline client
         client = build_variant("baseline", datafile).client
         return client, nullcontext, lambda: None, lambda: None, None
+    if name == "dispatcher":  # the SDK builds LogEvents; the package delivers them
+        built = build_variant("dispatcher", datafile, url)
+        dispatcher = built.dispatcher
+        clock = WorkerClock.attach(dispatcher.sender)
+        return (
+            built.client,
+            dispatcher.request_scope,
+            dispatcher.flush,
+            lambda: dispatcher.close(10),
+            clock,
+        )
     clock = None
     if name == "scope-only":
         dispatcher = RequestScopedEventDispatcher(DiscardingSink())
     elif name == "package":
         sender = EventSender(endpoint=url)
-        clock = WorkerClock(sender._engine)
+        clock = WorkerClock.attach(sender)
         dispatcher = RequestScopedEventDispatcher(sender)
     elif name == "package-at-flush":
         sender = EventSender(endpoint=url, flush_interval=100.0, max_queue_events=1_000_000)
-        sender._engine._queue.encode_early = 10**9  # diagnostic only: no early wake-up
-        clock = WorkerClock(sender._engine)
+        queue = getattr(getattr(sender, "_engine", None), "_queue", None)
+        if not hasattr(queue, "encode_early"):
+            sender.close(0)
+            raise Unavailable("the engine has no early-encoding threshold to raise")
+        queue.encode_early = 10**9  # type: ignore[union-attr]  # diagnostic: no early wake-up
+        clock = WorkerClock.attach(sender)
         dispatcher = RequestScopedEventDispatcher(sender)
     else:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     client = create_client(dispatcher, datafile=datafile)
     return client, dispatcher.request_scope, dispatcher.flush, lambda: dispatcher.close(10), clock
+
+
+def ratio_rows(
+    names: list[str], figures: dict[str, dict[str, list[float]]]
+) -> dict[str, dict[str, tuple[float, float, float, float]]]:
+    """Per variant and figure: (median µs/page, median ratio, lowest, highest ratio),
+    each ratio a block's against the baseline block of the same round."""
+    rows: dict[str, dict[str, tuple[float, float, float, float]]] = {}
+    for name in names:
+        rows[name] = {}
+        for figure, per_variant in figures.items():
+            ratios = [
+                a / b for a, b in zip(per_variant[name], per_variant["baseline"], strict=True) if b
+            ]
+            rows[name][figure] = (
+                statistics.median(per_variant[name]),
+                statistics.median(ratios),
+                min(ratios),
+                max(ratios),
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "baseline" not in names:
         names.insert(0, "baseline")
+    load_before = os.getloadavg()
     print(describe_machine(), flush=True)
     print(
         f"# {args.rounds} rounds of {args.pages} pages per variant, interleaved in one process; "
@@ -167,30 +244,42 @@ def main(argv: list[str] | None = None) -> int:
         guard_loopback()
         point_sdk_at(endpoint.url)
         datafile = DEFAULT_DATAFILE.read_text()
-        variants.update((name, build(name, datafile, endpoint.url)) for name in names)
-        thread: dict[str, list[float]] = {name: [] for name in names}
-        process: dict[str, list[float]] = {name: [] for name in names}
+        for name in list(names):
+            try:
+                variants[name] = build(name, datafile, endpoint.url)
+            except Unavailable as why:
+                print(f"# {name}: not measured ({why})", flush=True)
+                names.remove(name)
+        figures: dict[str, dict[str, list[float]]] = {
+            figure: {name: [] for name in names} for figure in FIGURES
+        }
         # per variant, per block: (encode user, encode system, POST user, POST system) µs/page
         worker: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
         if args.no_gc:
             gc.disable()
         for round_ in range(args.rounds + 1):  # round 0 warms up
             for name, (client, scope, flush, _, clock) in variants.items():
-                spent = 0.0
+                response = thread = 0.0
                 started = time.process_time()
                 for i in range(args.pages):
                     begin = time.thread_time()
                     with scope():
                         the_page(client, f"{name}-{round_}-{i}")
-                    spent += time.thread_time() - begin
+                        answered = time.thread_time()
+                    response += answered - begin
+                    thread += time.thread_time() - begin
                 flush()
                 whole = time.process_time() - started
                 jobs = clock.take() if clock else {}
                 if args.no_gc:
                     gc.collect()
                 if round_:
-                    thread[name].append(1e6 * spent / args.pages)
-                    process[name].append(1e6 * whole / args.pages)
+                    for figure, spent in (
+                        ("response", response),
+                        ("thread", thread),
+                        ("process", whole),
+                    ):
+                        figures[figure][name].append(1e6 * spent / args.pages)
                     if jobs:
                         worker[name].append(
                             tuple(
@@ -199,32 +288,56 @@ def main(argv: list[str] | None = None) -> int:
                                 for t in jobs[kind]
                             )
                         )
-        print("\n| variant | request thread, µs/page (x baseline) | whole process (x baseline) |")
-        print("|---|---|---|")
-        for name in names:
-            t_ratio = statistics.median(
-                a / b for a, b in zip(thread[name], thread["baseline"], strict=True)
-            )
-            p_ratio = statistics.median(
-                a / b for a, b in zip(process[name], process["baseline"], strict=True)
-            )
-            print(
-                f"| {name} | {statistics.median(thread[name]):.0f} ({t_ratio:.2f}x) "
-                f"| {statistics.median(process[name]):.0f} ({p_ratio:.2f}x) |"
-            )
+        rows = ratio_rows(names, figures)
+        load_after = os.getloadavg()
         print(
-            "\n| variant | worker: encoding, user + system µs/page "
-            "| worker: POSTs, user + system µs/page |"
+            f"\n# medians of {args.rounds} rounds; load average before "
+            f"{' '.join(f'{x:.2f}' for x in load_before)}, after "
+            f"{' '.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs"
         )
-        print("|---|---|---|")
+        print(
+            "\n| variant | "
+            + " | ".join(
+                f"{label}, µs/page (x baseline) | range of x" for label in FIGURES.values()
+            )
+            + " |"
+        )
+        print("|---|" + "---|---|" * len(FIGURES))
         for name in names:
-            if worker[name]:
-                eu, es, pu, ps = (
-                    statistics.median(column) for column in zip(*worker[name], strict=True)
-                )
-                print(f"| {name} | {eu:.0f} + {es:.0f} | {pu:.0f} + {ps:.0f} |")
+            cells = [
+                f"{us:.0f} ({x:.2f}x) | {low:.2f}-{high:.2f}"
+                for us, x, low, high in rows[name].values()
+            ]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        if any(worker.values()):
+            print(
+                "\n| variant | worker: encoding, user + system µs/page "
+                "| worker: POSTs, user + system µs/page |"
+            )
+            print("|---|---|---|")
+            for name in names:
+                if worker[name]:
+                    eu, es, pu, ps = (
+                        statistics.median(column) for column in zip(*worker[name], strict=True)
+                    )
+                    print(f"| {name} | {eu:.0f} + {es:.0f} | {pu:.0f} + {ps:.0f} |")
         counts = endpoint.settled_counts()
         print(f"\n# endpoint: {counts.get('visitors', 0)} events in {counts.get('posts', 0)} POSTs")
+        delivering = [n for n in names if n not in ("baseline", "scope-only")]
+        expected = 3 * args.pages * (args.rounds + 1) * len(delivering)
+        unique, repeated = counts.get("unique_uuids", 0), counts.get("duplicate_uuids", 0)
+        once = unique == counts.get("events", 0) == expected and repeated == 0
+        print(
+            f"{'PASS' if once else 'MISS'}  {', '.join(delivering) or 'nothing'}: "
+            f"{unique}/{expected} events delivered, {repeated} repeated"
+        )
+        for name, figure, limit in TARGETS:
+            if name in rows:
+                x = rows[name][figure][1]
+                print(
+                    f"{'PASS' if x <= limit else 'MISS'}  {name}, {FIGURES[figure]}: "
+                    f"{x:.2f}x baseline (target <= {limit:.2f}x)"
+                )
     finally:
         for _, _, _, close, _ in variants.values():
             close()

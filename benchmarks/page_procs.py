@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -242,6 +242,26 @@ def server_command(framework: str, port: int) -> list[str]:
     ]
 
 
+def server_shape(label: str) -> tuple[str, dict[str, str]]:
+    """``flask-1x16`` -> ("flask", gunicorn's worker and thread counts); ``starlette`` as is.
+
+    The one place a server label of the page benchmarks is read: ``flask`` is
+    gunicorn gthread (``flask-<workers>x<threads>``, plain ``flask`` is
+    ``page_gunicorn_conf``'s default of 2 x 8), ``starlette`` is uvicorn with
+    one worker.
+    """
+    framework, _, shape = label.partition("-")
+    if framework == "starlette" and not shape:
+        return framework, {}
+    if framework == "flask":
+        if not shape:
+            return framework, {}
+        workers, _, threads = shape.partition("x")
+        if workers.isdigit() and threads.isdigit() and int(workers) and int(threads):
+            return framework, {"BENCH_WORKERS": workers, "BENCH_THREADS": threads}
+    raise ValueError(f"unknown server {label!r}: flask-<workers>x<threads>, flask or starlette")
+
+
 @dataclass
 class Server:
     framework: str
@@ -249,6 +269,7 @@ class Server:
     event_url: str
     datafile: Path
     work_dir: Path
+    env: dict[str, str] = field(default_factory=dict)  # e.g. BENCH_WORKERS, BENCH_THREADS
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -271,6 +292,7 @@ class Server:
             BENCH_STATS_DIR=str(self.stats_dir),
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.env)
         # Nothing in the servers may go through a proxy: all traffic is loopback.
         for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             env.pop(name, None)

@@ -1,11 +1,11 @@
-"""The benchmark page and the five ways of wiring its Optimizely client.
+"""The benchmark page and the six ways of wiring its Optimizely client.
 
 Imported by the server processes (``page_flask_app``, ``page_starlette_app``)
 and configured through the environment, since gunicorn and uvicorn import the
 app by name:
 
-* ``BENCH_VARIANT``: ``baseline``, ``sdk-sync``, ``sdk-default``, ``sdk-batch``
-  or ``middleware`` (see :data:`VARIANTS`);
+* ``BENCH_VARIANT``: ``baseline``, ``sdk-sync``, ``sdk-default``, ``sdk-batch``,
+  ``middleware`` or ``dispatcher`` (see :data:`VARIANTS`);
 * ``BENCH_EVENT_URL``: the local event endpoint, ``http://127.0.0.1:<port>/v1/events``;
 * ``BENCH_DATAFILE``: path of the datafile;
 * ``BENCH_STATS_DIR``: where each server process writes ``stats-<pid>.json``
@@ -44,6 +44,9 @@ VARIANTS = {
     "(batch size 10), started, shared NotificationCenter",
     "middleware": "create_client + OptimizelyWSGIMiddleware / OptimizelyASGIMiddleware, "
     "EventSender with its defaults (endpoint= the local endpoint)",
+    "dispatcher": "the dispatcher wiring: Optimizely(event_processor=ForwardingEventProcessor("
+    "RequestScopedEventDispatcher)) + the same middleware and EventSender (the SDK builds "
+    "LogEvents)",
 }
 
 EVENTS_PER_PAGE = 3
@@ -150,7 +153,10 @@ class Variant:
         return result
 
 
-def build_variant(name: str, datafile: str) -> Variant:
+def build_variant(name: str, datafile: str, event_url: str | None = None) -> Variant:
+    """The client of variant ``name``; ``event_url`` defaults to ``BENCH_EVENT_URL``."""
+    if name in ("middleware", "dispatcher"):
+        event_url = event_url or os.environ["BENCH_EVENT_URL"]
     if name == "baseline":
         dropping = DroppingDispatcher()
         center = NotificationCenter()
@@ -195,9 +201,23 @@ def build_variant(name: str, datafile: str) -> Variant:
 
         # A default EventSender, with endpoint= naming the local endpoint, so that
         # no event can leave this machine whichever URL the package builds.
-        sender = EventSender(endpoint=os.environ["BENCH_EVENT_URL"])
+        sender = EventSender(endpoint=event_url)
         dispatcher = RequestScopedEventDispatcher(sender)
         client = create_client(dispatcher, datafile=datafile)
+        variant = Variant(name, client, dispatcher=dispatcher)
+    elif name == "dispatcher":
+        from optimizely_middleware import EventSender, RequestScopedEventDispatcher
+
+        # The wiring of an app that builds its client itself (docs/how-it-works.md):
+        # the SDK builds each LogEvent and dispatch_event keeps it in the request.
+        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=event_url))
+        center = NotificationCenter()
+        client = optimizely.Optimizely(
+            datafile,
+            event_dispatcher=dispatcher,
+            event_processor=ForwardingEventProcessor(dispatcher, notification_center=center),
+            notification_center=center,
+        )
         variant = Variant(name, client, dispatcher=dispatcher)
     else:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")

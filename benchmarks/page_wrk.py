@@ -1,15 +1,16 @@
 """Page throughput (wrk, closed loop) and tail latency (open loop) against the baseline.
 
 The page of ``page_variants`` (a fresh user id, two ``decide`` and one
-``track_event``: 3 events) is served by Flask under gunicorn (gthread, 2
-workers x 8 threads) and by Starlette under uvicorn (1 worker), in two
-variants started side by side, each idle while the other is measured:
+``track_event``: 3 events) is served by Flask under gunicorn gthread, with 1
+worker of 16 threads (``flask-1x16``) and with 2 workers of 8
+(``flask-2x8``), and by Starlette under uvicorn (1 worker, ``starlette``), in
+two variants started side by side, each idle while the other is measured:
 
 * ``baseline``: SDK events built (``ForwardingEventProcessor``), then dropped;
 * ``middleware``: ``create_client`` and this package's middleware, delivering
   to ``benchmarks/page_endpoint.py`` (another process, 100 ms answers).
 
-Each run, per framework: a wrk warm-up of both, then closed loop with ``wrk``
+Each run, per server: a wrk warm-up of both, then closed loop with ``wrk``
 (``/usr/bin/wrk``, 16 connections, fresh ids from ``page_wrk.lua``), which
 gives the baseline's capacity in that run; then open loop at 50% and 80% of
 that capacity with ``page_load.py --rate`` (wrk has no constant-rate mode and
@@ -25,8 +26,9 @@ grows when the generator falls behind, and stays near zero otherwise).
 
 Usage::
 
-    python benchmarks/page_wrk.py                       # 5 runs, both frameworks, ~7 minutes
-    python benchmarks/page_wrk.py --framework starlette --runs 5 --seconds 4 --json out.json
+    python benchmarks/page_wrk.py                       # 5 runs, 3 servers, ~11 minutes
+    python benchmarks/page_wrk.py --servers flask-1x16,starlette --json out.json
+    python benchmarks/page_wrk.py --framework starlette --runs 5 --seconds 4
 """
 
 from __future__ import annotations
@@ -45,15 +47,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from page_procs import Endpoint, Server, describe_machine
+from page_procs import Endpoint, Server, describe_machine, server_shape
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_DATAFILE = ROOT / "tests" / "data" / "datafile.json"
 FRAMEWORKS = ("flask", "starlette")
+# Server labels (page_procs.server_shape): gunicorn gthread workers x threads, or uvicorn.
+SERVERS = ("flask-1x16", "flask-2x8", "starlette")
 VARIANTS = ("baseline", "middleware")
 EVENTS_PER_PAGE = 3
-TARGET_RPS_RATIO = 1.0
+TARGET_RPS_RATIO = 1.05
 TARGET_TAIL_RATIO = 1.05
 # Open loop: share of the baseline's requests that may find every connection busy
 # at their due time before the run counts as saturated (void).
@@ -147,29 +151,31 @@ def run_open(port: int, rate: float, seconds: float, connections: int, tag: str)
     }
 
 
-# -- one run of one framework ----------------------------------------------------
+# -- one run of one server -------------------------------------------------------
 
 
-def one_run(args: argparse.Namespace, framework: str, run: int, work: Path) -> dict[str, Any]:
+def one_run(args: argparse.Namespace, label: str, run: int, work: Path) -> dict[str, Any]:
+    """One run of one server (``label``, e.g. ``flask-1x16``); rows name it as "framework"."""
+    framework, env = server_shape(label)
     endpoint = Endpoint("delay", args.endpoint_delay).start()
     servers: dict[str, Server] = {}
     phases: list[dict[str, Any]] = []
     try:
         for variant in VARIANTS:
             servers[variant] = Server(
-                framework, variant, endpoint.url, args.datafile, work / variant
+                framework, variant, endpoint.url, args.datafile, work / variant, env=env
             ).start()
         order = VARIANTS if run % 2 else VARIANTS[::-1]
 
         def measure(phase: str, variant: str, go: Any) -> dict[str, Any]:
             server = servers[variant]
             cpu_before = server.cpu_seconds()
-            result: dict[str, Any] = go(server.port, f"r{run}{framework[0]}{variant[0]}{phase}")
+            result: dict[str, Any] = go(server.port, f"r{run}{label}{variant[0]}{phase}")
             cpu = server.cpu_seconds() - cpu_before
-            result.update(framework=framework, run=run, phase=phase, variant=variant)
+            result.update(framework=label, run=run, phase=phase, variant=variant)
             result["server_cpu_ms"] = 1000 * cpu / result["requests"] if result["requests"] else 0
             print(
-                f"  run {run} {framework:9} {phase:6} {variant:10} {result['rps']:7.0f} req/s "
+                f"  run {run} {label:10} {phase:6} {variant:10} {result['rps']:7.0f} req/s "
                 f"p95 {result['p95'] * 1000:6.1f} ms p99 {result['p99'] * 1000:6.1f} ms "
                 f"generator {result['generator_cpu_share']:.2f} core",
                 flush=True,
@@ -210,7 +216,7 @@ def one_run(args: argparse.Namespace, framework: str, run: int, work: Path) -> d
         for reason, n in ((p.get("dispatcher") or {}).get("dropped") or {}).items():
             dropped[reason] = dropped.get(reason, 0) + n
     return {
-        "framework": framework,
+        "framework": label,
         "run": run,
         "capacity": capacity,
         "phases": phases,
@@ -305,12 +311,12 @@ def _x(value: float) -> str:
 
 def tables(rows: list[dict[str, Any]], deliveries: list[dict[str, Any]]) -> str:
     closed = [
-        "| framework | variant | runs | req/s (x base) | range of x | p50 ms | p99 ms "
+        "| server | variant | runs | req/s (x base) | range of x | p50 ms | p99 ms "
         "| server CPU ms/req (x) | wrk CPU (cores) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     open_ = [
-        "| framework | load | variant | runs | offered / sent req/s | p50 ms (x) | p95 ms (x) "
+        "| server | load | variant | runs | offered / sent req/s | p50 ms (x) | p95 ms (x) "
         "| p99 ms (x) | range of p99 x | server CPU ms/req (x) | generator CPU (cores) "
         "| timer late p99 ms | no free conn. |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -342,7 +348,7 @@ def tables(rows: list[dict[str, Any]], deliveries: list[dict[str, Any]]) -> str:
                 f"| {100 * r['behind']:.1f}% |"
             )
     delivered = [
-        "| framework | runs | pages (middleware) | events produced | delivered (unique uuids) "
+        "| server | runs | pages (middleware) | events produced | delivered (unique uuids) "
         "| repeated | POSTs | dropped |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -413,7 +419,15 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--framework", choices=(*FRAMEWORKS, "both"), default="both")
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="flask-<workers>x<threads> (gunicorn gthread) or starlette (uvicorn); "
+        f"default {','.join(SERVERS)}",
+    )
+    parser.add_argument(
+        "--framework", choices=(*FRAMEWORKS, "both"), default="both", help="only these servers"
+    )
     parser.add_argument("--runs", type=int, default=5, help="runs (5); medians of per-run ratios")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per phase (5)")
     parser.add_argument("--warmup-seconds", type=int, default=1, help="wrk warm-up (1)")
@@ -431,12 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.fractions = tuple(float(x) for x in args.fractions.split(",") if x.strip())
     args.datafile = args.datafile.resolve()
-    frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
+    frameworks = [
+        label
+        for label in (x.strip() for x in args.servers.split(",") if x.strip())
+        if args.framework in ("both", server_shape(label)[0])
+    ]
     wrk_path()
     load_before = os.getloadavg()
     print(describe_machine(), flush=True)
     print(
-        f"# {args.runs} runs x {len(frameworks)} frameworks; phases of {args.seconds:.0f} s: "
+        f"# {args.runs} runs x {len(frameworks)} servers ({', '.join(frameworks)}); "
+        f"phases of {args.seconds:.0f} s: "
         f"closed loop (wrk -t{args.wrk_threads} -c{args.connections}), open loop at "
         f"{', '.join(f'{f:.0%}' for f in args.fractions)} of the baseline's req/s "
         f"({args.open_connections} connections); endpoint answers in "

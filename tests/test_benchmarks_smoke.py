@@ -3,8 +3,9 @@
 Tiny runs (a few dozen requests or pages, one run): the page latency
 benchmark's baseline and middleware variants on both frameworks (real
 gunicorn and uvicorn servers, the real event endpoint process and load
-generator), both per-page CPU benchmarks, and the wrk benchmark. No timing is
-asserted, only the report's content: what was counted and delivered.
+generator), both per-page CPU benchmarks, the wrk benchmark, the saturation
+benchmark and the delivery engine's ceiling. No timing is asserted, only the
+report's content: what was counted and delivered.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def test_page_cpu_counts_three_events_per_page_and_each_delivered_once(
 
 
 @pytest.mark.timeout(120)
-def test_page_cpu_interleaved_reports_every_variant_and_delivers_both_packages() -> None:
+def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once() -> None:
     rounds, pages = 1, 20
     completed = subprocess.run(
         [
@@ -175,21 +176,30 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_both_packages()
         for line in completed.stdout.splitlines()
         if line.startswith("| ") and "x)" in line
     }
-    assert set(table) == {"baseline", "scope-only", "package", "package-at-flush"}
-    assert "(1.00x)" in table["baseline"]
+    assert set(table) == {"baseline", "scope-only", "package", "package-at-flush", "dispatcher"}
+    # Up to the response, the request thread, the whole process: each against the baseline.
+    assert table["baseline"].count("(1.00x) | 1.00-1.00") == 3, table["baseline"]
+    for row in table.values():
+        assert len(re.findall(r"\d+ \(\d+\.\d\dx\) \| \d+\.\d\d-\d+\.\d\d", row)) == 3, row
     # Each package's worker CPU, split into encoding and POSTing, user + system.
     split = re.findall(r"^\| ([\w-]+) \| \d+ \+ \d+ \| \d+ \+ \d+ \|$", completed.stdout, re.M)
-    assert split == ["package", "package-at-flush"]
-    # Two package variants, 3 events a page, the warm-up round included.
-    delivered = 2 * 3 * pages * (rounds + 1)
+    assert split == ["package", "package-at-flush", "dispatcher"]
+    # Three delivering variants, 3 events a page, the warm-up round included.
+    delivered = 3 * 3 * pages * (rounds + 1)
     assert f"# endpoint: {delivered} events in" in completed.stdout, completed.stdout
+    assert (
+        f"PASS  package, package-at-flush, dispatcher: {delivered}/{delivered} events delivered, "
+        "0 repeated" in completed.stdout
+    )
+    for target in ("package, up to the response", "package, whole process", "dispatcher, whole"):
+        assert re.search(rf"^(PASS|MISS)  {target}", completed.stdout, re.M), target
 
 
 # -- closed and open loop with wrk (benchmarks/page_wrk.py) -----------------------
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> None:
     out = tmp_path / "wrk.json"
@@ -203,14 +213,14 @@ def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=230,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     data = json.loads(out.read_text())
     phases = {(r["framework"], r["phase"], r["variant"]) for r in data["medians"]}
     assert phases == {
-        (framework, phase, variant)
-        for framework in ("flask", "starlette")
+        (server, phase, variant)
+        for server in ("flask-1x16", "flask-2x8", "starlette")
         for phase in ("closed", "open50", "open80")
         for variant in ("baseline", "middleware")
     }
@@ -226,6 +236,52 @@ def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> 
         assert delivery["duplicates"] == 0, delivery
 
 
+# -- saturation: full CPU, the other core busy (benchmarks/saturation.py) -----------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_saturation_reports_each_server_and_wiring_and_every_event_once(tmp_path: Path) -> None:
+    out = tmp_path / "saturation.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "saturation.py"),
+            *("--short", "--servers", "flask-1x8,starlette", "--endpoint-delay", "0.01"),
+            *("--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    data = json.loads(out.read_text())
+    cases = {(r["server"], r["wiring"]) for r in data["rounds"]}
+    assert cases == {
+        (server, wiring)
+        for server in ("flask-1x8", "starlette")
+        for wiring in ("middleware", "dispatcher")
+    }
+    for r in data["rounds"]:
+        assert r["processes"] == 1 and r["wrk_errors"] == {}, r
+        assert r["produced"] == 3 * r["pages"] > 0, r
+        # A 2 s run produces far fewer events than the sender's queue holds: each one
+        # must arrive, once, and the dispatcher must count nothing as dropped.
+        assert r["unique"] == r["delivered"] == r["produced"], r
+        assert r["duplicates"] == 0 and r["dropped"] == {} and r["silently_lost"] == 0, r
+        assert 0 <= r["delivered_during_load"] <= r["delivered"], r
+        assert r["wrk_cpu"] > 0 and r["server_cpu"] > 0 and r["burner_cpu"] > 0, r
+        line = f"| {r['server']} | {r['wiring']} | 1 | "
+        assert line in completed.stdout
+        assert (
+            f"PASS  {r['server']} {r['wiring']}: {r['produced']}/{r['produced']} events "
+            "delivered, 0 repeated, 0 dropped" in completed.stdout
+        )
+    assert "CPUs, load average" in completed.stdout
+
+
 # -- the delivery engine's ceiling and throughput (benchmarks/bench_delivery.py) ---
 
 
@@ -236,7 +292,7 @@ def test_bench_delivery_finds_a_ceiling_and_counts_what_arrived(tmp_path: Path) 
         [
             sys.executable,
             str(ROOT / "benchmarks" / "bench_delivery.py"),
-            *("--items", "log-events", "--runs", "1", "--seconds", "1", "--skip-sdk"),
+            *("--items", "both", "--runs", "1", "--seconds", "1", "--skip-sdk"),
             *("--start-rate", "1500", "--max-rate", "2500", "--rate", "1500"),
             *("--ceiling-delay", "0.01", "--json", str(out)),
         ],
@@ -247,17 +303,21 @@ def test_bench_delivery_finds_a_ceiling_and_counts_what_arrived(tmp_path: Path) 
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     data = json.loads(out.read_text())
-    ceiling = data["ceiling"]["log-events"]
-    # 1500/s and 2250/s offered, each well within what one process sends.
-    assert [round(s["offered_rate"]) for s in ceiling["steps"]] == [1500, 2250]
-    assert ceiling["last_clean_rate"] == 2250 and ceiling["first_failing_rate"] is None
-    assert ceiling["overload_rate"] == 4500
-    for step in ceiling["steps"] + ceiling["confirmed"] + ceiling["overloaded"]:
-        assert step["produced"] > 0
-        assert step["delivered"] + step["dropped"] == step["produced"], step
-    assert ceiling["clean_confirmations"] == len(ceiling["confirmed"]) == 1
+    # Both wirings' hand-offs, captured through the public API, are offered.
+    assert set(data["ceiling"]) == {"log-events", "user-events"}
+    for kind, ceiling in data["ceiling"].items():
+        # 1500/s and 2250/s offered, each well within what one process sends.
+        assert [round(s["offered_rate"]) for s in ceiling["steps"]] == [1500, 2250]
+        assert ceiling["last_clean_rate"] == 2250 and ceiling["first_failing_rate"] is None
+        assert ceiling["overload_rate"] == 4500
+        for step in ceiling["steps"] + ceiling["confirmed"] + ceiling["overloaded"]:
+            assert step["produced"] > 0
+            assert step["delivered"] + step["dropped"] == step["produced"], step
+            assert step["endpoint_cpu_share"] > 0, step
+        assert ceiling["clean_confirmations"] == len(ceiling["confirmed"]) == 1
+        assert f"| {kind} | >= 2250 (never overloaded up to --max-rate) | 1/1 |" in completed.stdout
+        assert f"MISS  ceiling, {kind}: 2250 events/s with no drops" in completed.stdout
     for runs in data["throughput"].values():
         (ours,) = runs["EventSender (defaults)"]
         assert ours["delivered"] == ours["produced"] > 0 and ours["dropped"] == 0, ours
-    assert "| log-events | >= 2250 (never overloaded up to --max-rate) | 1/1 |" in completed.stdout
     assert "CPUs, load average" in completed.stdout
