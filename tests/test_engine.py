@@ -1,4 +1,4 @@
-"""The delivery engine's time-dependent and fault behaviour, with an injectable clock.
+"""The delivery engine: waits (with an injectable clock), faults, the hand-off, process changes.
 
 With a ManualClock, time passes only when the engine waits, by exactly what it
 waits, so each test below proves a wait: replace it by wait(0) and it fails.
@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 from optimizely.event.log_event import LogEvent
 
-from optimizely_middleware import EventSender, jobs
-from optimizely_middleware.batching import EncodedEvent, LogEventEncoder
-from optimizely_middleware.clock import ManualClock
-from optimizely_middleware.engine import DeliveryEngine
-from optimizely_middleware.retry import RetryPolicy
-from optimizely_middleware.transport import TransportResponse
+from optimizely_middleware import EventSender
+from optimizely_middleware.batching import EncodedEvent
+from optimizely_middleware.delivery import engine as engine_module
+from optimizely_middleware.delivery.clock import ManualClock
+from optimizely_middleware.delivery.engine import DeliveryEngine
+from optimizely_middleware.delivery.retry import RetryPolicy
+from optimizely_middleware.delivery.transport import TransportResponse
+from optimizely_middleware.encoding import EventEncoder
 from tests.engine_support import (
     LogWatcher,
     RecordingTransport,
@@ -53,7 +55,7 @@ def engines() -> Iterator[list[Any]]:
 def make_engine(engines: list[Any], clock: ManualClock | None, **options: Any) -> DeliveryEngine:
     """An engine on ``clock`` (None: real time) with a RecordingTransport."""
     options.setdefault("transport", RecordingTransport(clock=clock))
-    options.setdefault("encoder", LogEventEncoder())
+    options.setdefault("encoder", EventEncoder())
     if clock is not None:
         options.update(clock=clock, wait=clock.wait)
     engine = DeliveryEngine(**options)
@@ -265,14 +267,17 @@ def test_the_shutdown_warning_counts_events_in_flight(
         stats = sender.stats()
         assert (stats["in_flight"], stats["pending"]) == (3, 4)
         sender.close(0.2)
+        stats = sender.stats()  # before the held POST is released
     finally:
         watcher.remove()
         event_endpoint.release()
     assert (
         logging.WARNING,
-        "4 Optimizely events were not delivered at shutdown: 1 dropped from the queue, "
-        "3 in flight and unconfirmed (a POST still on the network).",
+        "4 Optimizely events were not delivered at shutdown: 1 queued, 0 still being "
+        "encoded at a hand-off, 3 in a POST still unconfirmed.",
     ) in watcher.messages
+    assert stats["dropped"] == {"shutdown": 4}
+    assert (stats["in_flight"], stats["pending"]) == (0, 0)
 
 
 # -- workers: started only when POSTs are slow, no idle wake-ups ---------------------
@@ -315,38 +320,6 @@ def test_fast_posts_never_start_a_second_worker(engines: list[Any]) -> None:
     assert engine.stats()["workers"] == 1
 
 
-class BlockingEncoder(LogEventEncoder):
-    """Encodes like LogEventEncoder once released; signals when the first encode starts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def encode(self, item: object) -> EncodedEvent:
-        self.started.set()
-        assert self.release.wait(10)
-        return super().encode(item)
-
-
-def test_slow_encoding_never_starts_a_second_worker(engines: list[Any]) -> None:
-    # Encoding is Python work under the GIL: another thread could not speed it
-    # up, and would only wait for the GIL beside the request threads.
-    clock = ManualClock()
-    encoder = BlockingEncoder()
-    engine = make_engine(engines, clock, encoder=encoder, flush_interval=0, scale_up_after=0.5)
-    try:
-        engine.submit([event("a")])
-        assert encoder.started.wait(10)  # the only worker is now encoding
-        clock.advance(1.0)
-        engine.submit([event("b", revision="2")])
-        assert engine.stats()["workers"] == 1
-    finally:
-        encoder.release.set()
-    assert engine.flush(10)
-    assert engine.stats()["workers"] == 1
-
-
 def test_an_idle_engine_makes_no_wake_ups(engines: list[Any]) -> None:
     clock = ManualClock()
     engine = make_engine(engines, clock, flush_interval=1.0)
@@ -358,60 +331,6 @@ def test_an_idle_engine_makes_no_wake_ups(engines: list[Any]) -> None:
     time.sleep(0.3)  # an observation window, not synchronisation
     assert clock.waits == waits  # the idle worker waits with no timeout
     assert engine._pool.idle == 1
-
-
-def test_encoding_runs_in_slices_that_release_the_gil(
-    engines: list[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class SlowEncoder(LogEventEncoder):
-        def encode(self, item: object) -> EncodedEvent:
-            until = time.perf_counter() + 0.0001  # 100 µs of Python work per event
-            while time.perf_counter() < until:
-                pass
-            return super().encode(item)
-
-    yields: list[float] = []
-    real_sleep = time.sleep
-
-    def sleep(seconds: float) -> None:
-        if threading.current_thread().name.startswith("optimizely-event-sender"):
-            yields.append(seconds)
-        real_sleep(seconds)
-
-    monkeypatch.setattr(jobs.time, "sleep", sleep)
-    clock = ManualClock()
-    engine = make_engine(engines, clock, encoder=SlowEncoder(), flush_interval=3600)
-    engine.submit([event(str(n)) for n in range(100)])
-    assert engine.flush(10)
-    # 100 events of 100 µs in slices of at most ~200 µs: dozens of GIL releases.
-    assert len(yields) >= 100 * 0.0001 / (2 * jobs.SLICE_SECONDS)
-    assert set(yields) == {0}
-
-
-def test_only_whole_hand_offs_are_filed_so_no_post_takes_part_of_a_request(
-    engines: list[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A slice ends after every event here; a worker POSTing meanwhile could
-    # take whatever is filed, so a part of a hand-off must never be filed.
-    monkeypatch.setattr(jobs, "SLICE_SECONDS", 0.0)
-    clock = ManualClock()
-    engine = make_engine(engines, clock, flush_interval=3600)
-    filed: list[list[int]] = []
-    real_file = engine._file
-
-    def spy(encoded: list[Any], failed: list[Any], generation: int) -> bool:
-        filed.append([seq for seq, _, _ in encoded])
-        return real_file(encoded, failed, generation)
-
-    monkeypatch.setattr(engine, "_file", spy)
-    for request in range(5):
-        engine.submit([event(f"r{request}-{n}") for n in range(3)])
-    assert engine.flush(10)
-    assert sorted(seq for call in filed for seq in call) == list(range(15))
-    for call in filed:
-        hand_offs = {seq // 3 for seq in call}
-        assert sorted(call) == [seq for h in sorted(hand_offs) for seq in range(3 * h, 3 * h + 3)]
-    assert len(filed) > 1  # it did file in several slices
 
 
 # -- settings --------------------------------------------------------------------------
@@ -510,7 +429,8 @@ def test_in_a_uwsgi_master_the_hand_off_delivers_and_leaves_no_thread(
     """uWSGI forks its workers from the master in C: a sender thread alive at
     that moment can hang a worker, so a master delivers at the hand-off."""
     monkeypatch.setitem(sys.modules, "uwsgi", FakeUwsgiModule(worker_id=0))
-    engine = make_engine(engines, None, flush_interval=30.0)
+    engine = EventSender(transport=RecordingTransport(), flush_interval=30.0)
+    engines.append(engine)
     before = set(threading.enumerate())
     engine.submit([event("at-import")])
     assert len(engine.transport.posts) == 1  # type: ignore[attr-defined]
@@ -525,7 +445,8 @@ def test_in_a_uwsgi_worker_the_hand_off_stays_asynchronous(
     engines: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "uwsgi", FakeUwsgiModule(worker_id=1))
-    engine = make_engine(engines, None, flush_interval=30.0)
+    engine = EventSender(transport=RecordingTransport(), flush_interval=30.0)
+    engines.append(engine)
     engine.submit([event("in-a-request")])
     assert engine.transport.posts == []  # type: ignore[attr-defined]
     assert engine.stats()["queue_depth"] == 1
