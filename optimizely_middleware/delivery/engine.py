@@ -523,17 +523,21 @@ class DeliveryEngine:
             reason, detail = drops.SENDER_ERROR, drops.describe_error(exc)
             logger.exception("Unexpected error while sending Optimizely events.")
         finally:
-            # Also when the thread dies (a BaseException): the job settles, once.
+            # Also when the thread dies (a BaseException): the job settles, once,
+            # and a flush returns only after on_error has seen a failed batch.
             with self._cond:
-                settled_here = self._jobs.pop(job_id, None) is not None
+                settled_here = job_id in self._jobs
                 if settled_here:
+                    self._jobs[job_id] = (batch.first_seq, 0)  # close() counts it no more
                     self._in_flight -= len(batch)
                     if reason is None:
                         self._delivered_events += len(batch)
                         self._delivered_posts += 1
-                self._cond.notify_all()
             if settled_here and reason is not None:
                 self.record_lost_event(reason, len(batch), batch.events(), detail)
+            with self._cond:
+                self._jobs.pop(job_id, None)
+                self._cond.notify_all()
 
     # -- bookkeeping (with self._cond held) ----------------------------------------
 
