@@ -6,6 +6,7 @@ waits, so each test below proves a wait: replace it by wait(0) and it fails.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -450,3 +451,218 @@ def test_in_a_uwsgi_worker_the_hand_off_stays_asynchronous(
     engine.submit([event("in-a-request")])
     assert engine.transport.posts == []  # type: ignore[attr-defined]
     assert engine.stats()["queue_depth"] == 1
+
+
+# -- faults: a worker that cannot start or dies; close() within its timeout -------------
+
+
+def test_a_thread_start_that_fails_once_is_retried_and_nothing_is_counted_twice(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = threading.Thread.start
+    failures: list[str] = []
+
+    def start_failing_once(thread: threading.Thread) -> None:
+        if not failures:
+            failures.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_failing_once)
+    engine = make_engine(engines, None, flush_interval=3600)
+    engine.submit([event("first")])
+    assert failures == ["optimizely-event-sender-1"]
+    stats = engine.stats()
+    assert (stats["dropped"], stats["queue_depth"], stats["workers"]) == ({}, 1, 0)
+    assert engine.flush(10)  # the flush starts the worker the hand-off could not
+    engine.submit([event("second")])
+    assert engine.flush(10)
+    stats = engine.stats()
+    assert (stats["delivered_events"], stats["dropped"]) == (2, {})
+    engine.close(1.0)  # never raises (it used to join a thread never started)
+
+
+class ThreadKiller(BaseException):
+    """Ends a thread the way a BaseException from a transport or gevent's kill does."""
+
+
+def test_a_worker_that_dies_mid_post_is_replaced_at_the_next_hand_off(
+    engines: list[Any],
+) -> None:
+    def respond(n: int) -> TransportResponse:
+        if n == 0:
+            raise ThreadKiller()
+        return TransportResponse(200, {})
+
+    transport = RecordingTransport(respond)
+    engine = make_engine(engines, None, transport=transport, flush_interval=0)
+    engine.submit([event("lost")])
+    assert engine.flush(10)  # the dead worker's batch is settled, not left pending
+    first_worker = transport.posts and engine.stats()
+    assert first_worker and first_worker["dropped"] == {"sender_error": 1}
+    engine.submit([event("after")])
+    assert engine.flush(10)
+    stats = engine.stats()
+    assert (stats["delivered_events"], stats["dropped"]) == (1, {"sender_error": 1})
+    assert len(transport.posts) == 2
+
+
+class HeldEncoder(EventEncoder):
+    """Encodes once released; ``started`` is set when a hand-off begins to encode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, item: object) -> EncodedEvent:
+        self.started.set()
+        assert self.release.wait(10)
+        return super().encode(item)
+
+
+def test_close_returns_within_its_timeout_and_counts_a_post_held_and_a_hand_off_held(
+    engines: list[Any], event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    encoder = HeldEncoder()
+    encoder.release.set()
+    sender = EventSender(
+        endpoint=event_endpoint.url, encoder=encoder, max_in_flight=1, flush_interval=0
+    )
+    engines.append(sender)
+    event_endpoint.hold()
+    sender.submit(three_events(datafile))
+    event_endpoint.wait_for_arrivals(1)  # a POST of 3 is now held by the endpoint
+    encoder.release.clear()
+    encoder.started.clear()
+    hand_off = threading.Thread(target=sender.submit, args=([event("being-encoded")],))
+    hand_off.start()
+    assert encoder.started.wait(10)  # a request thread is now encoding 1 event
+    watcher = LogWatcher()
+    closing = threading.Thread(target=sender.close, args=(1.0,))
+    try:
+        closing.start()
+        closing.join(4.0)  # a hang guard only: close() must return within about 1 s
+        assert not closing.is_alive()
+        stats = sender.stats()
+    finally:
+        watcher.remove()
+        encoder.release.set()
+        event_endpoint.release()
+    hand_off.join(10)
+    assert stats["dropped"] == {"shutdown": 4}
+    assert (stats["in_flight"], stats["pending"]) == (0, 0)
+    assert (
+        logging.WARNING,
+        "4 Optimizely events were not delivered at shutdown: 0 queued, 1 still being "
+        "encoded at a hand-off, 3 in a POST still unconfirmed.",
+    ) in watcher.messages
+    assert sender.flush(1) and sender.stats()["dropped"] == {"shutdown": 4}  # never twice
+
+
+# -- the hand-off: bounded slices, whole hand-offs, yielding to the event loop ------------
+
+
+class TickingClock:
+    """A slice clock that moves ``step`` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch, datafile: str
+) -> None:
+    # 0.3 ms per read of the slice clock, slices of 1 ms: 4 events per slice.
+    engine = make_engine(
+        engines,
+        None,
+        flush_interval=3600,
+        max_events_per_post=1000,
+        slice_seconds=0.001,
+        slice_clock=TickingClock(0.0003),
+    )
+    gaps: list[int] = []
+    real_sleep = time.sleep
+
+    def between_slices(seconds: float) -> None:
+        gaps.append(engine.stats()["queue_depth"])  # nothing of the hand-off is filed yet
+        real_sleep(seconds)
+
+    monkeypatch.setattr(engine_module.time, "sleep", between_slices)
+    events = three_events(datafile) * 333 + [event("last")]
+    engine.submit(events)
+    assert gaps == [0] * 249  # 1,000 events, 4 per slice: 250 slices, a pause between each
+    assert engine.stats()["queue_depth"] == 1000
+    assert engine.flush(10)
+    assert engine.stats()["delivered_events"] == 1000
+
+
+def test_an_async_hand_off_lets_the_event_loop_run_between_slices(
+    engines: list[Any], datafile: str
+) -> None:
+    engine = make_engine(
+        engines,
+        None,
+        flush_interval=3600,
+        max_events_per_post=1000,
+        slice_seconds=0.001,
+        slice_clock=TickingClock(0.0003),
+    )
+    ticks = 0
+    seen_by_encoder: list[int] = []
+    real_encode = engine.encoder.encode
+
+    def encode(item: object) -> EncodedEvent:
+        seen_by_encoder.append(ticks)
+        return real_encode(item)
+
+    engine.encoder.encode = encode  # type: ignore[method-assign]
+
+    async def other_request() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        task = asyncio.create_task(other_request())
+        await asyncio.sleep(0)
+        await engine.asubmit(three_events(datafile) * 333 + [event("last")])
+        task.cancel()
+
+    asyncio.run(main())
+    assert len(seen_by_encoder) == 1000
+    # The other task ran between the 250 slices, and never inside one.
+    assert seen_by_encoder[-1] - seen_by_encoder[0] >= 249
+    assert len(set(seen_by_encoder[:4])) == 1
+    assert engine.stats()["queue_depth"] == 1000
+
+
+def test_a_cancelled_async_hand_off_still_files_every_event(
+    engines: list[Any], datafile: str
+) -> None:
+    engine = make_engine(
+        engines,
+        None,
+        flush_interval=3600,
+        max_events_per_post=1000,
+        slice_seconds=0.001,
+        slice_clock=TickingClock(0.0003),
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(engine.asubmit(three_events(datafile) * 100))
+        await asyncio.sleep(0)  # the hand-off has done its first slice
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    stats = engine.stats()
+    assert (stats["queue_depth"], stats["dropped"]) == (300, {})

@@ -161,10 +161,9 @@ class WorkerPool:
 
     def maybe_grow(self, *, work_waiting: bool) -> None:
         """Start another worker if work waits while all workers have been busy long enough."""
-        if not work_waiting or self.idle or len(self.threads) >= self.max_workers:
-            return
-        if not self.threads:
-            self.start()
+        if not work_waiting or self.idle or not self.threads:
+            return  # the first worker is started by wake()
+        if len(self.threads) >= self.max_workers:
             return
         since = self._all_busy_since
         if since is not None and self._clock() - since >= self.scale_up_after:
