@@ -83,7 +83,9 @@ class WorkerClock:
         self.spent = dict.fromkeys(self.KINDS, (0.0, 0.0))
         self._lock = threading.Lock()  # several workers finish jobs at once
         for kind, name in zip(self.KINDS, ("_encode", "_post"), strict=True):
-            setattr(engine, name, self._timed(kind, getattr(engine, name)))
+            job = getattr(engine, name, None)
+            if job is not None:  # engines that encode at the hand-off have no _encode job
+                setattr(engine, name, self._timed(kind, job))
 
     def _timed(self, kind: str, job: Callable[..., None]) -> Callable[..., None]:
         def timed(*args: Any) -> None:

@@ -20,7 +20,6 @@ from optimizely.event.log_event import LogEvent
 
 from optimizely_middleware import EventSender
 from optimizely_middleware.batching import EncodedEvent
-from optimizely_middleware.delivery import engine as engine_module
 from optimizely_middleware.delivery.clock import ManualClock
 from optimizely_middleware.delivery.engine import DeliveryEngine
 from optimizely_middleware.delivery.retry import RetryPolicy
@@ -594,7 +593,7 @@ def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
         gaps.append(engine.stats()["queue_depth"])  # nothing of the hand-off is filed yet
         real_sleep(seconds)
 
-    monkeypatch.setattr(engine_module.time, "sleep", between_slices)
+    monkeypatch.setattr(time, "sleep", between_slices)
     events = three_events(datafile) * 333 + [event("last")]
     engine.submit(events)
     assert gaps == [0] * 249  # 1,000 events, 4 per slice: 250 slices, a pause between each

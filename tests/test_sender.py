@@ -345,9 +345,7 @@ def test_encoded_events_are_left_alone_by_the_garbage_collector_unless_on_error_
 def wait_encoded(sender: EventSender, n: int) -> list[Any]:
     engine = sender._engine
     with engine._cond:
-        assert engine._cond.wait_for(
-            lambda: engine._queue.nbytes and not engine._handoffs, 10
-        )
+        assert engine._cond.wait_for(lambda: engine._queue.nbytes and not engine._handoffs, 10)
         groups = engine._queue._groups.values()
         items = [item for group in groups for item in group.items]
     assert len(items) == n
@@ -589,7 +587,7 @@ def test_close_flushes_then_later_submits_are_counted_drops(
 def test_submit_never_raises_into_the_caller(sender_factory: Any) -> None:
     sender = sender_factory(transport=RecordingTransport())
     sender.submit(None)  # type: ignore[arg-type]
-    sender.submit([object()])  # type: ignore[list-item]
+    sender.submit([object()])
     assert sender.flush(10)
     assert sender.stats()["dropped"] == {"unserializable": 1}
 
