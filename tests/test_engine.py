@@ -665,3 +665,21 @@ def test_a_cancelled_async_hand_off_still_files_every_event(
     asyncio.run(main())
     stats = engine.stats()
     assert (stats["queue_depth"], stats["dropped"]) == (300, {})
+
+
+def test_the_io_thread_is_woken_once_per_batch_not_once_per_request(engines: list[Any]) -> None:
+    engine = make_engine(engines, None, flush_interval=3600)  # real time: it lingers
+    engine.submit([event("first")])
+    with engine._cond:  # the thread is waiting out the linger of the first event
+        assert engine._cond.wait_for(lambda: engine._pool.idle == 1, 10)
+    cond = engine._cond
+    wake_ups: list[str] = []
+    real_notify, real_notify_all = cond.notify, cond.notify_all
+    cond.notify = lambda n=1: (wake_ups.append("notify"), real_notify(n))[1]  # type: ignore[method-assign]
+    cond.notify_all = lambda: (wake_ups.append("all"), real_notify_all())[1]  # type: ignore[method-assign]
+    for n in range(199):
+        engine.submit([event(str(n))])
+    assert engine.stats()["queue_depth"] == 200
+    assert wake_ups == []  # 199 more hand-offs, and the lingering thread was left alone
+    assert engine.flush(10)
+    assert len(engine.transport.posts) == 1  # type: ignore[attr-defined]
