@@ -22,8 +22,8 @@ def queue(max_events: int = 10, max_bytes: int = 1000, linger: float = 1.0) -> B
 def fill(q: BatchQueue, visitors: list[bytes], key: str = "k") -> None:
     first = q.next_seq
     assert q.reserve(len(visitors)) == len(visitors)
-    for offset, visitor in enumerate(visitors):
-        assert q.add_encoded(first + offset, 0.0, encoded(visitor, key), False)
+    events = [(first + offset, 0.0, encoded(v, key)) for offset, v in enumerate(visitors)]
+    assert q.add_all(events, False) == 0
 
 
 def test_the_count_bound_takes_what_fits_and_refuses_the_rest() -> None:
@@ -92,8 +92,8 @@ def test_the_byte_bound_refuses_encoded_events_past_it() -> None:
     strategy = LingerOrFull(max_events=10, max_bytes=40, linger=1.0)
     q = BatchQueue(max_events=10, max_bytes=40, strategy=strategy)
     q.reserve(3)
-    assert q.add_encoded(0, 0.0, encoded(b"x" * 10), False)  # 27 bytes with its envelope
-    assert not q.add_encoded(1, 0.0, encoded(b"x" * 10), False)
+    # 27 bytes each with its envelope: the second is refused
+    assert q.add_all([(0, 0.0, encoded(b"x" * 10)), (1, 0.0, encoded(b"x" * 10))], False) == 1
     assert q.count == 2  # the refused one is released; one still reserved
 
 
@@ -107,6 +107,6 @@ def test_a_post_larger_than_the_queue_is_refused_at_construction(events: int, nb
 def test_a_group_becomes_full_by_count() -> None:
     q = queue(max_events=2, linger=60.0)
     fill(q, [b"{}"])
-    assert not q.has_full_group()
+    assert not q.became_full
     fill(q, [b"{}"])
-    assert q.has_full_group()
+    assert q.became_full

@@ -683,3 +683,23 @@ def test_the_io_thread_is_woken_once_per_batch_not_once_per_request(engines: lis
     assert wake_ups == []  # 199 more hand-offs, and the lingering thread was left alone
     assert engine.flush(10)
     assert len(engine.transport.posts) == 1  # type: ignore[attr-defined]
+
+
+def test_a_hand_off_that_fails_while_filing_leaves_no_reservation_behind(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(engines, None, flush_interval=0)
+    engine._queue.max_events = 2
+
+    def broken(*args: Any) -> int:
+        raise MemoryError("no room to file")
+
+    monkeypatch.setattr(engine._queue, "add_all", broken)
+    engine.submit([event("a"), event("b")])  # never raises into the request
+    monkeypatch.undo()
+    stats = engine.stats()
+    assert (stats["dropped"], stats["pending"]) == ({"sender_error": 2}, 0)
+    assert engine.flush(1)  # nothing reserved is left for a flush to wait on
+    assert engine._queue.count == 0  # nor any room taken
+    engine.submit([event("c"), event("d")])
+    assert engine.flush(10) and engine.stats()["delivered_events"] == 2

@@ -5,7 +5,7 @@ Usage (the engine holds its lock around every call; the queue has none)::
     queue = BatchQueue(max_events=10_000, max_bytes=16 << 20,
                        strategy=LingerOrFull(max_events=500, max_bytes=1_000_000, linger=0.1))
     first_seq = queue.reserve(3)                  # room for a hand-off being encoded
-    queue.add_encoded(seq, queued_at, encoded)    # each encoded event under its group
+    queue.add_all([(seq, queued_at, encoded)], keep_events=False)  # filed by group
     queue.release(n)                              # reserved events that will not be filed
     batch, wait = queue.next_batch(now, urgent=False)
 
@@ -129,6 +129,7 @@ class BatchQueue:
         self.count = 0  # queued events, plus those reserved for hand-offs being encoded
         self.nbytes = 0  # encoded events' bytes
         self.next_seq = 0
+        self.became_full = False  # a group filled up since the engine last looked
         self._groups: dict[Hashable, _Group] = {}
 
     # -- reserving room ----------------------------------------------------------
@@ -151,22 +152,28 @@ class BatchQueue:
 
     # -- encoded side ------------------------------------------------------------
 
-    def add_encoded(
-        self, seq: int, queued_at: float, encoded: EncodedEvent, keep_event: bool
-    ) -> bool:
-        """File one reserved, encoded event; False (and released) when the byte bound is reached."""
-        size = encoded.nbytes
-        if self.nbytes + size > self.max_bytes:
-            self.count -= 1
-            return False
-        group = self._groups.get(encoded.key)
-        if group is None:
-            group = self._groups[encoded.key] = _Group(encoded)
-        event = encoded.event if keep_event else None
-        group.items.append((seq, queued_at, encoded.visitors, event))
-        group.nbytes += size
-        self.nbytes += size
-        return True
+    def add_all(self, encoded: list[tuple[int, float, EncodedEvent]], keep_events: bool) -> int:
+        """File reserved, encoded events in order; returns how many the byte bound refused
+        (those are released). Sets :attr:`became_full` when a group now holds a full POST."""
+        refused = 0
+        groups = self._groups
+        strategy = self.strategy
+        for seq, queued_at, event in encoded:
+            visitors = event.visitors
+            size = len(event.prefix) + len(visitors) + len(event.suffix)
+            if self.nbytes + size > self.max_bytes:
+                self.count -= 1
+                refused += 1
+                continue
+            group = groups.get(event.key)
+            if group is None:
+                group = groups[event.key] = _Group(event)
+            group.items.append((seq, queued_at, visitors, event.event if keep_events else None))
+            group.nbytes += size
+            self.nbytes += size
+            if not self.became_full and strategy.is_full(group):
+                self.became_full = True
+        return refused
 
     def next_batch(self, now: float, urgent: bool) -> tuple[Batch | None, float | None]:
         """The next POST's events, or ``(None, when the next group is ready)``.
@@ -214,10 +221,6 @@ class BatchQueue:
         return Batch(chosen, items), None
 
     # -- the whole queue ---------------------------------------------------------
-
-    def has_full_group(self) -> bool:
-        """Whether some group holds a full POST (it may leave before its linger ends)."""
-        return any(self.strategy.is_full(group) for group in self._groups.values())
 
     @property
     def has_encoded(self) -> bool:

@@ -275,7 +275,7 @@ class DeliveryEngine:
                 return None
             return HandOffEncoding(
                 self.encoder,
-                items[:accepted],
+                items if accepted == n else items[:accepted],
                 first_seq=first_seq,
                 queued_at=self._clock(),
                 token=token,
@@ -291,6 +291,10 @@ class DeliveryEngine:
                 encoding.finish()
             self._file(encoding)
         except Exception:
+            with suppress(Exception), self._cond:  # no reservation left behind for flush()
+                reserved = self._handoffs.pop(encoding.token, None)
+                if reserved is not None:
+                    self._queue.release(reserved[1])
             self._log_handoff_failure(encoding.items)
 
     def _log_handoff_failure(self, items: Sequence[object]) -> None:
@@ -302,22 +306,22 @@ class DeliveryEngine:
     def _file(self, encoding: HandOffEncoding) -> None:
         token = encoding.token
         keep = self.on_error is not None
-        over_bytes = 0
         with self._cond:
-            if self._handoffs.pop(token, None) is None:
+            if token not in self._handoffs:
                 return  # close() gave up on it (and counted it), or a new process
             queue = self._queue
             was_empty = not queue.has_encoded
-            for seq, queued_at, event in encoding.encoded:
-                if not queue.add_encoded(seq, queued_at, event, keep):
-                    over_bytes += 1
+            over_bytes = queue.add_all(encoding.encoded, keep)
             queue.release(len(encoding.failed))
-            if encoding.encoded and (was_empty or self._flushing or queue.has_full_group()):
+            del self._handoffs[token]  # filed: flush() no longer waits for it
+            became_full, queue.became_full = queue.became_full, False
+            if encoding.encoded and (was_empty or self._flushing or became_full):
                 # Wake-ups per batch, not per request: an idle worker waits for the
                 # first event; a lingering one is woken early only by a full POST.
                 self._pool.wake(self._cond)
             self._grow_if_posts_are_slow()
-        self.record_lost_event(drops.QUEUE_BYTES, over_bytes)
+        if over_bytes:
+            self.record_lost_event(drops.QUEUE_BYTES, over_bytes)
         for item, why in encoding.failed:
             logger.debug("Unencodable Optimizely event: %r", getattr(item, "params", item))
             self.record_lost_event(drops.UNSERIALIZABLE, 1, [item], why)

@@ -84,12 +84,23 @@ class HandOffEncoding:
         items = self.items
         total = len(items)
         position = self.done
+        encode = self.encoder.encode
+        encoded, failed = self.encoded, self.failed
+        first_seq, queued_at = self.first_seq, self.queued_at
         while position < total:
             self.slice_count += 1
             started = clock()
             while position < total:
-                self._encode_one(items[position])
+                item = items[position]
                 position += 1
+                try:
+                    event = encode(item)
+                except UnserializableEvent as exc:
+                    failed.append((item, str(exc)))
+                except Exception as exc:
+                    failed.append((item, f"{type(exc).__name__} while encoding the event"))
+                else:
+                    encoded.append((first_seq + len(encoded), queued_at, event))
                 if clock() - started >= budget:
                     break
             if position < total:
@@ -99,16 +110,6 @@ class HandOffEncoding:
         """Encode whatever is left in one go (a hand-off that cannot give way)."""
         for _ in self.slices(float("inf"), _never):
             pass
-
-    def _encode_one(self, item: object) -> None:
-        try:
-            event = self.encoder.encode(item)
-        except UnserializableEvent as exc:
-            self.failed.append((item, str(exc)))
-        except Exception as exc:
-            self.failed.append((item, f"{type(exc).__name__} while encoding the event"))
-        else:
-            self.encoded.append((self.first_seq + len(self.encoded), self.queued_at, event))
 
 
 def _never() -> float:
