@@ -86,7 +86,9 @@ def test_an_asgi_hand_off_runs_on_the_loop_and_yields_to_other_requests(
 
     async def big(request: Request) -> PlainTextResponse:
         for n in range(EVENTS_PER_BIG_REQUEST):
-            client.create_user_context(f"user-{n}").decide("new_checkout")
+            user = client.create_user_context(f"user-{n}")
+            assert user is not None
+            user.decide("new_checkout")
         return PlainTextResponse("ok")
 
     async def ping(request: Request) -> PlainTextResponse:
@@ -126,6 +128,7 @@ def test_a_wsgi_hand_off_is_encoded_on_the_request_thread(
     def home() -> str:
         request_threads.append(threading.current_thread().name)
         user = client.create_user_context("wsgi-user")
+        assert user is not None
         user.decide("new_checkout")
         user.track_event("purchase")
         return "ok"

@@ -675,8 +675,16 @@ def test_the_io_thread_is_woken_once_per_batch_not_once_per_request(engines: lis
     cond = engine._cond
     wake_ups: list[str] = []
     real_notify, real_notify_all = cond.notify, cond.notify_all
-    cond.notify = lambda n=1: (wake_ups.append("notify"), real_notify(n))[1]  # type: ignore[method-assign]
-    cond.notify_all = lambda: (wake_ups.append("all"), real_notify_all())[1]  # type: ignore[method-assign]
+
+    def notify(n: int = 1) -> None:
+        wake_ups.append("notify")
+        real_notify(n)
+
+    def notify_all() -> None:
+        wake_ups.append("all")
+        real_notify_all()
+
+    cond.notify, cond.notify_all = notify, notify_all  # type: ignore[method-assign]
     for n in range(199):
         engine.submit([event(str(n))])
     assert engine.stats()["queue_depth"] == 200
