@@ -172,8 +172,8 @@ class StretchProbe:
             self.gc = max(self.gc, time.thread_time() - self._gc_started)
 
     def install(self, sender: Any) -> None:
-        from optimizely_middleware import jobs
-        from optimizely_middleware.worker import WorkerPool
+        from optimizely_middleware.delivery import engine as jobs
+        from optimizely_middleware.delivery.worker import WorkerPool
 
         real_sleep, real_idle = time.sleep, WorkerPool.idle_wait
         probe = self
@@ -212,8 +212,8 @@ class StretchProbe:
         sender.transport = Timed()
 
     def uninstall(self) -> None:
-        from optimizely_middleware import jobs
-        from optimizely_middleware.worker import WorkerPool
+        from optimizely_middleware.delivery import engine as jobs
+        from optimizely_middleware.delivery.worker import WorkerPool
 
         jobs.time = time  # type: ignore[assignment]
         WorkerPool.idle_wait = _REAL_IDLE_WAIT  # type: ignore[method-assign]
@@ -262,7 +262,7 @@ def noise_run() -> tuple[float, float]:
     return late[-1] * 1e3, late[int(len(late) * 0.999)] * 1e3
 
 
-from optimizely_middleware.worker import WorkerPool  # noqa: E402
+from optimizely_middleware.delivery.worker import WorkerPool  # noqa: E402
 
 _REAL_IDLE_WAIT = WorkerPool.idle_wait
 
@@ -319,7 +319,7 @@ def main() -> None:
         if args.only in (None, "post"):
             import requests
 
-            from optimizely_middleware.transport import PooledTransport
+            from optimizely_middleware.delivery.transport import PooledTransport
 
             body = json.dumps({"visitors": ["x" * 1000] * 197}).encode()  # ~193 KiB
             headers = {"Content-Type": "application/json"}

@@ -216,7 +216,7 @@ class HTTPResponder:
         else:
             failed = request_failed(status=self.status, disconnected=self.disconnected)
         finally:
-            self.dispatcher.close_scope(request, failed=failed)
+            await self.dispatcher.aclose_scope(request, failed=failed)
 
     async def receive_observed(self) -> Message:
         message = await self.receive()

@@ -75,7 +75,7 @@ class RequestScopedEventDispatcher:
     :class:`OptimizelyWSGIMiddleware` or :class:`OptimizelyASGIMiddleware`
     with it. ``dispatch_event`` only appends to the current request's scope:
     O(1), no I/O. When the request is over, the events go to ``sender`` with
-    one non-blocking call.
+    one call that never waits for I/O (the sender encodes them there).
 
     Options:
 
@@ -246,10 +246,34 @@ class RequestScopedEventDispatcher:
 
         ``failed`` marks a request that raised or answered with a 5xx status;
         with ``failed_requests="discard"`` its events are counted and dropped.
+        The sender encodes the events on this thread, in slices of about 1 ms.
         """
+        events = self._end_scope(scope, failed)
+        if events:
+            self._submit(events)
+
+    async def aclose_scope(self, scope: RequestScope, *, failed: bool = False) -> None:
+        """:meth:`close_scope` for an ASGI task: a sender with ``asubmit`` lets the
+        event loop run between the slices of a long hand-off."""
+        events = self._end_scope(scope, failed)
+        if not events:
+            return
+        asubmit = getattr(self.sender, "asubmit", None)
+        if asubmit is None:
+            self._submit(events)
+            return
+        try:
+            await asubmit(events)
+        except Exception as exc:
+            self._sender_raised(exc, events)
+            return
+        self._count("handed_over", len(events))
+
+    def _end_scope(self, scope: RequestScope, failed: bool) -> list[Any] | None:
+        """Close ``scope`` and count it; the events to hand over, if any."""
         events = scope.close()
         if events is None:
-            return
+            return None
         failed = failed or scope.failed
         self._check_pid()
         with self._lock:
@@ -267,12 +291,12 @@ class RequestScopedEventDispatcher:
             except Exception:
                 logger.exception("A request-end listener raised; ignored.")
         if not events:
-            return
+            return None
         if failed and self.failed_requests == "discard":
             self._drop("failed_request", len(events))
             logger.info("Discarded %d Optimizely events of a failed request.", len(events))
-            return
-        self._submit(events)
+            return None
+        return events
 
     def add_request_end_listener(self, listener: RequestEndListener) -> None:
         """Call ``listener(self, items, failed)`` each time a request scope of this
@@ -300,14 +324,17 @@ class RequestScopedEventDispatcher:
         try:
             self.sender.submit(events)
         except Exception as exc:
-            self._drop("sender_error", len(events))
-            logger.error(
-                "The event sender raised %s while taking %d events; they are dropped.",
-                type(exc).__name__,
-                len(events),
-            )
+            self._sender_raised(exc, events)
             return
         self._count("handed_over", len(events))
+
+    def _sender_raised(self, exc: Exception, events: list[Any]) -> None:
+        self._drop("sender_error", len(events))
+        logger.error(
+            "The event sender raised %s while taking %d events; they are dropped.",
+            type(exc).__name__,
+            len(events),
+        )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event handed over so far is delivered or has failed."""

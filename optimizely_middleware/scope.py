@@ -159,4 +159,7 @@ class ScopeBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        if self._scope is None or self._activation is None:
+            return
+        self._activation.__exit__(exc_type, exc, tb)
+        await self._dispatcher.aclose_scope(self._scope, failed=request_failed(exc=exc))

@@ -259,7 +259,7 @@ class DeferredResponse:
         else:
             failed = request_failed(status=status, disconnected=disconnected)
         finally:
-            self.dispatcher.close_scope(self.request, failed=failed)
+            await self.dispatcher.aclose_scope(self.request, failed=failed)
 
     def __getattr__(self, name: str) -> Any:
         if name in self.__slots__:

@@ -16,7 +16,7 @@ from optimizely.event.user_event import UserEvent
 from optimizely.event.user_event_factory import UserEventFactory
 from optimizely.project_config import ProjectConfig
 
-from optimizely_middleware.transport import TransportResponse
+from optimizely_middleware.delivery.transport import TransportResponse
 
 SDK_LOGGER = logging.getLogger("optimizely.sdk.tests")
 SENDER_LOGGER = "optimizely_middleware.sender"

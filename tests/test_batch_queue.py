@@ -1,11 +1,11 @@
-"""BatchQueue and LingerOrFull on their own: bounds, byte accounting, batch selection."""
+"""BatchQueue and LingerOrFull on their own: reservations, bounds, byte accounting, batches."""
 
 from __future__ import annotations
 
 import pytest
 
-from optimizely_middleware.batch_queue import BatchQueue, LingerOrFull
 from optimizely_middleware.batching import EncodedEvent
+from optimizely_middleware.delivery.batch_queue import BatchQueue, LingerOrFull
 
 
 def encoded(visitor: bytes, key: str = "k") -> EncodedEvent:
@@ -20,19 +20,21 @@ def queue(max_events: int = 10, max_bytes: int = 1000, linger: float = 1.0) -> B
 
 
 def fill(q: BatchQueue, visitors: list[bytes], key: str = "k") -> None:
-    q.offer(visitors, now=0.0)
-    for seq0, queued_at, items in q.take_raw(1000):
-        for offset, visitor in enumerate(items):
-            assert q.add_encoded(seq0 + offset, queued_at, encoded(visitor, key), False)  # type: ignore[arg-type]
+    first = q.next_seq
+    assert q.reserve(len(visitors)) == len(visitors)
+    events = [(first + offset, 0.0, encoded(v, key)) for offset, v in enumerate(visitors)]
+    assert q.add_all(events, False) == 0
 
 
 def test_the_count_bound_takes_what_fits_and_refuses_the_rest() -> None:
     q = queue()
     q.max_events = 5
-    assert q.offer([1, 2, 3], 0.0) == 3
-    assert q.offer([4, 5, 6], 0.0) == 2
-    assert q.offer([7], 0.0) == 0
-    assert q.count == q.raw_count == 5
+    assert q.reserve(3) == 3
+    assert q.reserve(3) == 2
+    assert q.reserve(1) == 0
+    assert (q.count, q.next_seq, q.queued) == (5, 5, 0)
+    q.release(2)  # two reserved events will not be filed (unencodable)
+    assert q.reserve(3) == 2
 
 
 @pytest.mark.parametrize("n", [1, 3, 10])
@@ -87,10 +89,24 @@ def test_the_group_with_the_oldest_event_goes_first() -> None:
 
 
 def test_the_byte_bound_refuses_encoded_events_past_it() -> None:
-    strategy = LingerOrFull(max_events=10, max_bytes=100, linger=1.0)
+    strategy = LingerOrFull(max_events=10, max_bytes=40, linger=1.0)
     q = BatchQueue(max_events=10, max_bytes=40, strategy=strategy)
-    q.offer([1, 2, 3], 0.0)
-    q.take_raw(10)
-    assert q.add_encoded(0, 0.0, encoded(b"x" * 10), False)  # 27 bytes with its envelope
-    assert not q.add_encoded(1, 0.0, encoded(b"x" * 10), False)
-    assert q.count == 2  # the refused one is forgotten; one still being encoded
+    q.reserve(3)
+    # 27 bytes each with its envelope: the second is refused
+    assert q.add_all([(0, 0.0, encoded(b"x" * 10)), (1, 0.0, encoded(b"x" * 10))], False) == 1
+    assert q.count == 2  # the refused one is released; one still reserved
+
+
+@pytest.mark.parametrize(("events", "nbytes"), [(11, 1000), (10, 1001)], ids=["count", "bytes"])
+def test_a_post_larger_than_the_queue_is_refused_at_construction(events: int, nbytes: int) -> None:
+    strategy = LingerOrFull(max_events=events, max_bytes=nbytes, linger=1.0)
+    with pytest.raises(ValueError, match="could never be queued"):
+        BatchQueue(max_events=10, max_bytes=1000, strategy=strategy)
+
+
+def test_a_group_becomes_full_by_count() -> None:
+    q = queue(max_events=2, linger=60.0)
+    fill(q, [b"{}"])
+    assert not q.became_full
+    fill(q, [b"{}"])
+    assert q.became_full

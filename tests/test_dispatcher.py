@@ -525,3 +525,62 @@ def test_after_a_fork_dispatcher_and_sender_counters_agree(
         "parent-1",
         "parent-2",
     ]
+
+
+# -- the hand-off encodes on the caller's thread or task --------------------------------
+
+
+class ThreadRecordingEncoder(EventEncoder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def encode(self, item: object) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return super().encode(item)
+
+
+def test_an_event_outside_any_request_is_encoded_by_its_caller(
+    datafile: str, event_endpoint: EventEndpoint
+) -> None:
+    encoder = ThreadRecordingEncoder()
+    dispatcher = RequestScopedEventDispatcher(
+        EventSender(endpoint=event_endpoint.url, encoder=encoder), outside_scope="send"
+    )
+    client = create_client(dispatcher, datafile)
+    script = threading.Thread(
+        target=lambda: client.create_user_context("cli-user").decide("new_checkout"),
+        name="a-cli-script",
+    )
+    script.start()
+    script.join(10)
+    try:
+        assert encoder.threads == ["a-cli-script"]
+        assert dispatcher.flush(10)
+    finally:
+        dispatcher.close(10)
+    assert dispatcher.stats()["outside_scope_sent"] == 1
+    assert [v["visitor_id"] for v in event_endpoint.all_visitors()] == ["cli-user"]
+
+
+def test_an_async_hand_off_uses_the_senders_asubmit_or_falls_back_to_submit() -> None:
+    class AsyncSink(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.awaited: list[list[Any]] = []
+
+        async def asubmit(self, items: list[Any]) -> None:
+            self.awaited.append(list(items))
+
+    async_sink, plain_sink = AsyncSink(), RecordingSink()
+    for sink in (async_sink, plain_sink):
+        dispatcher = RequestScopedEventDispatcher(sink)
+
+        async def request(d: RequestScopedEventDispatcher = dispatcher) -> None:
+            async with d.request_scope():
+                d.collect("an item")
+
+        anyio.run(request)
+        assert dispatcher.stats()["handed_over"] == 1
+    assert async_sink.awaited == [["an item"]] and async_sink.batches == []
+    assert plain_sink.batches == [["an item"]]

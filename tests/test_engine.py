@@ -1,4 +1,4 @@
-"""The delivery engine's time-dependent and fault behaviour, with an injectable clock.
+"""The delivery engine: waits (with an injectable clock), faults, the hand-off, process changes.
 
 With a ManualClock, time passes only when the engine waits, by exactly what it
 waits, so each test below proves a wait: replace it by wait(0) and it fails.
@@ -6,6 +6,7 @@ waits, so each test below proves a wait: replace it by wait(0) and it fails.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -17,12 +18,13 @@ from typing import Any
 import pytest
 from optimizely.event.log_event import LogEvent
 
-from optimizely_middleware import EventSender, jobs
-from optimizely_middleware.batching import EncodedEvent, LogEventEncoder
-from optimizely_middleware.clock import ManualClock
-from optimizely_middleware.engine import DeliveryEngine
-from optimizely_middleware.retry import RetryPolicy
-from optimizely_middleware.transport import TransportResponse
+from optimizely_middleware import EventSender
+from optimizely_middleware.batching import EncodedEvent
+from optimizely_middleware.delivery.clock import ManualClock
+from optimizely_middleware.delivery.engine import DeliveryEngine
+from optimizely_middleware.delivery.retry import RetryPolicy
+from optimizely_middleware.delivery.transport import TransportResponse
+from optimizely_middleware.encoding import EventEncoder
 from tests.engine_support import (
     LogWatcher,
     RecordingTransport,
@@ -53,7 +55,7 @@ def engines() -> Iterator[list[Any]]:
 def make_engine(engines: list[Any], clock: ManualClock | None, **options: Any) -> DeliveryEngine:
     """An engine on ``clock`` (None: real time) with a RecordingTransport."""
     options.setdefault("transport", RecordingTransport(clock=clock))
-    options.setdefault("encoder", LogEventEncoder())
+    options.setdefault("encoder", EventEncoder())
     if clock is not None:
         options.update(clock=clock, wait=clock.wait)
     engine = DeliveryEngine(**options)
@@ -265,14 +267,17 @@ def test_the_shutdown_warning_counts_events_in_flight(
         stats = sender.stats()
         assert (stats["in_flight"], stats["pending"]) == (3, 4)
         sender.close(0.2)
+        stats = sender.stats()  # before the held POST is released
     finally:
         watcher.remove()
         event_endpoint.release()
     assert (
         logging.WARNING,
-        "4 Optimizely events were not delivered at shutdown: 1 dropped from the queue, "
-        "3 in flight and unconfirmed (a POST still on the network).",
+        "4 Optimizely events were not delivered at shutdown: 1 queued, 0 still being "
+        "encoded at a hand-off, 3 in a POST still unconfirmed.",
     ) in watcher.messages
+    assert stats["dropped"] == {"shutdown": 4}
+    assert (stats["in_flight"], stats["pending"]) == (0, 0)
 
 
 # -- workers: started only when POSTs are slow, no idle wake-ups ---------------------
@@ -315,38 +320,6 @@ def test_fast_posts_never_start_a_second_worker(engines: list[Any]) -> None:
     assert engine.stats()["workers"] == 1
 
 
-class BlockingEncoder(LogEventEncoder):
-    """Encodes like LogEventEncoder once released; signals when the first encode starts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def encode(self, item: object) -> EncodedEvent:
-        self.started.set()
-        assert self.release.wait(10)
-        return super().encode(item)
-
-
-def test_slow_encoding_never_starts_a_second_worker(engines: list[Any]) -> None:
-    # Encoding is Python work under the GIL: another thread could not speed it
-    # up, and would only wait for the GIL beside the request threads.
-    clock = ManualClock()
-    encoder = BlockingEncoder()
-    engine = make_engine(engines, clock, encoder=encoder, flush_interval=0, scale_up_after=0.5)
-    try:
-        engine.submit([event("a")])
-        assert encoder.started.wait(10)  # the only worker is now encoding
-        clock.advance(1.0)
-        engine.submit([event("b", revision="2")])
-        assert engine.stats()["workers"] == 1
-    finally:
-        encoder.release.set()
-    assert engine.flush(10)
-    assert engine.stats()["workers"] == 1
-
-
 def test_an_idle_engine_makes_no_wake_ups(engines: list[Any]) -> None:
     clock = ManualClock()
     engine = make_engine(engines, clock, flush_interval=1.0)
@@ -358,60 +331,6 @@ def test_an_idle_engine_makes_no_wake_ups(engines: list[Any]) -> None:
     time.sleep(0.3)  # an observation window, not synchronisation
     assert clock.waits == waits  # the idle worker waits with no timeout
     assert engine._pool.idle == 1
-
-
-def test_encoding_runs_in_slices_that_release_the_gil(
-    engines: list[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class SlowEncoder(LogEventEncoder):
-        def encode(self, item: object) -> EncodedEvent:
-            until = time.perf_counter() + 0.0001  # 100 µs of Python work per event
-            while time.perf_counter() < until:
-                pass
-            return super().encode(item)
-
-    yields: list[float] = []
-    real_sleep = time.sleep
-
-    def sleep(seconds: float) -> None:
-        if threading.current_thread().name.startswith("optimizely-event-sender"):
-            yields.append(seconds)
-        real_sleep(seconds)
-
-    monkeypatch.setattr(jobs.time, "sleep", sleep)
-    clock = ManualClock()
-    engine = make_engine(engines, clock, encoder=SlowEncoder(), flush_interval=3600)
-    engine.submit([event(str(n)) for n in range(100)])
-    assert engine.flush(10)
-    # 100 events of 100 µs in slices of at most ~200 µs: dozens of GIL releases.
-    assert len(yields) >= 100 * 0.0001 / (2 * jobs.SLICE_SECONDS)
-    assert set(yields) == {0}
-
-
-def test_only_whole_hand_offs_are_filed_so_no_post_takes_part_of_a_request(
-    engines: list[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A slice ends after every event here; a worker POSTing meanwhile could
-    # take whatever is filed, so a part of a hand-off must never be filed.
-    monkeypatch.setattr(jobs, "SLICE_SECONDS", 0.0)
-    clock = ManualClock()
-    engine = make_engine(engines, clock, flush_interval=3600)
-    filed: list[list[int]] = []
-    real_file = engine._file
-
-    def spy(encoded: list[Any], failed: list[Any], generation: int) -> bool:
-        filed.append([seq for seq, _, _ in encoded])
-        return real_file(encoded, failed, generation)
-
-    monkeypatch.setattr(engine, "_file", spy)
-    for request in range(5):
-        engine.submit([event(f"r{request}-{n}") for n in range(3)])
-    assert engine.flush(10)
-    assert sorted(seq for call in filed for seq in call) == list(range(15))
-    for call in filed:
-        hand_offs = {seq // 3 for seq in call}
-        assert sorted(call) == [seq for h in sorted(hand_offs) for seq in range(3 * h, 3 * h + 3)]
-    assert len(filed) > 1  # it did file in several slices
 
 
 # -- settings --------------------------------------------------------------------------
@@ -510,7 +429,8 @@ def test_in_a_uwsgi_master_the_hand_off_delivers_and_leaves_no_thread(
     """uWSGI forks its workers from the master in C: a sender thread alive at
     that moment can hang a worker, so a master delivers at the hand-off."""
     monkeypatch.setitem(sys.modules, "uwsgi", FakeUwsgiModule(worker_id=0))
-    engine = make_engine(engines, None, flush_interval=30.0)
+    engine = EventSender(transport=RecordingTransport(), flush_interval=30.0)
+    engines.append(engine)
     before = set(threading.enumerate())
     engine.submit([event("at-import")])
     assert len(engine.transport.posts) == 1  # type: ignore[attr-defined]
@@ -525,7 +445,269 @@ def test_in_a_uwsgi_worker_the_hand_off_stays_asynchronous(
     engines: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "uwsgi", FakeUwsgiModule(worker_id=1))
-    engine = make_engine(engines, None, flush_interval=30.0)
+    engine = EventSender(transport=RecordingTransport(), flush_interval=30.0)
+    engines.append(engine)
     engine.submit([event("in-a-request")])
     assert engine.transport.posts == []  # type: ignore[attr-defined]
     assert engine.stats()["queue_depth"] == 1
+
+
+# -- faults: a worker that cannot start or dies; close() within its timeout -------------
+
+
+def test_a_thread_start_that_fails_once_is_retried_and_nothing_is_counted_twice(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = threading.Thread.start
+    failures: list[str] = []
+
+    def start_failing_once(thread: threading.Thread) -> None:
+        if not failures:
+            failures.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_failing_once)
+    engine = make_engine(engines, None, flush_interval=3600)
+    engine.submit([event("first")])
+    assert failures == ["optimizely-event-sender-1"]
+    stats = engine.stats()
+    assert (stats["dropped"], stats["queue_depth"], stats["workers"]) == ({}, 1, 0)
+    assert engine.flush(10)  # the flush starts the worker the hand-off could not
+    engine.submit([event("second")])
+    assert engine.flush(10)
+    stats = engine.stats()
+    assert (stats["delivered_events"], stats["dropped"]) == (2, {})
+    engine.close(1.0)  # never raises (it used to join a thread never started)
+
+
+class ThreadKiller(BaseException):
+    """Ends a thread the way a BaseException from a transport or gevent's kill does."""
+
+
+def test_a_worker_that_dies_mid_post_is_replaced_at_the_next_hand_off(
+    engines: list[Any],
+) -> None:
+    def respond(n: int) -> TransportResponse:
+        if n == 0:
+            raise ThreadKiller()
+        return TransportResponse(200, {})
+
+    transport = RecordingTransport(respond)
+    engine = make_engine(engines, None, transport=transport, flush_interval=0)
+    engine.submit([event("lost")])
+    assert engine.flush(10)  # the dead worker's batch is settled, not left pending
+    first_worker = transport.posts and engine.stats()
+    assert first_worker and first_worker["dropped"] == {"sender_error": 1}
+    engine.submit([event("after")])
+    assert engine.flush(10)
+    stats = engine.stats()
+    assert (stats["delivered_events"], stats["dropped"]) == (1, {"sender_error": 1})
+    assert len(transport.posts) == 2
+
+
+class HeldEncoder(EventEncoder):
+    """Encodes once released; ``started`` is set when a hand-off begins to encode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, item: object) -> EncodedEvent:
+        self.started.set()
+        assert self.release.wait(10)
+        return super().encode(item)
+
+
+def test_close_returns_within_its_timeout_and_counts_a_post_held_and_a_hand_off_held(
+    engines: list[Any], event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    encoder = HeldEncoder()
+    encoder.release.set()
+    sender = EventSender(
+        endpoint=event_endpoint.url, encoder=encoder, max_in_flight=1, flush_interval=0
+    )
+    engines.append(sender)
+    event_endpoint.hold()
+    sender.submit(three_events(datafile))
+    event_endpoint.wait_for_arrivals(1)  # a POST of 3 is now held by the endpoint
+    encoder.release.clear()
+    encoder.started.clear()
+    hand_off = threading.Thread(target=sender.submit, args=([event("being-encoded")],))
+    hand_off.start()
+    assert encoder.started.wait(10)  # a request thread is now encoding 1 event
+    watcher = LogWatcher()
+    closing = threading.Thread(target=sender.close, args=(1.0,))
+    try:
+        closing.start()
+        closing.join(4.0)  # a hang guard only: close() must return within about 1 s
+        assert not closing.is_alive()
+        stats = sender.stats()
+    finally:
+        watcher.remove()
+        encoder.release.set()
+        event_endpoint.release()
+    hand_off.join(10)
+    assert stats["dropped"] == {"shutdown": 4}
+    assert (stats["in_flight"], stats["pending"]) == (0, 0)
+    assert (
+        logging.WARNING,
+        "4 Optimizely events were not delivered at shutdown: 0 queued, 1 still being "
+        "encoded at a hand-off, 3 in a POST still unconfirmed.",
+    ) in watcher.messages
+    assert sender.flush(1) and sender.stats()["dropped"] == {"shutdown": 4}  # never twice
+
+
+# -- the hand-off: bounded slices, whole hand-offs, yielding to the event loop ------------
+
+
+class TickingClock:
+    """A slice clock that moves ``step`` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch, datafile: str
+) -> None:
+    # 0.3 ms per read of the slice clock, slices of 1 ms: 4 events per slice.
+    engine = make_engine(
+        engines,
+        None,
+        flush_interval=3600,
+        max_events_per_post=1000,
+        slice_seconds=0.001,
+        slice_clock=TickingClock(0.0003),
+    )
+    gaps: list[int] = []
+    real_sleep = time.sleep
+
+    def between_slices(seconds: float) -> None:
+        gaps.append(engine.stats()["queue_depth"])  # nothing of the hand-off is filed yet
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", between_slices)
+    events = three_events(datafile) * 333 + [event("last")]
+    engine.submit(events)
+    assert gaps == [0] * 249  # 1,000 events, 4 per slice: 250 slices, a pause between each
+    assert engine.stats()["queue_depth"] == 1000
+    assert engine.flush(10)
+    assert engine.stats()["delivered_events"] == 1000
+
+
+def test_an_async_hand_off_lets_the_event_loop_run_between_slices(
+    engines: list[Any], datafile: str
+) -> None:
+    engine = make_engine(
+        engines,
+        None,
+        flush_interval=3600,
+        max_events_per_post=1000,
+        slice_seconds=0.001,
+        slice_clock=TickingClock(0.0003),
+    )
+    ticks = 0
+    seen_by_encoder: list[int] = []
+    real_encode = engine.encoder.encode
+
+    def encode(item: object) -> EncodedEvent:
+        seen_by_encoder.append(ticks)
+        return real_encode(item)
+
+    engine.encoder.encode = encode  # type: ignore[method-assign]
+
+    async def other_request() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        task = asyncio.create_task(other_request())
+        await asyncio.sleep(0)
+        await engine.asubmit(three_events(datafile) * 333 + [event("last")])
+        task.cancel()
+
+    asyncio.run(main())
+    assert len(seen_by_encoder) == 1000
+    # The other task ran between the 250 slices, and never inside one.
+    assert seen_by_encoder[-1] - seen_by_encoder[0] >= 249
+    assert len(set(seen_by_encoder[:4])) == 1
+    assert engine.stats()["queue_depth"] == 1000
+
+
+def test_a_cancelled_async_hand_off_still_files_every_event(
+    engines: list[Any], datafile: str
+) -> None:
+    engine = make_engine(
+        engines,
+        None,
+        flush_interval=3600,
+        max_events_per_post=1000,
+        slice_seconds=0.001,
+        slice_clock=TickingClock(0.0003),
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(engine.asubmit(three_events(datafile) * 100))
+        await asyncio.sleep(0)  # the hand-off has done its first slice
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    stats = engine.stats()
+    assert (stats["queue_depth"], stats["dropped"]) == (300, {})
+
+
+def test_the_io_thread_is_woken_once_per_batch_not_once_per_request(engines: list[Any]) -> None:
+    engine = make_engine(engines, None, flush_interval=3600)  # real time: it lingers
+    engine.submit([event("first")])
+    with engine._cond:  # the thread is waiting out the linger of the first event
+        assert engine._cond.wait_for(lambda: engine._pool.idle == 1, 10)
+    cond = engine._cond
+    wake_ups: list[str] = []
+    real_notify, real_notify_all = cond.notify, cond.notify_all
+
+    def notify(n: int = 1) -> None:
+        wake_ups.append("notify")
+        real_notify(n)
+
+    def notify_all() -> None:
+        wake_ups.append("all")
+        real_notify_all()
+
+    cond.notify, cond.notify_all = notify, notify_all  # type: ignore[method-assign]
+    for n in range(199):
+        engine.submit([event(str(n))])
+    assert engine.stats()["queue_depth"] == 200
+    assert wake_ups == []  # 199 more hand-offs, and the lingering thread was left alone
+    assert engine.flush(10)
+    assert len(engine.transport.posts) == 1  # type: ignore[attr-defined]
+
+
+def test_a_hand_off_that_fails_while_filing_leaves_no_reservation_behind(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(engines, None, flush_interval=0)
+    engine._queue.max_events = 2
+
+    def broken(*args: Any) -> int:
+        raise MemoryError("no room to file")
+
+    monkeypatch.setattr(engine._queue, "add_all", broken)
+    engine.submit([event("a"), event("b")])  # never raises into the request
+    monkeypatch.undo()
+    stats = engine.stats()
+    assert (stats["dropped"], stats["pending"]) == ({"sender_error": 2}, 0)
+    assert engine.flush(1)  # nothing reserved is left for a flush to wait on
+    assert engine._queue.count == 0  # nor any room taken
+    engine.submit([event("c"), event("d")])
+    assert engine.flush(10) and engine.stats()["delivered_events"] == 2

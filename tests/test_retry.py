@@ -10,7 +10,7 @@ import pytest
 import requests
 import urllib3
 
-from optimizely_middleware.retry import (
+from optimizely_middleware.delivery.retry import (
     PermanentError,
     RetryPolicy,
     is_retryable_status,

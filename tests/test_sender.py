@@ -21,7 +21,7 @@ from werkzeug import Request, Response
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 from optimizely_middleware.batching import EncodedEvent
-from optimizely_middleware.sender import default_encoder, iter_senders, on_new_sender
+from optimizely_middleware.delivery.sender import default_encoder, iter_senders, on_new_sender
 from tests.engine_support import (
     SENDER_LOGGER,
     LogWatcher,
@@ -265,29 +265,40 @@ class ThreadRecordingEncoder:
         return self.inner.encode(item)
 
 
-def test_submit_encodes_nothing_on_the_callers_thread(
+def test_each_hand_off_is_encoded_on_its_own_thread_and_never_on_a_sender_thread(
     sdk_events: list[LogEvent], event_endpoint: EventEndpoint, sender_factory: Any
 ) -> None:
-    # The caller may be the event loop: submit appends the list and returns;
-    # a worker encodes it, in slices that release the GIL.
+    # The producer pays: a busy process can never starve its own delivery,
+    # because the sender threads only do I/O.
     encoder = ThreadRecordingEncoder()
-    sender = sender_factory(endpoint=event_endpoint.url, encoder=encoder)
-    sender.submit(sdk_events)
-    assert encoder.threads == []
-    assert sender.stats()["queue_depth"] == 3
+    sender = sender_factory(endpoint=event_endpoint.url, encoder=encoder, flush_interval=3600)
+    request_threads = [
+        threading.Thread(target=sender.submit, args=([event],), name=f"request-{n}")
+        for n, event in enumerate(sdk_events)
+    ]
+    for thread in request_threads:
+        thread.start()
+    for thread in request_threads:
+        thread.join(10)
+    assert sorted(encoder.threads) == ["request-0", "request-1", "request-2"]
+    assert sender.stats()["queue_depth"] == 3  # encoded, lingering
     assert sender.flush(10)
-    assert len(encoder.threads) == 3
-    assert all(name.startswith("optimizely-event-sender") for name in encoder.threads)
-    assert event_endpoint.all_visitors() == [v for e in sdk_events for v in e.params["visitors"]]
+    assert len(encoder.threads) == 3  # nothing encoded again while sending
+    assert sorted(v["visitor_id"] for v in event_endpoint.all_visitors()) == sorted(
+        v["visitor_id"] for e in sdk_events for v in e.params["visitors"]
+    )
 
 
-def test_submit_is_one_append_per_request_whatever_its_size(sender_factory: Any) -> None:
+def test_the_queue_holds_only_bytes(sdk_events: list[LogEvent], sender_factory: Any) -> None:
     sender = sender_factory(transport=RecordingTransport(), flush_interval=3600)
-    items = [object()] * 50
-    sender.submit(items)
-    queue = sender._engine._queue
-    assert len(queue.raw) == 1
-    assert queue.raw[0][2] is items  # the caller's list itself: nothing copied or encoded
+    sender.submit(sdk_events)
+    items = [item for group in sender._engine._queue._groups.values() for item in group.items]
+    assert len(items) == 3
+    for seq, queued_at, visitors, event in items:
+        assert (type(seq), type(queued_at), type(visitors), event) == (int, float, bytes, None)
+    assert sender.stats()["queue_bytes"] == sum(
+        len(json.dumps(e.params, separators=(",", ":"))) for e in sdk_events
+    )
 
 
 def test_an_unserialisable_event_is_counted_once_encoded(
@@ -334,9 +345,7 @@ def test_encoded_events_are_left_alone_by_the_garbage_collector_unless_on_error_
 def wait_encoded(sender: EventSender, n: int) -> list[Any]:
     engine = sender._engine
     with engine._cond:
-        assert engine._cond.wait_for(
-            lambda: engine._queue.nbytes and not engine._encoding and not engine._queue.raw, 10
-        )
+        assert engine._cond.wait_for(lambda: engine._queue.nbytes and not engine._handoffs, 10)
         groups = engine._queue._groups.values()
         items = [item for group in groups for item in group.items]
     assert len(items) == n
@@ -499,6 +508,7 @@ def test_endpoint_down_keeps_the_queue_bounded_and_counts_every_drop(
     # Accepted at most: the queue's 50, plus what the workers took off it
     # meanwhile (one encoding slice and two POSTs of 10 events each).
     assert stats["dropped"]["queue_full"] >= 300 - 50 - 3 * 10
+    threads = list(sender._engine._pool.threads)
     sender.close(timeout=0.5)
     # Batches waiting out their backoff are counted by close() itself, without
     # a grace period; a POST still on the network is reported as in flight.
@@ -507,7 +517,6 @@ def test_endpoint_down_keeps_the_queue_bounded_and_counts_every_drop(
     assert total_dropped(stats) + stats["in_flight"] == stats["submitted"] == 300
     assert stats["queue_depth"] == 0
     retries_at_close = stats["retries"]
-    threads = list(sender._engine._pool.threads)
     for thread in threads:
         thread.join(10)  # a refused connection ends fast; then the worker exits
     assert threads and not any(t.is_alive() for t in threads)
@@ -562,6 +571,7 @@ def test_close_flushes_then_later_submits_are_counted_drops(
 ) -> None:
     sender = EventSender(endpoint=event_endpoint.url, flush_interval=3600)
     sender.submit(sdk_events)
+    threads = list(sender._engine._pool.threads)
     sender.close(timeout=10)
     assert len(event_endpoint.all_visitors()) == 3
     sender.close(timeout=10)  # twice is harmless
@@ -570,15 +580,14 @@ def test_close_flushes_then_later_submits_are_counted_drops(
     assert stats["dropped"] == {"closed": 3}
     assert stats["submitted"] == 6
     assert sender.flush(1)
-    threads = sender._engine._pool.threads
-    assert stats["workers"] == len(threads) >= 1
+    assert len(threads) == 1 and stats["workers"] == 0
     assert not any(t.is_alive() for t in threads)  # close() joined them
 
 
 def test_submit_never_raises_into_the_caller(sender_factory: Any) -> None:
     sender = sender_factory(transport=RecordingTransport())
     sender.submit(None)  # type: ignore[arg-type]
-    sender.submit([object()])  # type: ignore[list-item]
+    sender.submit([object()])
     assert sender.flush(10)
     assert sender.stats()["dropped"] == {"unserializable": 1}
 

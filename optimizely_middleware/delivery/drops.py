@@ -8,7 +8,7 @@ Usage::
     log.totals(delivered_events=97, delivered_posts=2)  # the final line at close()
 
 Every lost event of the engine goes through one place,
-:meth:`~optimizely_middleware.engine.DeliveryEngine.record_lost_event`, which
+:meth:`~optimizely_middleware.delivery.engine.DeliveryEngine.record_lost_event`, which
 counts it under one of the reasons below and calls :meth:`DropLog.record`.
 Messages name the reason and the error, never a payload, and URLs in them
 have their query string and user info removed (:func:`redact`).

@@ -1,19 +1,19 @@
-"""The engine's bounded queue, and the named strategy that decides when a batch goes.
+"""The engine's bounded queue of encoded events, and the strategy that decides when a batch goes.
 
 Usage (the engine holds its lock around every call; the queue has none)::
 
     queue = BatchQueue(max_events=10_000, max_bytes=16 << 20,
                        strategy=LingerOrFull(max_events=500, max_bytes=1_000_000, linger=0.1))
-    accepted = queue.offer(items, now)            # O(1): the list is appended as is
-    raw = queue.take_raw(limit=500)               # a worker encodes these ...
-    queue.add_encoded(seq, queued_at, encoded)    # ... and files each under its group
+    first_seq = queue.reserve(3)                  # room for a hand-off being encoded
+    queue.add_all([(seq, queued_at, encoded)], keep_events=False)  # filed by group
+    queue.release(n)                              # reserved events that will not be filed
     batch, wait = queue.next_batch(now, urgent=False)
 
-Two stages. Handed-over lists wait *raw* (not encoded) in FIFO order,
-bounded by count. A worker encodes them and files each event in the group
-of events that may share its POST; encoded events are bounded by bytes as
-well. Only one worker encodes at a time, so each group stays in hand-off
-order and the oldest unsettled event is always at the head of a deque.
+The queue only ever holds bytes: each event is encoded by the thread that
+hands it over (see :mod:`~optimizely_middleware.delivery.handoff`) and filed
+in the group of events that may share its POST. Room is reserved by count
+before a hand-off is encoded, so no work is spent on events that would not
+fit; the byte bound is checked as each encoded event is filed.
 
 Queued encoded events are plain tuples of bytes and numbers (plus the item
 only when ``on_error`` needs it): Python's garbage collector stops tracking
@@ -24,12 +24,12 @@ collections pause every thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Final
 
 from optimizely_middleware.batching import EncodedEvent, body_of
 
-__all__ = ["Batch", "BatchQueue", "LingerOrFull", "RawEntry"]
+__all__ = ["Batch", "BatchQueue", "LingerOrFull"]
 
 # (seq, queued_at, encoded visitors, item or None)
 _Item = tuple[int, float, bytes, object | None]
@@ -37,9 +37,6 @@ _SEQ: Final = 0
 _QUEUED_AT: Final = 1
 _VISITORS: Final = 2
 _EVENT: Final = 3
-
-# (seq of the first item, queued_at, the handed-over items)
-RawEntry = tuple[int, float, Sequence[object]]
 
 
 class _Group:
@@ -94,6 +91,10 @@ class LingerOrFull:
     """
 
     def __init__(self, *, max_events: int, max_bytes: int, linger: float) -> None:
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("a POST must hold at least one event and one byte")
+        if linger < 0:
+            raise ValueError("flush_interval must be >= 0")
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.linger = linger
@@ -109,79 +110,70 @@ class LingerOrFull:
 
 
 class BatchQueue:
-    """Raw hand-offs, then encoded events grouped by POST; see the module docstring."""
+    """Encoded events grouped by POST, bounded by count and bytes; see the module docstring."""
 
     def __init__(self, *, max_events: int, max_bytes: int, strategy: LingerOrFull) -> None:
+        if strategy.max_events > max_events:
+            raise ValueError(
+                f"max_events_per_post ({strategy.max_events}) is larger than "
+                f"max_queue_events ({max_events}): a full POST could never be queued"
+            )
+        if strategy.max_bytes > max_bytes:
+            raise ValueError(
+                f"max_bytes_per_post ({strategy.max_bytes}) is larger than "
+                f"max_queue_bytes ({max_bytes}): a full POST could never be queued"
+            )
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.strategy = strategy
-        # This many raw events are encoded before their linger ends: SDK objects
-        # waiting raw are tracked by the garbage collector; encoded ones are not.
-        self.encode_early = min(100, strategy.max_events)
-        self.raw: deque[RawEntry] = deque()
-        self.raw_count = 0  # raw events, not yet taken by the encoder
-        self.count = 0  # every queued event: raw, being encoded, encoded
+        self.count = 0  # queued events, plus those reserved for hand-offs being encoded
         self.nbytes = 0  # encoded events' bytes
         self.next_seq = 0
+        self.became_full = False  # a group filled up since the engine last looked
         self._groups: dict[Hashable, _Group] = {}
 
-    # -- raw side ----------------------------------------------------------------
+    # -- reserving room ----------------------------------------------------------
 
-    def offer(self, items: Sequence[object], now: float) -> int:
-        """Queue as many of ``items`` as the count bound allows; returns how many."""
-        room = self.max_events - self.count
-        n = len(items)
-        if n > room:
-            if room <= 0:
-                return 0
-            items, n = items[:room], room
-        self.raw.append((self.next_seq, now, items))
-        self.next_seq += n
-        self.raw_count += n
-        self.count += n
-        return n
+    def reserve(self, n: int) -> int:
+        """Room for as many of ``n`` events as the count bound allows; returns how many.
 
-    def raw_ready_at(self) -> float | None:
-        """When the oldest raw events must be encoded (their linger ends), or None."""
-        if not self.raw:
-            return None
-        if self.raw_count >= self.encode_early:
-            return float("-inf")
-        return self.strategy.ready_at(self.raw[0][1])
+        The reserved events are numbered from ``next_seq`` (read it first).
+        """
+        room = min(n, self.max_events - self.count)
+        if room <= 0:
+            return 0
+        self.next_seq += room
+        self.count += room
+        return room
 
-    def take_raw(self, limit: int) -> list[RawEntry]:
-        """Whole hand-offs from the front, at least one, until ``limit`` events."""
-        taken: list[RawEntry] = []
-        n = 0
-        while self.raw and (not taken or n + len(self.raw[0][2]) <= limit):
-            entry = self.raw.popleft()
-            taken.append(entry)
-            n += len(entry[2])
-        self.raw_count -= n
-        return taken
-
-    def forget(self, n: int) -> None:
-        """``n`` taken events will not be filed (dropped while encoding)."""
+    def release(self, n: int) -> None:
+        """``n`` reserved events will not be filed (unencodable, or given up)."""
         self.count -= n
 
     # -- encoded side ------------------------------------------------------------
 
-    def add_encoded(
-        self, seq: int, queued_at: float, encoded: EncodedEvent, keep_event: bool
-    ) -> bool:
-        """File one encoded event; False (and forgotten) when the byte bound is reached."""
-        size = encoded.nbytes
-        if self.nbytes + size > self.max_bytes:
-            self.count -= 1
-            return False
-        group = self._groups.get(encoded.key)
-        if group is None:
-            group = self._groups[encoded.key] = _Group(encoded)
-        event = encoded.event if keep_event else None
-        group.items.append((seq, queued_at, encoded.visitors, event))
-        group.nbytes += size
-        self.nbytes += size
-        return True
+    def add_all(self, encoded: list[tuple[int, float, EncodedEvent]], keep_events: bool) -> int:
+        """File reserved, encoded events in order; returns how many the byte bound refused
+        (those are released). Sets :attr:`became_full` when a group now holds a full POST."""
+        refused = 0
+        groups = self._groups
+        strategy = self.strategy
+        for seq, queued_at, event in encoded:
+            visitors = event.visitors
+            size = len(event.prefix) + len(visitors) + len(event.suffix)
+            if self.nbytes + size > self.max_bytes:
+                self.count -= 1
+                refused += 1
+                continue
+            group = groups.get(event.key)
+            if group is None:
+                group = groups[event.key] = _Group(event)
+            group.items.append((seq, queued_at, visitors, event.event if keep_events else None))
+            group.nbytes += size
+            self.nbytes += size
+            if not self.became_full and strategy.is_full(group):
+                self.became_full = True
+        return refused
 
     def next_batch(self, now: float, urgent: bool) -> tuple[Batch | None, float | None]:
         """The next POST's events, or ``(None, when the next group is ready)``.
@@ -234,9 +226,14 @@ class BatchQueue:
     def has_encoded(self) -> bool:
         return bool(self._groups)
 
+    @property
+    def queued(self) -> int:
+        """Encoded events in the queue (not those reserved and still being encoded)."""
+        return sum(len(group.items) for group in self._groups.values())
+
     def oldest_seq(self) -> int | None:
-        """The number of the oldest queued event that is raw or encoded (not being encoded)."""
-        oldest = self.raw[0][0] if self.raw else None
+        """The number of the oldest encoded event in the queue."""
+        oldest: int | None = None
         for group in self._groups.values():
             seq = group.items[0][_SEQ]
             if oldest is None or seq < oldest:
@@ -244,18 +241,16 @@ class BatchQueue:
         return oldest
 
     def drain(self) -> tuple[list[object], int]:
-        """Empty the queue: ``(items kept for on_error, number of events)`` (not being encoded)."""
+        """Empty the queue: ``(items kept for on_error, number of events)``.
+
+        Reserved events (hand-offs still being encoded) stay reserved.
+        """
         kept: list[object] = []
         n = 0
-        for _, _, items in self.raw:
-            kept.extend(items)
-            n += len(items)
         for group in self._groups.values():
             n += len(group.items)
             kept.extend(item[_EVENT] for item in group.items if item[_EVENT] is not None)
-        self.raw.clear()
         self._groups.clear()
         self.count -= n
-        self.raw_count = 0
         self.nbytes = 0
         return kept, n

@@ -1,4 +1,4 @@
-"""Background worker threads that know nothing about HTTP, and noticing a change of process.
+"""Background I/O threads that know nothing about HTTP, and noticing a change of process.
 
 Usage (the engine holds ``condition`` around every call but ``join``)::
 
@@ -14,19 +14,24 @@ Usage (the engine holds ``condition`` around every call but ``join``)::
 ``run_loop(generation)`` is the engine's worker loop; it returns when
 :attr:`WorkerPool.generation` is no longer the one it was started with.
 A worker with nothing queued waits on the condition with no timeout: an
-idle engine makes no wake-ups.
+idle engine makes no wake-ups. A thread that cannot be started
+(``RuntimeError: can't start new thread``) or that dies is forgotten, so
+the next :meth:`WorkerPool.wake` starts another.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 
-from optimizely_middleware.clock import Clock, Wait
+from optimizely_middleware.delivery.clock import Clock, Wait
 
 __all__ = ["ProcessStamp", "WorkerPool"]
+
+logger = logging.getLogger("optimizely_middleware.sender")
 
 
 class ProcessStamp:
@@ -115,30 +120,50 @@ class WorkerPool:
         self._all_busy_since = None
         return threads
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start one more worker; False (logged) when the thread cannot be started."""
         thread = threading.Thread(
             target=self._run,
             args=(self.generation,),
             name=f"{self.name}-{len(self.threads) + 1}",
             daemon=True,
         )
+        try:
+            thread.start()
+        except Exception as exc:  # RuntimeError: can't start new thread
+            logger.warning(
+                "Could not start an Optimizely event sender thread (%s: %s); the events "
+                "stay queued and another start is tried at the next hand-off or flush.",
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        # The caller holds the engine's condition, so the new thread cannot look
+        # at the pool before it is listed here.
         self.threads.append(thread)
         self._all_busy_since = self._clock()  # the new worker starts busy; the timer restarts
-        thread.start()
+        return True
+
+    def forget(self, thread: threading.Thread) -> None:
+        """``thread`` ended (or died): the next :meth:`wake` may start another."""
+        if thread in self.threads:
+            self.threads.remove(thread)
 
     def wake(self, condition: threading.Condition) -> None:
-        """Work arrived: wake one idle worker, or start the first."""
+        """Work arrived: wake one idle worker, or start one if none is alive."""
         if self.idle:
             condition.notify()
-        elif not self.threads:
+            return
+        if self.threads and not any(thread.is_alive() for thread in self.threads):
+            self.threads = []  # died without saying so
+        if not self.threads:
             self.start()
 
     def maybe_grow(self, *, work_waiting: bool) -> None:
         """Start another worker if work waits while all workers have been busy long enough."""
-        if not work_waiting or self.idle or len(self.threads) >= self.max_workers:
-            return
-        if not self.threads:
-            self.start()
+        if not work_waiting or self.idle or not self.threads:
+            return  # the first worker is started by wake()
+        if len(self.threads) >= self.max_workers:
             return
         since = self._all_busy_since
         if since is not None and self._clock() - since >= self.scale_up_after:
@@ -162,7 +187,7 @@ class WorkerPool:
         """Join every worker, until ``deadline`` (``time.monotonic()``) at most."""
         current = threading.current_thread()
         for thread in list(self.threads):
-            if thread is current:
+            if thread is current or thread.ident is None:
                 continue
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)

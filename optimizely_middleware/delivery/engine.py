@@ -1,0 +1,561 @@
+"""DeliveryEngine: one generic engine from hand-off to POST, over a Transport and an encoder.
+
+Usage (:class:`~optimizely_middleware.EventSender` is the thin public front)::
+
+    engine = DeliveryEngine(transport=PooledTransport(), encoder=EventEncoder())
+    engine.submit(items)          # encodes on this thread, in slices, then files the bytes
+    await engine.asubmit(items)   # the same from a task, yielding to the loop between slices
+    engine.flush(timeout=5.0)     # True when everything handed over so far has settled
+    engine.close(timeout=5.0)
+
+The producer pays: the thread or task that hands a request's events over
+encodes them (:mod:`~optimizely_middleware.delivery.handoff`, slices of
+about 1 ms) and files the bytes, whole hand-offs at once, in the bounded
+:class:`~optimizely_middleware.delivery.batch_queue.BatchQueue`. The
+engine's threads (:mod:`~optimizely_middleware.delivery.worker`) only do
+I/O: take a ready batch (the :class:`LingerOrFull` strategy decides),
+POST it with retries (:mod:`~optimizely_middleware.delivery.posting`),
+wait. Every lost event goes through :meth:`DeliveryEngine.record_lost_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from optimizely_middleware import process_hooks
+from optimizely_middleware.batching import ItemEncoder
+from optimizely_middleware.delivery import drops
+from optimizely_middleware.delivery.batch_queue import Batch, BatchQueue, LingerOrFull
+from optimizely_middleware.delivery.clock import Clock, Wait, wait_on
+from optimizely_middleware.delivery.handoff import SLICE_SECONDS, HandOffEncoding
+from optimizely_middleware.delivery.posting import BatchPoster
+from optimizely_middleware.delivery.retry import RetryPolicy
+from optimizely_middleware.delivery.transport import Transport
+from optimizely_middleware.delivery.worker import ProcessStamp, WorkerPool
+
+__all__ = ["DeliveryEngine", "ErrorCallback"]
+
+logger = logging.getLogger("optimizely_middleware.sender")
+
+# on_error(items, reason): items that will never be sent.
+ErrorCallback = Callable[[list[Any], str], None]
+
+
+class _ReinitLock:
+    """The lock around re-initialisation, itself renewed in a forked child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        process_hooks.on_fork_in_child("senders", self.renew)
+
+    def renew(self) -> None:
+        self.lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+_reinit = _ReinitLock()
+
+
+class DeliveryEngine:
+    """Encoding at the hand-off, a bounded queue of bytes, I/O threads that POST with retries.
+
+    See :class:`~optimizely_middleware.EventSender` for the options (their
+    defaults are written here, once). Inconsistent settings (a POST bigger
+    than the queue) raise ``ValueError``.
+
+    Example::
+
+        engine = DeliveryEngine(transport=my_transport, encoder=EventEncoder(), flush_interval=0.05)
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        encoder: ItemEncoder,
+        endpoint: str | None = None,
+        max_queue_events: int = 10_000,
+        max_queue_bytes: int = 16 * 1024 * 1024,
+        max_events_per_post: int = 500,
+        max_bytes_per_post: int = 1_000_000,
+        flush_interval: float = 0.1,
+        max_in_flight: int = 4,
+        scale_up_after: float = 0.1,
+        retry_policy: RetryPolicy | None = None,
+        on_error: ErrorCallback | None = None,
+        clock: Clock = time.monotonic,
+        wait: Wait = wait_on,
+        drop_log_interval: float = 10.0,
+        slice_seconds: float = SLICE_SECONDS,
+        slice_clock: Clock = time.perf_counter,
+    ) -> None:
+        for name, value in (
+            ("max_queue_events", max_queue_events),
+            ("max_queue_bytes", max_queue_bytes),
+            ("max_events_per_post", max_events_per_post),
+            ("max_bytes_per_post", max_bytes_per_post),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value!r}")
+        if slice_seconds <= 0:
+            raise ValueError("slice_seconds must be > 0")
+        self.encoder = encoder
+        self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
+        self.strategy = LingerOrFull(
+            max_events=max_events_per_post, max_bytes=max_bytes_per_post, linger=flush_interval
+        )
+        # Built once here so that a batch bigger than the queue fails at construction.
+        BatchQueue(max_events=max_queue_events, max_bytes=max_queue_bytes, strategy=self.strategy)
+        self.max_in_flight = max_in_flight
+        self.on_error = on_error
+        self.slice_seconds = slice_seconds
+        self._slice_clock = slice_clock
+        self._clock = clock
+        self._wait = wait
+        self._poster = BatchPoster(
+            transport=transport,
+            endpoint=endpoint,
+            retry_policy=retry_policy or RetryPolicy(),
+            clock=clock,
+            wait=wait,
+        )
+        self._drop_log = drops.DropLog(drop_log_interval, clock)
+        self._pool = WorkerPool(
+            self._run, max_workers=max_in_flight, scale_up_after=scale_up_after, clock=clock
+        )
+        self._tokens = itertools.count(1)
+        self._reset(keep=False)
+
+    @property
+    def endpoint(self) -> str | None:
+        return self._poster.endpoint
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._poster.retry_policy
+
+    def _reset(self, *, keep: bool) -> None:
+        """New locks, no threads; a clean queue and zero counters unless ``keep``."""
+        self._stamp = ProcessStamp()
+        self._cond = threading.Condition(threading.Lock())
+        self._pool.reset()
+        self._jobs: dict[int, tuple[int, int]] = {}  # POST job -> (oldest seq, events)
+        self._in_flight = 0  # events in batches being POSTed or waiting to retry
+        self._flushing = 0
+        self._aborted = False
+        if keep:
+            return
+        # hand-off token -> (first seq, events reserved) while its events are encoded
+        self._handoffs: dict[int, tuple[int, int]] = {}
+        self._closed = False
+        self._stopping = False
+        self._queue = BatchQueue(
+            max_events=self.max_queue_events, max_bytes=self.max_queue_bytes, strategy=self.strategy
+        )
+        self._poster.reset()
+        self._submitted = 0
+        self._delivered_events = 0
+        self._delivered_posts = 0
+        self._dropped: Counter[str] = Counter()
+
+    # -- process changes -------------------------------------------------------
+
+    def check_process(self) -> None:
+        """Re-initialise if the process or the threading library changed (cheap)."""
+        if self._stamp.changed():
+            with _reinit.lock:
+                if self._stamp.changed():
+                    self._reinit()
+
+    def _reinit(self) -> None:
+        if not self._stamp.same_pid():
+            # A forked child: the parent's threads do not exist here, and its
+            # locks may be held forever. The parent's queue is the parent's to
+            # send; the child starts empty and counts only its own events.
+            self._reset(keep=False)
+            self._drop_log.after_fork_in_child()
+            after_fork = getattr(self.encoder, "after_fork_in_child", None)
+            if after_fork is not None:
+                after_fork()
+            return
+        # Same process, threading monkey-patched since (gevent): keep the
+        # queue and the counters; batches on the old threads are unconfirmed.
+        lost = self._in_flight
+        self._reset(keep=True)
+        if lost:
+            self.record_lost_event(drops.PROCESS_CHANGED, lost)
+        if self._queue.count:
+            with self._cond:
+                self._pool.wake(self._cond)
+
+    @property
+    def transport(self) -> Transport:
+        """The transport of the next POST; assign to swap it (takes effect at once)."""
+        return self._poster.transport
+
+    @transport.setter
+    def transport(self, transport: Transport) -> None:
+        self._poster.transport = transport
+
+    @contextmanager
+    def use_transport(self, transport: Transport) -> Iterator[Transport]:
+        """``with engine.use_transport(t):`` POSTs go through ``t``, then the previous one."""
+        previous, self._poster.transport = self._poster.transport, transport
+        try:
+            yield transport
+        finally:
+            if self._poster.transport is transport:
+                self._poster.transport = previous
+
+    # -- the hand-off (the caller's thread or task) ------------------------------------
+
+    def submit(self, items: Sequence[object]) -> None:
+        """Encode ``items`` here, in slices of about 1 ms, and queue the bytes. Never raises."""
+        encoding = self._begin(items)
+        if encoding is None:
+            return
+        try:
+            for _ in encoding.slices(self.slice_seconds, self._slice_clock):
+                time.sleep(0)  # let other threads (and gevent's hub) run between slices
+        except BaseException:
+            self._end(encoding, interrupted=True)
+            raise
+        self._end(encoding)
+
+    async def asubmit(self, items: Sequence[object]) -> None:
+        """:meth:`submit` for a task: between slices the event loop runs. Never raises
+        (but a cancellation is passed on once the hand-off is filed)."""
+        encoding = self._begin(items)
+        if encoding is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio): no way to yield, so no slices
+            self._end(encoding, interrupted=True)
+            return
+        try:
+            for _ in encoding.slices(self.slice_seconds, self._slice_clock):
+                await asyncio.sleep(0)
+        except BaseException:
+            self._end(encoding, interrupted=True)  # cancelled: finish here, nothing lost
+            raise
+        self._end(encoding)
+
+    def _begin(self, items: Sequence[object]) -> HandOffEncoding | None:
+        """Reserve room for ``items`` (count bound); what does not fit is dropped and counted."""
+        try:
+            n = len(items)
+            if not n:
+                return None
+            self.check_process()
+            lost_reason = ""
+            with self._cond:
+                self._submitted += n
+                if self._closed:
+                    lost_reason, accepted = drops.CLOSED, 0
+                else:
+                    first_seq = self._queue.next_seq
+                    accepted = self._queue.reserve(n)
+                    if accepted < n:
+                        lost_reason = drops.QUEUE_FULL
+                    if accepted:
+                        token = next(self._tokens)
+                        self._handoffs[token] = (first_seq, accepted)
+            if lost_reason:
+                self.record_lost_event(lost_reason, n - accepted, items[accepted:])
+            if not accepted:
+                return None
+            return HandOffEncoding(
+                self.encoder,
+                items if accepted == n else items[:accepted],
+                first_seq=first_seq,
+                queued_at=self._clock(),
+                token=token,
+            )
+        except Exception:
+            self._log_handoff_failure(items)
+            return None
+
+    def _end(self, encoding: HandOffEncoding, *, interrupted: bool = False) -> None:
+        """Encode what is left (``interrupted``) and file the whole hand-off at once."""
+        try:
+            if interrupted:
+                encoding.finish()
+            self._file(encoding)
+        except Exception:
+            with suppress(Exception), self._cond:  # no reservation left behind for flush()
+                reserved = self._handoffs.pop(encoding.token, None)
+                if reserved is not None:
+                    self._queue.release(reserved[1])
+            self._log_handoff_failure(encoding.items)
+
+    def _log_handoff_failure(self, items: Sequence[object]) -> None:
+        # Never raise into the request; the loss is still counted and logged.
+        with suppress(Exception):
+            self.record_lost_event(drops.SENDER_ERROR, len(items))
+        logger.exception("The Optimizely event hand-off failed; the events are dropped.")
+
+    def _file(self, encoding: HandOffEncoding) -> None:
+        token = encoding.token
+        keep = self.on_error is not None
+        with self._cond:
+            if token not in self._handoffs:
+                return  # close() gave up on it (and counted it), or a new process
+            queue = self._queue
+            was_empty = not queue.has_encoded
+            over_bytes = queue.add_all(encoding.encoded, keep)
+            queue.release(len(encoding.failed))
+            del self._handoffs[token]  # filed: flush() no longer waits for it
+            became_full, queue.became_full = queue.became_full, False
+            if encoding.encoded and (was_empty or self._flushing or became_full):
+                # Wake-ups per batch, not per request: an idle worker waits for the
+                # first event; a lingering one is woken early only by a full POST.
+                self._pool.wake(self._cond)
+            self._grow_if_posts_are_slow()
+        if over_bytes:
+            self.record_lost_event(drops.QUEUE_BYTES, over_bytes)
+        for item, why in encoding.failed:
+            logger.debug("Unencodable Optimizely event: %r", getattr(item, "params", item))
+            self.record_lost_event(drops.UNSERIALIZABLE, 1, [item], why)
+
+    def retire_workers(self, timeout: float) -> bool:
+        """Stop every worker thread once idle (new ones start on demand); True if none is left.
+
+        For a process about to be forked by code that runs no fork handlers.
+        """
+        with self._cond:
+            if self._jobs:
+                return False
+            threads = self._pool.retire()
+            self._cond.notify_all()
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join(timeout)
+        return not any(thread.is_alive() for thread in threads)
+
+    # -- flush, close, stats -------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every item submitted before the call is delivered or has
+        definitively failed. Returns False if ``timeout`` seconds passed first."""
+        self.check_process()
+        with self._cond:
+            target = self._queue.next_seq
+            done = self._oldest_pending() >= target
+            if not done:
+                self._flushing += 1
+                self._cond.notify_all()  # lingering workers send now
+                deadline = None if timeout is None else time.monotonic() + timeout
+                try:
+                    while not done:
+                        # Now and then: a worker that died or could not start is
+                        # replaced, and slow POSTs may get another worker.
+                        if self._queue.has_encoded:
+                            self._pool.wake(self._cond)
+                        self._grow_if_posts_are_slow()
+                        step = self._pool.scale_up_after or 0.1
+                        if deadline is not None:
+                            step = min(step, deadline - time.monotonic())
+                            if step <= 0:
+                                break
+                        done = self._cond.wait_for(lambda: self._oldest_pending() >= target, step)
+                finally:
+                    self._flushing -= 1
+        self._drop_log.flush()
+        return done
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (up to ``timeout``), then stop the workers. Harmless to call twice; never raises.
+
+        Returns within ``timeout``. What could not be delivered by then (queued,
+        being encoded at a hand-off, or in a POST still on the network) is
+        counted as ``"shutdown"`` in ``stats()`` and in the warning before it
+        returns; later ``submit`` calls are dropped as ``"closed"``.
+        """
+        try:
+            self._close(timeout)
+        except Exception:
+            logger.exception("Closing the Optimizely event sender failed.")
+
+    def _close(self, timeout: float | None) -> None:
+        self.check_process()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            already = self._closed
+            self._closed = True
+        delivered = self.flush(timeout)
+        kept: list[object] = []
+        drained = encoding = unconfirmed = 0
+        with self._cond:
+            self._stopping = True
+            if not delivered:
+                self._aborted = True  # waits end, no more retries, late results ignored
+                kept, drained = self._queue.drain()
+                for _, reserved in self._handoffs.values():
+                    encoding += reserved
+                    self._queue.release(reserved)
+                self._handoffs.clear()
+                for _, events in self._jobs.values():
+                    unconfirmed += events
+                self._jobs.clear()
+                self._in_flight = 0
+            self._cond.notify_all()
+        if drained or encoding:
+            self.record_lost_event(drops.SHUTDOWN, drained + encoding, kept)
+        self.record_lost_event(drops.SHUTDOWN, unconfirmed)
+        self._pool.join(deadline)
+        with self._cond:
+            dropped = Counter(self._dropped)
+            delivered_events, delivered_posts = self._delivered_events, self._delivered_posts
+        if drained or encoding or unconfirmed:
+            logger.warning(
+                "%d Optimizely events were not delivered at shutdown: %d queued, %d still "
+                "being encoded at a hand-off, %d in a POST still unconfirmed.",
+                drained + encoding + unconfirmed,
+                drained,
+                encoding,
+                unconfirmed,
+            )
+        if not already and (delivered_events or dropped):
+            self._drop_log.totals(
+                delivered_events=delivered_events, delivered_posts=delivered_posts, dropped=dropped
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: submitted, delivered_events, delivered_posts, retries, dropped
+        (reason -> events), queue_depth, queue_bytes, in_flight (being POSTed),
+        pending (queued, being encoded, in flight), workers, last_error."""
+        self.check_process()
+        with self._cond:
+            queued = self._queue.queued
+            encoding = sum(reserved for _, reserved in self._handoffs.values())
+            return {
+                "submitted": self._submitted,
+                "delivered_events": self._delivered_events,
+                "delivered_posts": self._delivered_posts,
+                "retries": self._poster.retries,
+                "dropped": dict(self._dropped),
+                "queue_depth": queued,
+                "queue_bytes": self._queue.nbytes,
+                "in_flight": self._in_flight,
+                "pending": queued + encoding + self._in_flight,
+                "workers": len(self._pool.threads),
+                "last_error": self._poster.last_error,
+            }
+
+    def record_lost_event(
+        self, reason: str, quantity: int, items: Sequence[object] = (), detail: str = ""
+    ) -> None:
+        """The one place lost events go: counted, logged (rate-limited), passed to on_error."""
+        if quantity <= 0:
+            return
+        with self._cond:
+            self._dropped[reason] += quantity
+            if detail:
+                self._poster.last_error = drops.redact(detail)
+        self._drop_log.record(reason, quantity, detail)
+        kept = [item for item in items if item is not None]
+        if self.on_error is not None and kept:
+            try:
+                self.on_error(kept, reason)
+            except Exception:
+                logger.exception("The on_error callback raised; ignored.")
+
+    # -- the I/O threads ----------------------------------------------------------------
+
+    def _run(self, generation: int) -> None:
+        me = threading.current_thread()
+        try:
+            while True:
+                with self._cond:
+                    job = self._next_batch(generation)
+                if job is None:
+                    return
+                self._post(*job, generation)
+        except BaseException:  # the thread ends here; the next hand-off or flush starts another
+            logger.exception("An Optimizely event sender thread died; another one will start.")
+        finally:
+            with self._cond:
+                if generation == self._pool.generation:
+                    self._pool.forget(me)
+
+    def _next_batch(self, generation: int) -> tuple[int, Batch] | None:
+        queue = self._queue
+        while True:
+            if generation != self._pool.generation:
+                return None
+            now = self._clock()
+            urgent = self._flushing > 0 or self._stopping
+            batch: Batch | None
+            ready: float | None
+            if now < self._poster.paused_until:
+                batch, ready = None, self._poster.paused_until
+            else:
+                batch, ready = queue.next_batch(now, urgent)
+            if batch is not None:
+                self._in_flight += len(batch)
+                job_id = next(self._tokens)
+                self._jobs[job_id] = (batch.first_seq, len(batch))
+                self._grow_if_posts_are_slow()
+                return job_id, batch
+            if self._stopping and not queue.has_encoded:
+                return None
+            timeout = None if ready is None else ready - now
+            self._pool.idle_wait(self._cond, self._wait, timeout)
+
+    def _post(self, job_id: int, batch: Batch, generation: int) -> None:
+        def gave_up() -> str | None:
+            if self._aborted or job_id not in self._jobs:
+                return drops.SHUTDOWN
+            if generation != self._pool.generation:
+                return drops.PROCESS_CHANGED
+            return None
+
+        reason: str | None = drops.SENDER_ERROR
+        detail = "the sender thread died during the POST"
+        try:
+            reason, detail = self._poster.deliver(batch, self._cond, gave_up)
+        except Exception as exc:
+            reason, detail = drops.SENDER_ERROR, drops.describe_error(exc)
+            logger.exception("Unexpected error while sending Optimizely events.")
+        finally:
+            # Also when the thread dies (a BaseException): the job settles, once,
+            # and a flush returns only after on_error has seen a failed batch.
+            with self._cond:
+                settled_here = job_id in self._jobs
+                if settled_here:
+                    self._jobs[job_id] = (batch.first_seq, 0)  # close() counts it no more
+                    self._in_flight -= len(batch)
+                    if reason is None:
+                        self._delivered_events += len(batch)
+                        self._delivered_posts += 1
+            if settled_here and reason is not None:
+                self.record_lost_event(reason, len(batch), batch.events(), detail)
+            with self._cond:
+                self._jobs.pop(job_id, None)
+                self._cond.notify_all()
+
+    # -- bookkeeping (with self._cond held) ----------------------------------------
+
+    def _grow_if_posts_are_slow(self) -> None:
+        """Another I/O thread only while a ready batch waits and every thread has been in
+        a POST (or its retry wait) for ``scale_up_after``: POSTs to a slow endpoint."""
+        self._pool.maybe_grow(work_waiting=self._queue.has_encoded)
+
+    def _oldest_pending(self) -> int:
+        oldest = self._queue.oldest_seq()
+        if oldest is None:
+            oldest = self._queue.next_seq
+        for seq, _ in self._handoffs.values():
+            oldest = min(oldest, seq)
+        for seq, _ in self._jobs.values():
+            oldest = min(oldest, seq)
+        return oldest

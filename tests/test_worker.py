@@ -1,0 +1,56 @@
+"""WorkerPool and ProcessStamp on their own: starts that fail, threads that die, a new pid."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from optimizely_middleware.delivery.worker import ProcessStamp, WorkerPool
+
+
+def test_a_thread_that_cannot_start_is_not_listed_and_the_next_wake_starts_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran = threading.Event()
+    pool = WorkerPool(lambda generation: ran.set(), max_workers=2, scale_up_after=0.1)
+    cond = threading.Condition()
+    real_start = threading.Thread.start
+    attempts: list[str] = []
+
+    def start(thread: threading.Thread) -> None:
+        attempts.append(thread.name)
+        if len(attempts) == 1:
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with cond:
+        pool.wake(cond)
+        assert pool.threads == []
+        pool.wake(cond)
+        assert len(pool.threads) == 1
+    assert ran.wait(10)
+    pool.join(None)  # joins only threads that started: never raises
+
+
+def test_a_dead_thread_is_replaced_at_the_next_wake() -> None:
+    pool = WorkerPool(lambda generation: None, max_workers=1, scale_up_after=0.1)
+    cond = threading.Condition()
+    with cond:
+        pool.wake(cond)
+        (first,) = pool.threads
+    first.join(10)  # it ended without being forgotten
+    with cond:
+        pool.wake(cond)
+        (second,) = pool.threads
+    assert second is not first
+
+
+def test_a_new_pid_is_a_changed_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    stamp = ProcessStamp()
+    assert not stamp.changed()
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+    assert stamp.changed() and not stamp.same_pid()
