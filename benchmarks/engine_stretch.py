@@ -118,7 +118,7 @@ def stretch_run(url: str, kind: str, n_events: int) -> tuple[float, float]:
     from optimizely.event.event_factory import EventFactory
 
     from optimizely_middleware import EventSender
-    from optimizely_middleware.encoding import PendingUserEvent
+    from optimizely_middleware.delivery.encoding import PendingUserEvent
 
     events = user_events(n_events)
     if kind == "LogEvent":
@@ -223,7 +223,7 @@ def cpu_stretch_run(url: str, kind: str, n_events: int, pace: float) -> dict[str
     from optimizely.event.event_factory import EventFactory
 
     from optimizely_middleware import EventSender
-    from optimizely_middleware.encoding import PendingUserEvent
+    from optimizely_middleware.delivery.encoding import PendingUserEvent
 
     events = user_events(n_events)
     if kind == "LogEvent":

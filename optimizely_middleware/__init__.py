@@ -23,21 +23,27 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from optimizely_middleware.asgi import OptimizelyASGIMiddleware
     from optimizely_middleware.client import check_client, create_client
+    from optimizely_middleware.delivery.retry import PermanentError, RetryPolicy
+    from optimizely_middleware.delivery.sender import EventSender
+    from optimizely_middleware.delivery.sink import EventSink
+    from optimizely_middleware.delivery.transport import (
+        PooledTransport,
+        RequestsTransport,
+        Transport,
+        TransportResponse,
+    )
     from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-    from optimizely_middleware.encoding import EventEncoder, PendingUserEvent
     from optimizely_middleware.errors import (
         ConfigurationError,
         EventOutsideScopeError,
         WiringWarning,
     )
+    from optimizely_middleware.integrations.asgi import OptimizelyASGIMiddleware
+    from optimizely_middleware.integrations.sigterm import install_sigterm_flush
+    from optimizely_middleware.integrations.wsgi import OptimizelyWSGIMiddleware
     from optimizely_middleware.processor import RequestScopedEventProcessor
-    from optimizely_middleware.scope import RequestScope
-    from optimizely_middleware.sender import EventSender
-    from optimizely_middleware.signals import install_sigterm_flush
-    from optimizely_middleware.sink import EventSink
-    from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware
+    from optimizely_middleware.scope import request_failed
 
 __version__ = "0.1.0"
 
@@ -45,39 +51,47 @@ __version__ = "0.1.0"
 # package in every pytest run, which must not pay for the Optimizely SDK.
 _EXPORTS = {
     "ConfigurationError": "optimizely_middleware.errors",
-    "EventEncoder": "optimizely_middleware.encoding",
     "EventOutsideScopeError": "optimizely_middleware.errors",
-    "EventSender": "optimizely_middleware.sender",
-    "EventSink": "optimizely_middleware.sink",
-    "OptimizelyASGIMiddleware": "optimizely_middleware.asgi",
-    "OptimizelyWSGIMiddleware": "optimizely_middleware.wsgi",
-    "PendingUserEvent": "optimizely_middleware.encoding",
-    "RequestScope": "optimizely_middleware.scope",
+    "EventSender": "optimizely_middleware.delivery.sender",
+    "EventSink": "optimizely_middleware.delivery.sink",
+    "OptimizelyASGIMiddleware": "optimizely_middleware.integrations.asgi",
+    "OptimizelyWSGIMiddleware": "optimizely_middleware.integrations.wsgi",
+    "PermanentError": "optimizely_middleware.delivery.retry",
+    "PooledTransport": "optimizely_middleware.delivery.transport",
     "RequestScopedEventDispatcher": "optimizely_middleware.dispatcher",
     "RequestScopedEventProcessor": "optimizely_middleware.processor",
+    "RequestsTransport": "optimizely_middleware.delivery.transport",
+    "RetryPolicy": "optimizely_middleware.delivery.retry",
+    "Transport": "optimizely_middleware.delivery.transport",
+    "TransportResponse": "optimizely_middleware.delivery.transport",
     "WiringWarning": "optimizely_middleware.errors",
     "check_client": "optimizely_middleware.client",
     "create_client": "optimizely_middleware.client",
-    "install_sigterm_flush": "optimizely_middleware.signals",
+    "install_sigterm_flush": "optimizely_middleware.integrations.sigterm",
+    "request_failed": "optimizely_middleware.scope",
 }
 
 __all__ = [
     "ConfigurationError",
-    "EventEncoder",
     "EventOutsideScopeError",
     "EventSender",
     "EventSink",
     "OptimizelyASGIMiddleware",
     "OptimizelyWSGIMiddleware",
-    "PendingUserEvent",
-    "RequestScope",
+    "PermanentError",
+    "PooledTransport",
     "RequestScopedEventDispatcher",
     "RequestScopedEventProcessor",
+    "RequestsTransport",
+    "RetryPolicy",
+    "Transport",
+    "TransportResponse",
     "WiringWarning",
     "__version__",
     "check_client",
     "create_client",
     "install_sigterm_flush",
+    "request_failed",
 ]
 
 
@@ -96,6 +110,6 @@ def __dir__() -> list[str]:
 
 if "uwsgi" in sys.modules:
     # Inside uWSGI: warn if its Python threads are off, chain uwsgi.atexit.
-    from optimizely_middleware.servers import check_uwsgi
+    from optimizely_middleware.integrations.uwsgi import check_uwsgi
 
     check_uwsgi()

@@ -24,6 +24,7 @@ from collections import Counter
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal
 
+from optimizely_middleware.delivery.sink import EventSink
 from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
 from optimizely_middleware.request_listeners import (
     RequestEndListener,
@@ -32,7 +33,6 @@ from optimizely_middleware.request_listeners import (
     remove_request_end_listener,
 )
 from optimizely_middleware.scope import RequestScope, ScopeBlock, ScopeVar
-from optimizely_middleware.sink import EventSink
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -114,7 +114,7 @@ class RequestScopedEventDispatcher:
         if max_events_per_request < 1:
             raise ValueError("max_events_per_request must be at least 1")
         if sender is None:
-            from optimizely_middleware.sender import EventSender
+            from optimizely_middleware.delivery.sender import EventSender
 
             sender = EventSender()
         self.sender: EventSink = sender

@@ -39,19 +39,19 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
 from optimizely_middleware import process_hooks
-from optimizely_middleware.adapters import decorator_dispatcher
 from optimizely_middleware.client import Datafile, check_client, datafile_text
-from optimizely_middleware.configured import build_client, build_dispatcher
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.outcome import request_failed
-from optimizely_middleware.settings import (
+from optimizely_middleware.integrations.adapters import decorator_dispatcher
+from optimizely_middleware.integrations.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
+from optimizely_middleware.scope import request_failed
+from optimizely_middleware.settings.build import build_client, build_dispatcher
+from optimizely_middleware.settings.model import (
     DATAFILE_SOURCES,
     ENV_PREFIX,
     FLASK,
     OptimizelySettings,
     load_settings,
 )
-from optimizely_middleware.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -89,7 +89,7 @@ class OptimizelyFlask:
     Views reach the client as :data:`current_optimizely` or ``ext.client``.
 
     The settings are the ``OPTIMIZELY_*`` keys of ``app.config``, then the
-    ``OPTIMIZELY_*`` environment variables (:mod:`optimizely_middleware.settings`;
+    ``OPTIMIZELY_*`` environment variables (:mod:`optimizely_middleware.settings.model`;
     the table is in docs/configuration.md): ``OPTIMIZELY_DATAFILE_PATH``,
     ``OPTIMIZELY_DATAFILE`` or ``OPTIMIZELY_SDK_KEY``, and
     ``OPTIMIZELY_EVENT_ENDPOINT``, ``OPTIMIZELY_FAILED_REQUESTS``,

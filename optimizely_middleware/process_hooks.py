@@ -28,7 +28,7 @@ uWSGI forks in C, where these do not run, so every sender also compares
 :func:`os.getpid` on each hand-off and re-initialises itself: the hooks
 here are the fast path, not the only one.
 
-**Under uWSGI** :mod:`optimizely_middleware.servers` also calls
+**Under uWSGI** :mod:`optimizely_middleware.integrations.uwsgi` also calls
 :func:`run_exit_hooks` from ``uwsgi.atexit``; the phases run once either way.
 
 **Garbage collection**: :func:`on_gc` appends to :data:`gc.callbacks`.

@@ -13,7 +13,7 @@ The SDK hands every event it produces (``decide``, ``activate``, ``track``,
 This processor appends the SDK's ``UserEvent`` to the current request's
 scope and returns: no ``LogEvent`` is built and nothing is serialised on the
 request's thread. The sender builds and encodes the events after the
-response (see :mod:`optimizely_middleware.encoding`), in the SDK's own batch
+response (see :mod:`optimizely_middleware.delivery.encoding`), in the SDK's own batch
 format, and calls the client's ``LOG_EVENT`` listeners then.
 """
 
@@ -26,7 +26,7 @@ from optimizely.event.event_processor import BaseEventProcessor
 from optimizely.event.user_event import UserEvent
 from optimizely.helpers.enums import NotificationTypes
 
-from optimizely_middleware.encoding import PendingUserEvent
+from optimizely_middleware.delivery.encoding import PendingUserEvent
 
 if TYPE_CHECKING:
     from optimizely.notification_center import NotificationCenter

@@ -2,7 +2,7 @@
 
 A scope holds opaque items: the SDK's ``LogEvent`` (from
 ``RequestScopedEventDispatcher.dispatch_event``) or a
-:class:`~optimizely_middleware.encoding.PendingUserEvent` (from the
+:class:`~optimizely_middleware.delivery.encoding.PendingUserEvent` (from the
 request-scoped event processor). Nothing is built or copied here.
 
 A :class:`RequestScope` is created when a request starts and set in a
@@ -12,6 +12,9 @@ context made by thread pools (Starlette's sync endpoints, ``anyio.to_thread``,
 
 Adapters rarely touch this module directly; they use the dispatcher's
 ``open_scope`` / ``activate`` / ``close_scope`` or ``request_scope()``.
+
+Whether a request failed is one rule, :func:`request_failed`, that every
+adapter applies (the dispatcher's ``failed_requests`` policy acts on it).
 """
 
 from __future__ import annotations
@@ -21,16 +24,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-
-from optimizely_middleware.outcome import request_failed
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 
-__all__ = ["RequestScope", "ScopeBlock", "ScopeVar"]
+__all__ = ["RequestScope", "ScopeBlock", "ScopeVar", "request_failed"]
+
+
+class ScopeOwner(Protocol):
+    """What a :class:`ScopeBlock` needs of its dispatcher."""
+
+    def current_scope(self) -> RequestScope | None: ...
+
+    def open_scope(self) -> RequestScope: ...
+
+    def activate(self, scope: RequestScope) -> AbstractContextManager[RequestScope]: ...
+
+    def close_scope(self, scope: RequestScope, *, failed: bool = False) -> None: ...
+
+    async def aclose_scope(self, scope: RequestScope, *, failed: bool = False) -> None: ...
 
 
 class RequestScope:
@@ -126,7 +140,7 @@ class ScopeBlock:
 
     __slots__ = ("_activation", "_dispatcher", "_scope")
 
-    def __init__(self, dispatcher: RequestScopedEventDispatcher) -> None:
+    def __init__(self, dispatcher: ScopeOwner) -> None:
         self._dispatcher = dispatcher
         self._scope: RequestScope | None = None
         self._activation: AbstractContextManager[RequestScope] | None = None
@@ -163,3 +177,70 @@ class ScopeBlock:
             return
         self._activation.__exit__(exc_type, exc, tb)
         await self._dispatcher.aclose_scope(self._scope, failed=request_failed(exc=exc))
+
+
+def request_failed(
+    *,
+    status: int | None = None,
+    exc: BaseException | None = None,
+    disconnected: bool = False,
+) -> bool:
+    """Return True when a request counts as failed.
+
+    * ``status``: the HTTP status the response started with, if it started.
+      A 5xx status is a failure, whatever happens afterwards (the client
+      going away included): the app itself answered that it failed. Any
+      other status is not.
+    * ``exc``: what the app raised, if anything. An ``Exception`` (an
+      ``ExceptionGroup`` too) is a failure, unless the client had
+      disconnected. A ``BaseException`` that is not an ``Exception`` is
+      *not* a failure: ``asyncio.CancelledError`` (also anyio's cancellation
+      on asyncio), trio's ``Cancelled``, ``GeneratorExit``,
+      ``KeyboardInterrupt`` and ``SystemExit`` stop a request from outside
+      (a client that went away, a server that shuts down or times a worker
+      out); they say nothing about the app. A ``BaseExceptionGroup`` is a
+      failure when one of its exceptions is.
+    * ``disconnected``: the client went away before the response was
+      complete. That is not a failure, and neither is whatever the app
+      raised as a result (``OSError`` or ``ClientDisconnect`` from a send,
+      an error from a read after ``http.disconnect``,
+      ``WebSocketDisconnect``): the events were fired by decisions the user
+      was being shown.
+
+    What counts as a disconnect is for the adapter to observe: an
+    ``OSError`` from the server's ``send`` (ASGI 2.4), an
+    ``http.disconnect`` / ``websocket.disconnect`` from ``receive``, the
+    framework's own disconnect exception (Starlette's ``ClientDisconnect``),
+    a WSGI server closing the body before its last chunk. An exception that
+    the framework turns into an HTTP response of its own (werkzeug's and
+    Starlette's ``HTTPException``) is judged by that response's status: pass
+    ``status=``, not ``exc=``.
+
+    Example::
+
+        >>> request_failed(status=503)
+        True
+        >>> request_failed(status=200, exc=ValueError("bug"))
+        True
+        >>> request_failed(status=200, exc=OSError("gone"), disconnected=True)
+        False
+        >>> import asyncio
+        >>> request_failed(exc=asyncio.CancelledError())
+        False
+    """
+    if status is not None and status >= 500:
+        return True
+    if exc is None or disconnected:
+        return False
+    return _is_failure(exc)
+
+
+def _is_failure(exc: BaseException) -> bool:
+    if isinstance(exc, Exception):
+        return True
+    # A BaseExceptionGroup (Python 3.11+ or the exceptiongroup backport) that
+    # holds an Exception next to the cancellations.
+    inner = getattr(exc, "exceptions", None)
+    if isinstance(inner, tuple):
+        return any(_is_failure(e) for e in inner if isinstance(e, BaseException))
+    return False

@@ -43,11 +43,10 @@ from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from optimizely_middleware.adapters import decorator_dispatcher, owned_by_outer
-from optimizely_middleware.asgi import STATE_KEY
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.outcome import request_failed
-from optimizely_middleware.scope import RequestScope
+from optimizely_middleware.integrations.adapters import decorator_dispatcher, owned_by_outer
+from optimizely_middleware.integrations.asgi import STATE_KEY
+from optimizely_middleware.scope import RequestScope, request_failed
 from optimizely_middleware.starlette_extension import OptimizelyOptions, OptimizelyStarlette
 
 __all__ = [
@@ -202,7 +201,7 @@ def endpoint_scope(dispatcher: RequestScopedEventDispatcher) -> Iterator[Request
 
 
 def endpoint_failed(exc: BaseException) -> bool:
-    """:func:`~optimizely_middleware.outcome.request_failed` for what an endpoint raised."""
+    """:func:`~optimizely_middleware.request_failed` for what an endpoint raised."""
     if isinstance(exc, HTTPException):
         return request_failed(status=exc.status_code)  # Starlette answers with that status
     # request.body()/stream()/form() raise ClientDisconnect on an http.disconnect.

@@ -21,15 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from optimizely_middleware.asgi import OptimizelyASGIMiddleware
 from optimizely_middleware.client import check_client
-from optimizely_middleware.configured import build_client, build_dispatcher
 from optimizely_middleware.dispatcher import (
     FailedRequestPolicy,
     OutsideScopePolicy,
     RequestScopedEventDispatcher,
 )
-from optimizely_middleware.settings import keywords_of, load_settings
+from optimizely_middleware.integrations.asgi import OptimizelyASGIMiddleware
+from optimizely_middleware.settings.build import build_client, build_dispatcher
+from optimizely_middleware.settings.model import keywords_of, load_settings
 
 if TYPE_CHECKING:
     from os import PathLike

@@ -230,7 +230,7 @@ def _serve_example_datafile_for_the_placeholder_key() -> None:
 def _send_default_events_to(url: str) -> None:
     import functools
 
-    from optimizely_middleware.sender import EventSender
+    from optimizely_middleware.delivery.sender import EventSender
 
     real_init = EventSender.__init__
 

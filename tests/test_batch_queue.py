@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from optimizely_middleware.batching import EncodedEvent
 from optimizely_middleware.delivery.batch_queue import BatchQueue, LingerOrFull
+from optimizely_middleware.delivery.encoded import EncodedEvent
 
 
 def encoded(visitor: bytes, key: str = "k") -> EncodedEvent:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from optimizely.event.log_event import LogEvent
 
-from optimizely_middleware.batching import (
+from optimizely_middleware.delivery.encoded import (
     EncodedEvent,
     LogEventEncoder,
     UnserializableEvent,

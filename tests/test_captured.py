@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from optimizely_middleware import RequestScopedEventDispatcher, create_client
-from optimizely_middleware.captured import CapturedPost
-from optimizely_middleware.encoding import log_event_of
+from optimizely_middleware.delivery.encoding import log_event_of
+from optimizely_middleware.testing.captured import CapturedPost
 from tests.support import RecordingSink
 
 JSON = {"Content-Type": "application/json"}

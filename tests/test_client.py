@@ -23,7 +23,7 @@ from optimizely_middleware import (
     check_client,
     create_client,
 )
-from optimizely_middleware.encoding import EventEncoder, PendingUserEvent
+from optimizely_middleware.delivery.encoding import EventEncoder, PendingUserEvent
 from optimizely_middleware.errors import ConfigurationError
 from optimizely_middleware.processor import RequestScopedEventProcessor
 from optimizely_middleware.sdk_logging import SDKLogger

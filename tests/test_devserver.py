@@ -27,7 +27,7 @@ from optimizely_middleware.devserver import (
     describe_decision,
     format_post,
 )
-from optimizely_middleware.devserver_cli import parse_size
+from optimizely_middleware.devserver.cli import parse_size
 
 WAIT = 20.0
 

@@ -24,11 +24,11 @@ from optimizely_middleware import (
     WiringWarning,
     create_client,
 )
+from optimizely_middleware.delivery.encoding import EventEncoder, log_event_of
 from optimizely_middleware.dispatcher import (
     add_request_end_listener,
     remove_request_end_listener,
 )
-from optimizely_middleware.encoding import EventEncoder, log_event_of
 from tests.event_endpoint import EventEndpoint
 from tests.support import RecordingSink
 

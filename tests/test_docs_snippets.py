@@ -35,7 +35,7 @@ KNOWN_BROKEN: dict[tuple[str, str], str] = {
     ),
     (
         "docs/devserver.md",
-        "from optimizely_middleware.payloads import conversions_in, impressions_in",
+        "from optimizely_middleware.wire.payloads import conversions_in, impressions_in",
     ): ("post is not defined"),
     ("docs/django.md", "MIDDLEWARE = ["): "not a copy of the example's settings.py",
     ("docs/django.md", "from optimizely_middleware.django import visitor_id"): (
@@ -77,7 +77,7 @@ KNOWN_BROKEN: dict[tuple[str, str], str] = {
     ): ("needs a Django project under pytest-django"),
     (
         "docs/testing.md",
-        "from optimizely_middleware.validation import payload_errors, validate_payload",
+        "from optimizely_middleware.wire.validation import payload_errors, validate_payload",
     ): ("event is not defined"),
     ("docs/testing.md", "from optimizely_middleware.testing import EventCapture"): (
         "client is not defined"

@@ -31,8 +31,8 @@ from optimizely_middleware import (
     RequestScopedEventDispatcher,
     create_client,
 )
-from optimizely_middleware.batching import EncodedEvent
-from optimizely_middleware.encoding import EventEncoder
+from optimizely_middleware.delivery.encoded import EncodedEvent
+from optimizely_middleware.delivery.encoding import EventEncoder
 from tests.event_endpoint import EventEndpoint
 
 EVENTS_PER_BIG_REQUEST = 1000  # the scope's cap

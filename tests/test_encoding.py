@@ -28,8 +28,8 @@ from optimizely.helpers import enums
 from optimizely.notification_center import NotificationCenter
 
 from optimizely_middleware import RequestScopedEventDispatcher
-from optimizely_middleware.batching import EncodedEvent, UnserializableEvent
-from optimizely_middleware.encoding import (
+from optimizely_middleware.delivery.encoded import EncodedEvent, UnserializableEvent
+from optimizely_middleware.delivery.encoding import (
     EventEncoder,
     PendingUserEvent,
     canonical_json,

@@ -19,12 +19,12 @@ import pytest
 from optimizely.event.log_event import LogEvent
 
 from optimizely_middleware import EventSender
-from optimizely_middleware.batching import EncodedEvent
 from optimizely_middleware.delivery.clock import ManualClock
+from optimizely_middleware.delivery.encoded import EncodedEvent
+from optimizely_middleware.delivery.encoding import EventEncoder
 from optimizely_middleware.delivery.engine import DeliveryEngine
 from optimizely_middleware.delivery.retry import RetryPolicy
 from optimizely_middleware.delivery.transport import TransportResponse
-from optimizely_middleware.encoding import EventEncoder
 from tests.engine_support import (
     LogWatcher,
     RecordingTransport,

@@ -16,7 +16,7 @@ import pytest
 from optimizely.event.log_event import LogEvent
 
 from optimizely_middleware import EventSender, process_hooks
-from optimizely_middleware.encoding import PendingUserEvent
+from optimizely_middleware.delivery.encoding import PendingUserEvent
 from tests.engine_support import impression, project_config, three_events
 from tests.event_endpoint import EventEndpoint
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optimizely_middleware.batching import EncodedEvent, UnserializableEvent
+from optimizely_middleware.delivery.encoded import EncodedEvent, UnserializableEvent
 from optimizely_middleware.delivery.handoff import HandOffEncoding
 
 

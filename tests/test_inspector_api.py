@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import requests
 
-from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client, payloads
+from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 from optimizely_middleware import testing as testing_kit
 from optimizely_middleware.devserver import DevServer
-from optimizely_middleware.inspector import browser_post_refusal, handle_inspector
+from optimizely_middleware.devserver.inspector import browser_post_refusal, handle_inspector
+from optimizely_middleware.wire import payloads
 
 ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "optimizely_middleware"

@@ -1,4 +1,4 @@
-"""The lifespan side of OptimizelyASGIMiddleware (optimizely_middleware.lifespan):
+"""The lifespan side of OptimizelyASGIMiddleware (optimizely_middleware.integrations.lifespan):
 the shutdown flush, which leaves the dispatcher usable, the per-server
 decision on a missing lifespan, serverless requests and the shutdown report."""
 
@@ -24,7 +24,7 @@ from optimizely_middleware import (
     WiringWarning,
     create_client,
 )
-from optimizely_middleware.lifespan import (
+from optimizely_middleware.integrations.lifespan import (
     no_lifespan_risk,
     run_in_anyio_thread,
     run_in_own_thread,

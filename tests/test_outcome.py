@@ -10,7 +10,7 @@ import trio
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
-from optimizely_middleware.outcome import request_failed
+from optimizely_middleware.scope import request_failed
 
 
 def trio_cancelled() -> BaseException:

@@ -21,7 +21,7 @@ def test_every_public_name_resolves() -> None:
 
 def test_importing_the_package_does_not_import_the_sdk_or_a_framework() -> None:
     code = (
-        "import sys, optimizely_middleware, optimizely_middleware.pytest_plugin;"
+        "import sys, optimizely_middleware, optimizely_middleware.testing.pytest_plugin;"
         "print(sorted(m for m in ('optimizely', 'flask', 'starlette', 'requests')"
         " if m in sys.modules))"
     )

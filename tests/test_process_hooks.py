@@ -44,7 +44,7 @@ def test_exit_phases_run_in_their_stated_order_whatever_the_registration_order()
 
 def test_the_package_registers_its_own_hooks_in_the_right_phases() -> None:
     import optimizely_middleware.delivery.sender as sender
-    import optimizely_middleware.wsgi as wsgi
+    import optimizely_middleware.integrations.wsgi as wsgi
 
     assert wsgi.hand_over_released_bodies in process_hooks._exit_hooks["hand_over"]
     assert sender._close_senders_at_exit in process_hooks._exit_hooks["close_senders"]

@@ -12,7 +12,7 @@ from optimizely.helpers import enums
 from optimizely.notification_center import NotificationCenter
 
 from optimizely_middleware import EventOutsideScopeError, RequestScopedEventDispatcher
-from optimizely_middleware.encoding import PendingUserEvent
+from optimizely_middleware.delivery.encoding import PendingUserEvent
 from optimizely_middleware.processor import RequestScopedEventProcessor
 from tests.support import RecordingSink
 

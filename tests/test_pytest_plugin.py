@@ -308,7 +308,7 @@ def test_a_malformed_event_fails_the_users_test(
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_an_app_that_sends_a_malformed_event*",
-            "E *optimizely_middleware.validation.InvalidEventPayload: "
+            "E *optimizely_middleware.wire.validation.InvalidEventPayload: "
             "Invalid Optimizely event POST(s) (7 problem(s)):",
             "E *POST #1 project_id: missing",
             "E *POST #1 visitors: expected at least 1 item(s), got 0",
@@ -369,7 +369,7 @@ def test_the_fixture_comes_from_the_entry_point(pytester: pytest.Pytester) -> No
 
 def test_loading_the_plugin_imports_no_web_framework_and_not_the_kit() -> None:
     code = (
-        "import sys, optimizely_middleware.pytest_plugin\n"
+        "import sys, optimizely_middleware.testing.pytest_plugin\n"
         "loaded = [m for m in ('flask', 'starlette', 'fastapi', 'werkzeug.test', "
         "'optimizely_middleware.testing') if m in sys.modules]\n"
         "print(loaded)\n"

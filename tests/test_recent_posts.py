@@ -1,11 +1,11 @@
-"""The devserver's bounded list of POSTs (``optimizely_middleware.recent_posts``)."""
+"""The devserver's bounded list of POSTs (``optimizely_middleware.devserver.recent_posts``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from optimizely_middleware.received import ReceivedPost
-from optimizely_middleware.recent_posts import RecentPosts
+from optimizely_middleware.devserver.recent_posts import RecentPosts
+from optimizely_middleware.wire.received import ReceivedPost
 
 
 def received(post_id: int, size: int, status: int = 204) -> ReceivedPost:

@@ -20,7 +20,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
-from optimizely_middleware.batching import EncodedEvent
+from optimizely_middleware.delivery.encoded import EncodedEvent
 from optimizely_middleware.delivery.sender import default_encoder, iter_senders, on_new_sender
 from tests.engine_support import (
     SENDER_LOGGER,

@@ -22,7 +22,7 @@ from optimizely_middleware import EventSender
 from optimizely_middleware.errors import ConfigurationError
 from optimizely_middleware.fastapi import OptimizelyFastAPI
 from optimizely_middleware.flask import OptimizelyFlask
-from optimizely_middleware.settings import ENVIRONMENT, KEYWORDS, load_settings
+from optimizely_middleware.settings.model import ENVIRONMENT, KEYWORDS, load_settings
 from optimizely_middleware.starlette import OptimizelyStarlette, optimizely_client
 from tests.event_endpoint import EventEndpoint
 

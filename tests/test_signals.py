@@ -21,7 +21,7 @@ from optimizely_middleware import (
     create_client,
     install_sigterm_flush,
 )
-from optimizely_middleware.signals import SignalFlush
+from optimizely_middleware.integrations.sigterm import SignalFlush
 from tests.event_endpoint import EventEndpoint
 from tests.support import RecordingSink
 

@@ -36,7 +36,7 @@ from optimizely_middleware.testing import (
     conversions_in,
     impressions_in,
 )
-from optimizely_middleware.validation import InvalidEventPayload
+from optimizely_middleware.wire.validation import InvalidEventPayload
 from tests.event_endpoint import EventEndpoint
 
 # Users whose bucketing in the test datafile is known.

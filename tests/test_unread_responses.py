@@ -21,7 +21,7 @@ from optimizely_middleware import (
     RequestScopedEventDispatcher,
     create_client,
 )
-from optimizely_middleware.unread_responses import UnreadResponses
+from optimizely_middleware.testing.unread_responses import UnreadResponses
 from tests.event_endpoint import EventEndpoint
 from tests.support import RecordingSink, visitor_id_of
 

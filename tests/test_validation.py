@@ -8,7 +8,7 @@ import pytest
 from optimizely import optimizely
 
 from optimizely_middleware import RequestScopedEventDispatcher, create_client
-from optimizely_middleware.validation import (
+from optimizely_middleware.wire.validation import (
     InvalidEventPayload,
     payload_errors,
     validate_payload,

@@ -22,7 +22,7 @@ from optimizely_middleware import (
     create_client,
 )
 from optimizely_middleware.dispatcher import add_request_end_listener, remove_request_end_listener
-from optimizely_middleware.wsgi import ENVIRON_KEY
+from optimizely_middleware.integrations.wsgi import ENVIRON_KEY
 from tests.support import RecordingSink, visitor_id_of
 
 DATAFILE_PATH = Path(__file__).parent / "data" / "datafile.json"

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Final
 
-from optimizely_middleware.batching import EncodedEvent, body_of
+from optimizely_middleware.delivery.encoded import EncodedEvent, body_of
 
 __all__ = ["Batch", "BatchQueue", "LingerOrFull"]
 

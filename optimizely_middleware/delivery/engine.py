@@ -31,10 +31,10 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from optimizely_middleware import process_hooks
-from optimizely_middleware.batching import ItemEncoder
 from optimizely_middleware.delivery import drops
 from optimizely_middleware.delivery.batch_queue import Batch, BatchQueue, LingerOrFull
 from optimizely_middleware.delivery.clock import Clock, Wait, wait_on
+from optimizely_middleware.delivery.encoded import ItemEncoder
 from optimizely_middleware.delivery.handoff import SLICE_SECONDS, HandOffEncoding
 from optimizely_middleware.delivery.posting import BatchPoster
 from optimizely_middleware.delivery.retry import RetryPolicy

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
-from optimizely_middleware.batching import EncodedEvent, ItemEncoder, UnserializableEvent
+from optimizely_middleware.delivery.encoded import EncodedEvent, ItemEncoder, UnserializableEvent
 
 __all__ = ["SLICE_SECONDS", "HandOffEncoding"]
 

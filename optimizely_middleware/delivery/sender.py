@@ -20,7 +20,7 @@ into one POST, sends it through a
 transient failures. The engine is
 :class:`~optimizely_middleware.delivery.engine.DeliveryEngine`; this front
 adds the default transport, the exit handler, and what servers need
-(:func:`~optimizely_middleware.servers.in_uwsgi_master`).
+(:func:`~optimizely_middleware.integrations.uwsgi.in_uwsgi_master`).
 
 Every event that does not arrive is counted in ``stats()["dropped"]`` under a
 reason and logged (rate-limited, never under-reported), and may be passed to
@@ -41,12 +41,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from optimizely_middleware import process_hooks
-from optimizely_middleware.batching import ItemEncoder
 from optimizely_middleware.delivery.clock import Clock, Wait
+from optimizely_middleware.delivery.encoded import ItemEncoder
 from optimizely_middleware.delivery.engine import DeliveryEngine, ErrorCallback
 from optimizely_middleware.delivery.retry import RetryPolicy
 from optimizely_middleware.delivery.transport import PooledTransport, Transport
-from optimizely_middleware.servers import in_uwsgi_master
+from optimizely_middleware.integrations.uwsgi import in_uwsgi_master
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -97,7 +97,7 @@ def on_new_sender(callback: Callable[[EventSender], object]) -> Callable[[], Non
 
 def default_encoder() -> ItemEncoder:
     """The package's encoder (LogEvents and the processor's pending user events)."""
-    from optimizely_middleware.encoding import EventEncoder
+    from optimizely_middleware.delivery.encoding import EventEncoder
 
     return EventEncoder()
 

@@ -14,7 +14,7 @@ class EventSink(Protocol):
 
     :class:`~optimizely_middleware.EventSender` is the implementation used by
     default. An item is an SDK ``LogEvent`` or a ``PendingUserEvent`` (see
-    :mod:`optimizely_middleware.encoding`). ``submit`` runs on the thread
+    :mod:`optimizely_middleware.delivery.encoding`). ``submit`` runs on the thread
     that ends the request, after its response: it may do bounded CPU work
     (the sender encodes there), but it must never wait for I/O, never block
     on a lock held across I/O and never raise. A sink may also offer

@@ -16,7 +16,7 @@ it later with ``sender.use_transport(t)``::
 
     sender = EventSender(transport=MyTransport())
 
-Raise :class:`~optimizely_middleware.retry.PermanentError` from ``post`` for a
+Raise :class:`~optimizely_middleware.delivery.retry.PermanentError` from ``post`` for a
 failure that a retry cannot fix; any exception that is not a network error
 (:class:`OSError`) is treated the same way.
 """

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from optimizely_middleware.asgi import OptimizelyASGIMiddleware
 from optimizely_middleware.django.state import get_state
+from optimizely_middleware.integrations.asgi import OptimizelyASGIMiddleware
 
 if TYPE_CHECKING:
-    from optimizely_middleware.asgi import ASGIApp
+    from optimizely_middleware.integrations.asgi import ASGIApp
 
 __all__ = ["asgi_application"]
 

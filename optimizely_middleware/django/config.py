@@ -7,7 +7,7 @@ Usage::
     config = load_settings()   # raises ImproperlyConfigured with a clear message
 
 The keys and their checks are those of every integration
-(:mod:`optimizely_middleware.settings`); here every mistake becomes an
+(:mod:`optimizely_middleware.settings.model`); here every mistake becomes an
 :class:`~django.core.exceptions.ImproperlyConfigured` that names the key,
 what was expected and, for a misspelt key or value, the closest valid one.
 Keys of ``settings.OPTIMIZELY`` win over the environment.
@@ -22,8 +22,13 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from optimizely_middleware.errors import ConfigurationError
-from optimizely_middleware.settings import DJANGO, ENV_PREFIX, NoDatafileError, OptimizelySettings
-from optimizely_middleware.settings import load_settings as load_from
+from optimizely_middleware.settings.model import (
+    DJANGO,
+    ENV_PREFIX,
+    NoDatafileError,
+    OptimizelySettings,
+)
+from optimizely_middleware.settings.model import load_settings as load_from
 
 __all__ = ["SETTING", "OptimizelySettings", "load_settings", "parse_settings"]
 

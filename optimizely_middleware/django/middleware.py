@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
-from optimizely_middleware import wsgi
-from optimizely_middleware.adapters import owned_by_outer
 from optimizely_middleware.django.state import current_state, get_state
 from optimizely_middleware.django.visitor import apply_visitor_cookie
-from optimizely_middleware.outcome import request_failed
-from optimizely_middleware.scope import RequestScope
-from optimizely_middleware.wsgi import ScopedRequest, hand_over_released_bodies
+from optimizely_middleware.integrations import wsgi
+from optimizely_middleware.integrations.adapters import owned_by_outer
+from optimizely_middleware.integrations.wsgi import ScopedRequest, hand_over_released_bodies
+from optimizely_middleware.scope import RequestScope, request_failed
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponseBase

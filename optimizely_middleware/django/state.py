@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
-from optimizely_middleware import configured, process_hooks
+from optimizely_middleware import process_hooks
 from optimizely_middleware.client import create_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.django.config import SETTING, OptimizelySettings, load_settings
 from optimizely_middleware.errors import ConfigurationError
+from optimizely_middleware.settings import build as configured
 
 if TYPE_CHECKING:
     from optimizely.optimizely import Optimizely

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import optimizely_middleware.encoding as encoding
+import optimizely_middleware.delivery.encoding as encoding
 
 GUARD_RUNNING = threading.Event()
 GUARD_HOLD = 3.0
