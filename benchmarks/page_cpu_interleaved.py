@@ -14,11 +14,6 @@ with a ``ForwardingEventProcessor`` whose dispatcher drops each
 * ``package``: ``create_client(RequestScopedEventDispatcher(EventSender(endpoint=...)))``,
   as in ``page_cpu.py``: the worker builds, serialises and POSTs while the
   pages run;
-* ``package-at-flush``: the same, but the worker is never woken before the
-  block's ``flush`` (a diagnostic: it reaches into the engine to raise its
-  early-encoding threshold, and lingers 100 s), so nothing competes with the
-  pages for the GIL; the queued events are kept alive until then. Skipped,
-  with a note, on an engine without those internals;
 * ``dispatcher``: the dispatcher wiring, the SDK's ``ForwardingEventProcessor``
   with a ``RequestScopedEventDispatcher`` (``page_variants``): the SDK builds
   each ``LogEvent`` on the request thread, as in the baseline, and the
@@ -32,13 +27,10 @@ first page until its ``flush`` has returned: delivery included). Every
 event the package variants produce must reach the endpoint exactly once (it
 counts event uuids).
 
-Where the engine has them (a diagnostic reaching into its internals), a
-second table splits the worker threads' CPU per page
+On an engine whose sender threads also encode (before the hand-off encoded
+its own events), a second table splits those threads' CPU per page
 (``getrusage(RUSAGE_THREAD)`` around each job) into encoding and POSTing,
-user and system time: in ``package-at-flush`` the worker runs while the page
-loop waits in ``flush``, so its figures are the work alone; in ``package``
-the same work runs beside the pages, and the difference is what waiting for
-the GIL costs it (system time: futex wake-ups).
+user and system time. The current engine has no such jobs to time.
 
 With ``--no-gc`` the cyclic garbage collector is off during the blocks
 (collected between them, outside the measurement): the difference shows
@@ -68,7 +60,7 @@ from page_cpu import DEFAULT_DATAFILE, the_page
 from page_procs import Endpoint, describe_machine
 from page_variants import build_variant, guard_loopback, point_sdk_at
 
-VARIANTS = ("baseline", "scope-only", "package", "package-at-flush", "dispatcher")
+VARIANTS = ("baseline", "scope-only", "package", "dispatcher")
 # The issue's targets, against the baseline: (variant, figure, at most).
 TARGETS = (
     ("package", "response", 0.60),
@@ -181,15 +173,6 @@ def build(name: str, datafile: str, url: str) -> Variant:
         dispatcher = RequestScopedEventDispatcher(DiscardingSink())
     elif name == "package":
         sender = EventSender(endpoint=url)
-        clock = WorkerClock.attach(sender)
-        dispatcher = RequestScopedEventDispatcher(sender)
-    elif name == "package-at-flush":
-        sender = EventSender(endpoint=url, flush_interval=100.0, max_queue_events=1_000_000)
-        queue = getattr(getattr(sender, "_engine", None), "_queue", None)
-        if not hasattr(queue, "encode_early"):
-            sender.close(0)
-            raise Unavailable("the engine has no early-encoding threshold to raise")
-        queue.encode_early = 10**9  # type: ignore[union-attr]  # diagnostic: no early wake-up
         clock = WorkerClock.attach(sender)
         dispatcher = RequestScopedEventDispatcher(sender)
     else:
