@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from optimizely import entities
 from optimizely.event.event_factory import EventFactory
@@ -41,14 +40,12 @@ __all__ = ["canonical_json", "visitor_json"]
 
 # The keys EventBatch.get_event_params drops when their value is None.
 _DROPPED_WHEN_NONE: Final = frozenset({"revenue", "value", "tags", "decisions"})
-_JSON_HEADERS: Final = {"Content-Type": "application/json"}
-_JSON_HEADERS_KEY: Final = (("Content-Type", "application/json"),)
-_ENVELOPE_CACHE_SIZE: Final = 256
 # orjson refuses more than 254 levels; the visitor itself takes 6.
 _MAX_TAG_DEPTH: Final = 200
 _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
 _PLAIN_ATTRIBUTE_VALUES: Final = frozenset({str, int, bool, float})
 
+# Compact JSON that refuses NaN and infinities; circular input raises ValueError.
 _strict_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
@@ -214,27 +211,6 @@ def _plain_user_event(user_event: Any) -> bool:
         tags = user_event.event_tags
         return tags is None or _plain_tags(tags)
     return True
-
-
-class _Envelope(NamedTuple):
-    key: Hashable
-    url: str
-    headers: dict[str, str]
-    prefix: bytes
-    suffix: bytes
-
-
-def _context_cache_key(context: Any) -> tuple[Any, ...]:
-    values = (
-        context.account_id,
-        context.project_id,
-        context.revision,
-        context.client_name,
-        context.client_version,
-        context.anonymize_ip,
-        context.region,
-    )
-    return values + tuple(map(type, values))
 
 
 def canonical_json(value: Any) -> str:
