@@ -51,9 +51,16 @@ def variant(
     region: str | None = None,
     bot_filtering: bool | None = None,
     experiment_running: bool = True,
+    holdouts: str = "none",
 ) -> str:
-    """The test datafile with some settings changed."""
+    """The test datafile with some settings changed; ``holdouts`` adds a global
+    holdout, a local one (on the flag's experiment rule), or both, each taking
+    half of the traffic."""
     data = json.loads(json.dumps(DATAFILE))
+    if holdouts in ("global", "both"):
+        data["holdouts"] = [holdout("11001", "global_holdout", "12001")]
+    if holdouts in ("local", "both"):
+        data["localHoldouts"] = [holdout("11002", "local_holdout", "12002", rules=["40002"])]
     data["revision"] = revision
     data["anonymizeIP"] = anonymize_ip
     data["sendFlagDecisions"] = send_flag_decisions
@@ -68,6 +75,24 @@ def variant(
             if experiment["key"] == "new_checkout_test":
                 experiment["status"] = "Paused"
     return json.dumps(data)
+
+
+def holdout(id_: str, key: str, variation_id: str, rules: list[str] | None = None) -> Any:
+    """A running holdout of the datafile (SDK 5.7 keeps its variations as dicts)."""
+    entry: dict[str, Any] = {
+        "id": id_,
+        "key": key,
+        "status": "Running",
+        "audienceIds": [],
+        "audienceConditions": [],
+        "variations": [
+            {"id": variation_id, "key": f"{key}_off", "featureEnabled": False, "variables": []}
+        ],
+        "trafficAllocation": [{"entityId": variation_id, "endOfRange": 5000}],
+    }
+    if rules is not None:
+        entry["includedRules"] = rules
+    return entry
 
 
 class Capture:
@@ -130,10 +155,14 @@ def assert_encodes_like_the_sdk(encoder: EventEncoder, items: list[PendingUserEv
         assert canonical_json(body_of(group)) == canonical_json(expected.params)
         assert group[0].url == expected.url
         assert group[0].headers == expected.headers
-        # Each event's own body is the SDK's payload for it alone.
+        # Each event's own body is the SDK's payload for it alone, and so is the
+        # fast path's, whatever the guard decided.
         for one in group:
             alone = sdk_log_event([one.event])  # type: ignore[list-item]
             assert canonical_json(body_of([one])) == canonical_json(alone.params)
+            fast = encoder.encode_fast(one.event)  # type: ignore[arg-type]
+            if fast is not None:
+                assert canonical_json(body_of([fast])) == canonical_json(alone.params)
         # The LogEvent path (dispatch_event) merges the same events into the same body.
         log_events = [encoder.encode(sdk_log_event([item])) for item in members]
         assert {item.key for item in log_events} == {group[0].key}
@@ -192,6 +221,7 @@ datafile_settings = st.fixed_dictionaries(
         "region": st.sampled_from([None, "US", "EU", "eu"]),
         "bot_filtering": st.sampled_from([None, True, False]),
         "experiment_running": st.booleans(),
+        "holdouts": st.sampled_from(["none", "global", "local", "both"]),
     }
 )
 
@@ -271,6 +301,21 @@ def test_a_rollout_decision_and_no_flag_decisions(datafile: str) -> None:
     with quiet.dispatcher.request_scope():
         quiet.client.create_user_context("user-2").decide("new_checkout")
     assert quiet.items() == []
+
+
+@pytest.mark.parametrize("holdouts", ["global", "local", "both"])
+def test_holdout_decisions(holdouts: str) -> None:
+    capture = Capture(variant(holdouts=holdouts))
+    with capture.dispatcher.request_scope():
+        for n in range(12):
+            capture.client.create_user_context(f"user-{n}").decide("new_checkout")
+    items = capture.items()
+    held = [item for item in items if item.user_event.rule_type == "holdout"]  # type: ignore[attr-defined]
+    assert held and all(isinstance(item.user_event.variation, dict) for item in held)  # type: ignore[attr-defined]
+    encoder = EventEncoder()
+    assert encoder.fast_path
+    assert_encodes_like_the_sdk(encoder, items)
+    assert all(encoder.encode_fast(item) is not None for item in held)
 
 
 def test_revisions_are_never_merged() -> None:
