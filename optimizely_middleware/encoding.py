@@ -64,7 +64,6 @@ from optimizely_middleware.batching import (
 from optimizely_middleware.encoding_guard import fast_path_problem
 from optimizely_middleware.json_forms import (
     _dumps_visitor,
-    _plain_user_event,
     _strict_dumps,
     canonical_json,
     visitor_json,
@@ -213,8 +212,6 @@ class EventEncoder:
         None when it is not plain input (the SDK then decides). What the guard checks."""
         user_event = item.user_event
         try:
-            if not _plain_user_event(user_event):
-                return None
             visitors = visitor_json(user_event, self._sdk_logger)
             if visitors is None:
                 return None

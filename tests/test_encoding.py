@@ -380,6 +380,19 @@ def test_a_bad_tag_is_refused_without_its_payload(name: str, datafile: str) -> N
     assert body_of([encoder.encode(good)])["visitors"][0]["visitor_id"] == "good-user"
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, datetime.date(2026, 1, 1)], ids=repr)
+def test_an_attribute_the_sdk_would_not_build_is_refused(value: Any, datafile: str) -> None:
+    # The SDK's own attribute list keeps only finite numbers, str and bool; a
+    # hand-made event can carry anything, and must not be written as null.
+    capture = Capture(datafile)
+    with capture.dispatcher.request_scope():
+        capture.client.track("purchase", "user-10", {"plan": "pro"})
+    (item,) = capture.items()
+    item.user_event.visitor_attributes[0].value = value
+    with pytest.raises(UnserializableEvent):
+        EventEncoder().encode(item)
+
+
 def test_a_log_event_with_nan_is_refused() -> None:
     event = LogEvent("https://logx.optimizely.com/v1/events", {"visitors": [{"v": math.nan}]})
     with pytest.raises(UnserializableEvent):
