@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 if TYPE_CHECKING:
     from optimizely.event_builder import Event
 
-    from optimizely_middleware.encoding import EventEncoder
 
 __all__ = [
     "JSON_HEADERS",
@@ -166,14 +165,3 @@ def body_of(prefix: bytes, visitors: Sequence[bytes], suffix: bytes) -> bytes:
     if len(visitors) == 1:
         return prefix + visitors[0] + suffix
     return prefix + b",".join(visitors) + suffix
-
-
-def __getattr__(name: str) -> type[EventEncoder]:
-    # The LogEvent-only encoder this module used to hold is gone: EventEncoder
-    # encodes LogEvents and the SDK's user events alike. The old name still
-    # imports, for code written against it.
-    if name == "LogEventEncoder":
-        from optimizely_middleware.encoding import EventEncoder
-
-        return EventEncoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -185,9 +185,3 @@ def test_the_merge_key_is_equal_exactly_for_equal_url_headers_and_envelope() -> 
         URL, dict(reversed(headers.items())), b"", b""
     )
     assert unmergeable_key() != unmergeable_key()
-
-
-def test_the_old_log_event_encoder_name_still_imports() -> None:
-    from optimizely_middleware.batching import LogEventEncoder
-
-    assert LogEventEncoder is EventEncoder
