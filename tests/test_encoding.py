@@ -51,9 +51,16 @@ def variant(
     region: str | None = None,
     bot_filtering: bool | None = None,
     experiment_running: bool = True,
+    holdouts: str = "none",
 ) -> str:
-    """The test datafile with some settings changed."""
+    """The test datafile with some settings changed; ``holdouts`` adds a global
+    holdout, a local one (on the flag's experiment rule), or both, each taking
+    half of the traffic."""
     data = json.loads(json.dumps(DATAFILE))
+    if holdouts in ("global", "both"):
+        data["holdouts"] = [holdout("11001", "global_holdout", "12001")]
+    if holdouts in ("local", "both"):
+        data["localHoldouts"] = [holdout("11002", "local_holdout", "12002", rules=["40002"])]
     data["revision"] = revision
     data["anonymizeIP"] = anonymize_ip
     data["sendFlagDecisions"] = send_flag_decisions
@@ -68,6 +75,24 @@ def variant(
             if experiment["key"] == "new_checkout_test":
                 experiment["status"] = "Paused"
     return json.dumps(data)
+
+
+def holdout(id_: str, key: str, variation_id: str, rules: list[str] | None = None) -> Any:
+    """A running holdout of the datafile (SDK 5.7 keeps its variations as dicts)."""
+    entry: dict[str, Any] = {
+        "id": id_,
+        "key": key,
+        "status": "Running",
+        "audienceIds": [],
+        "audienceConditions": [],
+        "variations": [
+            {"id": variation_id, "key": f"{key}_off", "featureEnabled": False, "variables": []}
+        ],
+        "trafficAllocation": [{"entityId": variation_id, "endOfRange": 5000}],
+    }
+    if rules is not None:
+        entry["includedRules"] = rules
+    return entry
 
 
 class Capture:
@@ -130,10 +155,14 @@ def assert_encodes_like_the_sdk(encoder: EventEncoder, items: list[PendingUserEv
         assert canonical_json(body_of(group)) == canonical_json(expected.params)
         assert group[0].url == expected.url
         assert group[0].headers == expected.headers
-        # Each event's own body is the SDK's payload for it alone.
+        # Each event's own body is the SDK's payload for it alone, and so is the
+        # fast path's, whatever the guard decided.
         for one in group:
             alone = sdk_log_event([one.event])  # type: ignore[list-item]
             assert canonical_json(body_of([one])) == canonical_json(alone.params)
+            fast = encoder.encode_fast(one.event)  # type: ignore[arg-type]
+            if fast is not None:
+                assert canonical_json(body_of([fast])) == canonical_json(alone.params)
         # The LogEvent path (dispatch_event) merges the same events into the same body.
         log_events = [encoder.encode(sdk_log_event([item])) for item in members]
         assert {item.key for item in log_events} == {group[0].key}
@@ -192,6 +221,7 @@ datafile_settings = st.fixed_dictionaries(
         "region": st.sampled_from([None, "US", "EU", "eu"]),
         "bot_filtering": st.sampled_from([None, True, False]),
         "experiment_running": st.booleans(),
+        "holdouts": st.sampled_from(["none", "global", "local", "both"]),
     }
 )
 
@@ -273,6 +303,21 @@ def test_a_rollout_decision_and_no_flag_decisions(datafile: str) -> None:
     assert quiet.items() == []
 
 
+@pytest.mark.parametrize("holdouts", ["global", "local", "both"])
+def test_holdout_decisions(holdouts: str) -> None:
+    capture = Capture(variant(holdouts=holdouts))
+    with capture.dispatcher.request_scope():
+        for n in range(12):
+            capture.client.create_user_context(f"user-{n}").decide("new_checkout")
+    items = capture.items()
+    held = [item for item in items if item.user_event.rule_type == "holdout"]  # type: ignore[attr-defined]
+    assert held and all(isinstance(item.user_event.variation, dict) for item in held)  # type: ignore[attr-defined]
+    encoder = EventEncoder()
+    assert encoder.fast_path
+    assert_encodes_like_the_sdk(encoder, items)
+    assert all(encoder.encode_fast(item) is not None for item in held)
+
+
 def test_revisions_are_never_merged() -> None:
     items = []
     for revision in ("42", "43", "42"):
@@ -333,6 +378,19 @@ def test_a_bad_tag_is_refused_without_its_payload(name: str, datafile: str) -> N
     if name in ("set", "datetime", "bytes", "deep"):  # the SDK cannot build these at all
         assert getattr(bad, "params", None) is None
     assert body_of([encoder.encode(good)])["visitors"][0]["visitor_id"] == "good-user"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, datetime.date(2026, 1, 1)], ids=repr)
+def test_an_attribute_the_sdk_would_not_build_is_refused(value: Any, datafile: str) -> None:
+    # The SDK's own attribute list keeps only finite numbers, str and bool; a
+    # hand-made event can carry anything, and must not be written as null.
+    capture = Capture(datafile)
+    with capture.dispatcher.request_scope():
+        capture.client.track("purchase", "user-10", {"plan": "pro"})
+    (item,) = capture.items()
+    item.user_event.visitor_attributes[0].value = value
+    with pytest.raises(UnserializableEvent):
+        EventEncoder().encode(item)
 
 
 def test_a_log_event_with_nan_is_refused() -> None:

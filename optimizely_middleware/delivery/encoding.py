@@ -27,17 +27,24 @@ together: same url, headers and top-level keys.
 
 The fast path only runs on input it is sure about (tags and attributes of
 plain JSON types, finite floats); anything else goes through
-``EventFactory.create_log_event``, so the SDK decides what it means. At
-first use a guard compares the fast path with ``create_log_event`` on
-synthetic events; if a future SDK changes its payload classes, the encoder
-warns once and uses ``create_log_event`` for everything.
+``EventFactory.create_log_event``, so the SDK decides what it means. When
+the encoder is built, a guard runs that same fast path on synthetic events
+and compares it with ``create_log_event``; if a future SDK changes its
+payload classes, the encoder warns once and uses ``create_log_event`` for
+everything.
+
+One encoder serves every thread that ends a request: ``encode`` takes no
+lock. Its caches are dicts of immutable values, bounded in size, whose
+``get`` and item assignment are atomic; two threads that miss at once both
+build the same value, and either may be kept.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from optimizely.event.event_factory import EventFactory
 from optimizely.event.payload import EventBatch
@@ -45,23 +52,18 @@ from optimizely.event.user_event import UserEvent
 from optimizely.helpers.enums import NotificationTypes
 
 from optimizely_middleware.delivery.encoded import (
+    JSON_HEADERS,
     EncodedEvent,
     UnserializableEvent,
     envelope_cache_key,
     envelope_parts,
+    merge_key,
     post_headers,
+    unmergeable_key,
 )
-from optimizely_middleware.delivery.encoding_guard import (
-    fast_path_problem,
-)  # not lazily: see after_fork_in_child
+from optimizely_middleware.delivery.encoding_guard import fast_path_problem
 from optimizely_middleware.delivery.visitor_json import (
-    _ENVELOPE_CACHE_SIZE,
-    _JSON_HEADERS,
-    _JSON_HEADERS_KEY,
-    _context_cache_key,
     _dumps_visitor,
-    _Envelope,
-    _plain_user_event,
     _strict_dumps,
     canonical_json,
     visitor_json,
@@ -76,6 +78,20 @@ if TYPE_CHECKING:
 __all__ = ["EventEncoder", "PendingUserEvent", "canonical_json", "log_event_of"]
 
 logger = logging.getLogger("optimizely_middleware")
+
+# Entries per envelope cache: far more event contexts (revisions, regions) and
+# LogEvent envelopes than one process sees; past it the cache starts again.
+_ENVELOPE_CACHE_SIZE: Final = 256
+
+
+class _Envelope(NamedTuple):
+    """Everything an event shares with the events it may be merged with."""
+
+    key: Hashable
+    url: str
+    headers: dict[str, str]
+    prefix: bytes
+    suffix: bytes
 
 
 class PendingUserEvent(NamedTuple):
@@ -135,21 +151,22 @@ def log_event_of(item: object, sdk_logger: Logger | None = None) -> Any:
     return item
 
 
-def _quiet_logger() -> Logger:
-    return SDKLogger()
-
-
 class EventEncoder:
     """Encodes handed-over items (``LogEvent`` or :class:`PendingUserEvent`) for the sender.
 
     One per :class:`~optimizely_middleware.EventSender`; it holds its
-    envelope cache, so nothing is shared between senders. ``encode`` runs on
-    the sender's worker thread and raises
+    envelope caches, so nothing is shared between senders. ``encode`` runs
+    on the thread or task that ends a request, on several at once, and takes
+    no lock. It raises
     :class:`~optimizely_middleware.delivery.encoded.UnserializableEvent` (whose
     message never contains the payload) for an event that has no JSON form:
     a set, datetime or bytes tag, a dict nested 10,000 deep, NaN. ``LOG_EVENT``
     listeners of a :class:`PendingUserEvent` are called here, with the
     ``LogEvent`` the SDK would have passed them.
+
+    The run-time guard runs once, here in ``__init__`` (under a millisecond):
+    at startup, where a sender is built, rather than in the first request's
+    hand-off, and before any other thread can see the encoder.
 
     Example::
 
@@ -160,58 +177,58 @@ class EventEncoder:
     """
 
     def __init__(self, *, sdk_logger: Logger | None = None) -> None:
-        self._sdk_logger: Logger = sdk_logger or _quiet_logger()
+        self._sdk_logger: Logger = sdk_logger or SDKLogger()
         self._contexts: dict[tuple[Any, ...], _Envelope] = {}
-        self._params_envelopes: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
-        self._fast_path: bool | None = None  # None until the guard has run
+        self._params_envelopes: dict[tuple[Any, ...], _Envelope] = {}
+        # Only the guard below takes it; kept (and renewed after a fork) so
+        # that a guard run from another thread can never be inherited held.
         self._guard_lock = threading.Lock()
+        self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
 
     def after_fork_in_child(self) -> None:
-        """A new guard lock: a parent thread may have been running the guard at
-        fork time (it runs on the first encode, often just before a server forks
-        its workers). A guard left unfinished then runs again in the child."""
+        """A new guard lock: a parent thread may have held this one at fork time."""
         self._guard_lock = threading.Lock()
 
     def encode(self, item: object) -> EncodedEvent:
         """Serialise ``item``; raise ``UnserializableEvent`` when it cannot be."""
         if item.__class__ is PendingUserEvent:
-            return self._encode_user_event(item)
+            if self._fast_path and item.notification_center is None:
+                encoded = self.encode_fast(item)
+                if encoded is not None:
+                    return encoded
+            return self._encode_via_sdk(item)
         return self._encode_log_event(item, item)
 
     @property
     def fast_path(self) -> bool:
         """Whether user events are serialised straight from the SDK's payload objects
-        (False after the guard found that this SDK's output differs)."""
-        if self._fast_path is None:
-            self._run_guard()
-        return bool(self._fast_path)
+        (False when the guard found that this SDK's output differs)."""
+        return self._fast_path
+
+    def encode_fast(self, item: PendingUserEvent) -> EncodedEvent | None:
+        """The fast path alone: ``item`` written without the SDK's payload classes, or
+        None when it is not plain input (the SDK then decides). What the guard checks."""
+        user_event = item.user_event
+        try:
+            visitors = visitor_json(user_event, self._sdk_logger)
+            if visitors is None:
+                return None
+            envelope = self._context_envelope(user_event.event_context)
+        except Exception:
+            return None  # the SDK's own path decides (and names the error)
+        return EncodedEvent(
+            key=envelope.key,
+            url=envelope.url,
+            headers=envelope.headers,
+            prefix=envelope.prefix,
+            visitors=visitors,
+            suffix=envelope.suffix,
+            event=item,
+        )
 
     # -- user events -------------------------------------------------------------
-
-    def _encode_user_event(self, item: PendingUserEvent) -> EncodedEvent:
-        user_event = item.user_event
-        fast = self._fast_path
-        if fast is None:
-            fast = self.fast_path
-        if item.notification_center is None and fast and _plain_user_event(user_event):
-            try:
-                visitors = visitor_json(user_event, self._sdk_logger)
-                if visitors is not None:
-                    envelope = self._context_envelope(user_event.event_context)
-                    return EncodedEvent(
-                        key=envelope.key,
-                        url=envelope.url,
-                        headers=envelope.headers,
-                        prefix=envelope.prefix,
-                        visitors=visitors,
-                        suffix=envelope.suffix,
-                        event=item,
-                    )
-            except Exception:
-                pass  # the SDK's own path below decides (and names the error)
-        return self._encode_via_sdk(item)
 
     def _encode_via_sdk(self, item: PendingUserEvent) -> EncodedEvent:
         kind = type(item.user_event).__name__
@@ -232,7 +249,16 @@ class EventEncoder:
         return self._encode_log_event(log_event, item, kind)
 
     def _context_envelope(self, context: Any) -> _Envelope:
-        cache_key = _context_cache_key(context)
+        values = (
+            context.account_id,
+            context.project_id,
+            context.revision,
+            context.client_name,
+            context.client_version,
+            context.anonymize_ip,
+            context.region,
+        )
+        cache_key = values + tuple(map(type, values))  # True == 1, but they serialise apart
         envelope = self._contexts.get(cache_key)
         if envelope is None:
             batch = EventBatch(
@@ -244,16 +270,13 @@ class EventEncoder:
                 context.anonymize_ip,
                 True,
             )
-            params = batch.get_event_params()
-            prefix, suffix = envelope_parts(params, _strict_dumps)
+            prefix, suffix = envelope_parts(batch.get_event_params(), _strict_dumps)
             region = str(context.region or "US").upper()
             url = EventFactory.EVENT_ENDPOINTS.get(region, EventFactory.EVENT_ENDPOINTS["US"])
             headers = dict(EventFactory.HTTP_HEADERS)
-            key = (url, self._headers_key(headers), prefix, suffix)
+            key = merge_key(url, headers, prefix, suffix)
             envelope = _Envelope(key, url, headers, prefix, suffix)
-            if len(self._contexts) >= _ENVELOPE_CACHE_SIZE:
-                self._contexts.clear()
-            self._contexts[cache_key] = envelope
+            _bounded_set(self._contexts, cache_key, envelope)
         return envelope
 
     # -- LogEvents ----------------------------------------------------------------
@@ -265,71 +288,74 @@ class EventEncoder:
             raw_headers = getattr(event, "headers", None)
         except Exception as exc:
             raise UnserializableEvent(f"{type(exc).__name__} while reading the event") from None
-        if not raw_headers or raw_headers == _JSON_HEADERS:
-            headers: dict[str, str] = dict(_JSON_HEADERS)
+        if not raw_headers or raw_headers == JSON_HEADERS:
+            headers: dict[str, str] | None = None  # the shared JSON headers
         else:
             headers = post_headers(event)
         try:
             visitors = params.get("visitors") if isinstance(params, dict) else None
-            if not isinstance(visitors, list) or not visitors:
+            if (
+                not isinstance(visitors, list)
+                or not visitors
+                or not all(name.__class__ is str for name in params)
+            ):
                 # Not a mergeable payload: send it as it is, on its own.
                 return EncodedEvent(
-                    key=("unmergeable", object()),
+                    key=unmergeable_key(),
                     url=url,
-                    headers=headers,
+                    headers=headers if headers is not None else dict(JSON_HEADERS),
                     prefix=b"",
                     visitors=_dumps_visitor(params),
                     suffix=b"",
                     event=item,
                 )
-            prefix, suffix = self._params_envelope(params)
-            encoded = [_dumps_visitor(visitor) for visitor in visitors]
+            envelope = self._params_envelope(url, headers, params)
+            if len(visitors) == 1:
+                encoded = _dumps_visitor(visitors[0])
+            else:
+                encoded = b",".join([_dumps_visitor(visitor) for visitor in visitors])
         except (TypeError, ValueError, RecursionError) as exc:
             raise UnserializableEvent(
                 f"the payload of this {kind} has no JSON form ({type(exc).__name__})"
             ) from None
         return EncodedEvent(
-            key=(url, self._headers_key(headers), prefix, suffix),
+            key=envelope.key,
             url=url,
-            headers=headers,
-            prefix=prefix,
-            visitors=encoded[0] if len(encoded) == 1 else b",".join(encoded),
-            suffix=suffix,
+            headers=envelope.headers,
+            prefix=envelope.prefix,
+            visitors=encoded,
+            suffix=envelope.suffix,
             event=item,
         )
 
-    def _params_envelope(self, params: dict[Any, Any]) -> tuple[bytes, bytes]:
-        if not all(name.__class__ is str for name in params):
-            raise TypeError("keys must be str")
-        cache_key = envelope_cache_key(params)
+    def _params_envelope(
+        self, url: str, headers: dict[str, str] | None, params: dict[str, Any]
+    ) -> _Envelope:
+        """The envelope of ``params`` (str keys, a non-empty visitors list); cached when
+        the headers are the default JSON ones and the values are exact (see
+        :func:`~optimizely_middleware.delivery.encoded.envelope_cache_key`)."""
+        cache_key = envelope_cache_key(params) if headers is None else None
         if cache_key is not None:
+            cache_key = (url, *cache_key)
             cached = self._params_envelopes.get(cache_key)
             if cached is not None:
                 return cached
-        envelope = envelope_parts(params, _strict_dumps)
+        if headers is None:
+            headers = dict(JSON_HEADERS)
+        prefix, suffix = envelope_parts(params, _strict_dumps)
+        envelope = _Envelope(merge_key(url, headers, prefix, suffix), url, headers, prefix, suffix)
         if cache_key is not None:
-            if len(self._params_envelopes) >= _ENVELOPE_CACHE_SIZE:
-                self._params_envelopes.clear()
-            self._params_envelopes[cache_key] = envelope
+            _bounded_set(self._params_envelopes, cache_key, envelope)
         return envelope
-
-    @staticmethod
-    def _headers_key(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
-        if headers == _JSON_HEADERS:
-            return _JSON_HEADERS_KEY
-        return tuple(sorted(headers.items()))
 
     # -- the guard ---------------------------------------------------------------
 
-    def _run_guard(self) -> None:
+    def _run_guard(self) -> bool:
         with self._guard_lock:
-            if self._fast_path is not None:
-                return
             try:
                 problem = fast_path_problem(self)
             except Exception as exc:
                 problem = f"the check raised {type(exc).__name__}"
-            self._fast_path = problem is None
         if problem is not None:
             logger.warning(
                 "optimizely_middleware: this Optimizely SDK's event payload differs from "
@@ -338,3 +364,12 @@ class EventEncoder:
                 "response.",
                 problem,
             )
+        return problem is None
+
+
+def _bounded_set(cache: dict[Any, _Envelope], key: Any, value: _Envelope) -> None:
+    """Store ``value`` in ``cache``, starting the cache again when it is full. Both steps
+    are atomic dict operations, so threads may race here: at worst one rebuilds."""
+    if len(cache) >= _ENVELOPE_CACHE_SIZE:
+        cache.clear()
+    cache[key] = value

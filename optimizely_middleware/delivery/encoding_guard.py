@@ -7,11 +7,14 @@ Usage::
 
     assert fast_path_problem(EventEncoder()) is None   # this SDK's payload is what we build
 
-At first use the encoder builds an impression and two conversions from the
-SDK's own classes, encodes them the fast way and compares the merged body
-with ``EventFactory.create_log_event`` of the same events, types included.
-If they differ (a future SDK renamed, added or dropped a payload field) the
-encoder warns once and builds every event with ``create_log_event``.
+When it is built, the encoder makes impressions (of an experiment, of a
+holdout, of a rollout that decided nothing) and conversions from the SDK's
+own classes, encodes them with its real fast path
+(:meth:`~optimizely_middleware.delivery.encoding.EventEncoder.encode_fast`) and
+compares the merged body with ``EventFactory.create_log_event`` of the same
+events, types included. If they differ (a future SDK renamed, added or
+dropped a payload field) the encoder warns once and builds every event with
+``create_log_event``.
 """
 
 from __future__ import annotations
@@ -20,15 +23,10 @@ import json
 from typing import TYPE_CHECKING
 
 from optimizely.event.event_factory import EventFactory
-from optimizely.event.payload import EventBatch
 from optimizely.event.user_event import ConversionEvent, UserEvent
 
-from optimizely_middleware.delivery.encoded import EncodedEvent
-from optimizely_middleware.delivery.visitor_json import (
-    _plain_user_event,
-    canonical_json,
-    visitor_json,
-)
+from optimizely_middleware.delivery.encoded import EncodedEvent, merged_body
+from optimizely_middleware.delivery.visitor_json import canonical_json
 
 if TYPE_CHECKING:
     from optimizely_middleware.delivery.encoding import EventEncoder
@@ -37,50 +35,34 @@ __all__ = ["fast_path_problem"]
 
 
 def fast_path_problem(encoder: EventEncoder) -> str | None:
-    """Compare the fast path with ``create_log_event`` on synthetic events built from
-    the SDK's own classes; None when they agree, else what differs."""
+    """Compare ``encoder``'s fast path with ``create_log_event`` on synthetic events
+    built from the SDK's own classes; None when they agree, else what differs."""
+    from optimizely_middleware.delivery.encoding import PendingUserEvent  # it imports this module
+
     events = _synthetic_user_events()
-    sdk_logger = encoder._sdk_logger
-    for build in (EventFactory._create_visitor, EventBatch.get_event_params):
-        if not callable(build):
-            return "a payload builder is missing"
     encoded: list[EncodedEvent] = []
     for user_event in events:
-        if not _plain_user_event(user_event):
-            return "the synthetic events are not plain"
-        visitors = visitor_json(user_event, sdk_logger)
-        if visitors is None:
-            return "the fast path built no visitor"
-        envelope = encoder._context_envelope(user_event.event_context)
-        encoded.append(
-            EncodedEvent(
-                key=envelope.key,
-                url=envelope.url,
-                headers=envelope.headers,
-                prefix=envelope.prefix,
-                visitors=visitors,
-                suffix=envelope.suffix,
-                event=None,
-            )
-        )
+        one = encoder.encode_fast(PendingUserEvent(user_event, None))
+        if one is None:
+            return f"the fast path did not take a synthetic {type(user_event).__name__}"
+        encoded.append(one)
     if any(item.key != encoded[0].key for item in encoded):
         return "events of one context got different envelopes"
-    first = encoded[0]
-    body = first.prefix + b",".join(item.visitors for item in encoded) + first.suffix
-    expected = EventFactory.create_log_event(list(events), sdk_logger)
+    expected = EventFactory.create_log_event(list(events), encoder._sdk_logger)
     if expected is None:
         return "create_log_event built nothing"
+    first = encoded[0]
     if first.url != expected.url or first.headers != dict(expected.headers or {}):
         return "the url or headers differ"
-    if canonical_json(json.loads(body)) != canonical_json(expected.params):
+    if canonical_json(json.loads(merged_body(encoded))) != canonical_json(expected.params):
         return "the payload differs"
     return None
 
 
 def _synthetic_user_events() -> list[UserEvent]:
-    """Impressions with a cmab uuid and with no rule decided, and conversions with
-    and without revenue, value and nested tags, of one event context, built
-    from the SDK's own classes."""
+    """Impressions with a cmab uuid, of a holdout (whose variation the SDK passes as
+    a dict) and with no rule decided, and conversions with and without revenue,
+    value and nested tags, of one event context, built from the SDK's own classes."""
     from optimizely import entities
     from optimizely.event.payload import VisitorAttribute
     from optimizely.event.user_event import EventContext, ImpressionEvent
@@ -99,6 +81,17 @@ def _synthetic_user_events() -> list[UserEvent]:
         context, "user-1", experiment, attributes, variation,
         "flag", "exp", "feature-test", True, False, "cmab-1",
     )  # fmt: skip
+    # A global or local holdout: a Holdout, not an Experiment (no layer id), and
+    # its variation is the datafile's dict, as ProjectConfig keeps it.
+    holdout = entities.Holdout(
+        "4101", "holdout", entities.Holdout.Status.RUNNING,
+        [{"id": "6101", "key": "holdout_off", "featureEnabled": False, "variables": []}],
+        [{"entityId": "6101", "endOfRange": 10000}], [],
+    )  # fmt: skip
+    held_out = ImpressionEvent(
+        context, "user-5", holdout, attributes[1:], holdout.variations[0],
+        "flag", "holdout", "holdout", False, False, None,
+    )  # fmt: skip
     # The SDK sends this for a flag whose rollout decided nothing (sendFlagDecisions).
     undecided = ImpressionEvent(
         context, "user-4", None, [], None,  # type: ignore[arg-type]
@@ -108,4 +101,4 @@ def _synthetic_user_events() -> list[UserEvent]:
     tags = EventTags({"revenue": 1299, "value": "3.5", "nested": {"a": [1, 2.5, None, "x"]}})
     conversion = ConversionEvent(context, event, "user-2", [], tags, False)
     plain = ConversionEvent(context, event, "user-3", attributes[:1], None, None)
-    return [impression, undecided, conversion, plain]
+    return [impression, held_out, undecided, conversion, plain]

@@ -2,10 +2,9 @@
 
 Usage::
 
-    from optimizely_middleware.delivery.visitor_json import _plain_user_event, visitor_json
+    from optimizely_middleware.delivery.visitor_json import visitor_json
 
-    if _plain_user_event(user_event):          # only plain JSON types, no NaN
-        data = visitor_json(user_event, logger)  # == json of create_log_event's visitor
+    data = visitor_json(user_event, logger)  # == json of create_log_event's visitor, or None
 
 The SDK's ``get_event_params`` runs ``json.dumps(default=lambda o: o.__dict__)``
 and ``json.loads`` with a hook that drops the ``revenue``, ``value``,
@@ -13,8 +12,9 @@ and ``json.loads`` with a hook that drops the ``revenue``, ``value``,
 with a ``default`` that returns the object's ``__dict__`` without those keys
 gives the same JSON value, provided the user's input (tags, attribute values)
 holds only plain JSON types without NaN and without dicts that have such
-None-valued keys: :func:`_plain_user_event` checks exactly that, and the
-encoder sends anything else through ``create_log_event``. Helpers of
+None-valued keys: :func:`visitor_json` checks exactly that as it goes, and
+returns None for anything else, which the encoder sends through
+``create_log_event``. Helpers of
 :mod:`optimizely_middleware.delivery.encoding`, not a public API.
 """
 
@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from optimizely import entities
 from optimizely.event.event_factory import EventFactory
@@ -41,13 +40,13 @@ __all__ = ["canonical_json", "visitor_json"]
 
 # The keys EventBatch.get_event_params drops when their value is None.
 _DROPPED_WHEN_NONE: Final = frozenset({"revenue", "value", "tags", "decisions"})
-_JSON_HEADERS: Final = {"Content-Type": "application/json"}
-_JSON_HEADERS_KEY: Final = (("Content-Type", "application/json"),)
-_ENVELOPE_CACHE_SIZE: Final = 256
 # orjson refuses more than 254 levels; the visitor itself takes 6.
 _MAX_TAG_DEPTH: Final = 200
 _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
-_PLAIN_ATTRIBUTE_VALUES: Final = frozenset({str, int, bool, float})
+_PLAIN_ATTRIBUTE_VALUES: Final = frozenset({str, int, bool})  # and finite floats
+
+# Compact JSON that refuses NaN and infinities; circular input raises ValueError.
+_ACTIVATE_EVENT_KEY: Final = EventFactory.ACTIVATE_EVENT_KEY
 
 _strict_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
@@ -100,16 +99,30 @@ def _dumps_visitor(visitor: Any) -> bytes:
 
 def visitor_json(event: Any, logger: Any) -> bytes | None:
     """JSON of the visitor ``EventFactory._create_visitor(event)`` builds, as
-    ``get_event_params`` writes it; None when the SDK would build none.
+    ``get_event_params`` writes it; None when the SDK would build none, or when
+    the input is not plain (an attribute value or tag orjson would write
+    differently, or NaN): the caller then lets the SDK decide.
 
     The same fields in the same order, written as plain dicts: about a third
     of the CPU of building the SDK's payload objects and serialising them
     through a ``default`` hook (see :mod:`optimizely_middleware.delivery.encoding_guard`,
-    which checks the two agree). Only for a :func:`_plain_user_event`.
+    which checks the two agree).
     """
-    if isinstance(event, ImpressionEvent):
+    attributes = []
+    for attribute in event.visitor_attributes:
+        fields = attribute.__dict__
+        value = fields["value"]
+        if value.__class__ not in _PLAIN_ATTRIBUTE_VALUES and (
+            value.__class__ is not float or not math.isfinite(value)
+        ):
+            return None
+        attributes.append(fields if None not in fields.values() else _payload_dict(attribute))
+    cls = event.__class__
+    if cls is ImpressionEvent:
         variation = event.variation
-        if isinstance(variation, entities.Variation):
+        if variation.__class__ is dict:  # a holdout's variation, as the datafile has it
+            variation_id, variation_key = variation.get("id", ""), variation.get("key", "")
+        elif isinstance(variation, entities.Variation):
             variation_id, variation_key = variation.id, variation.key
         elif isinstance(variation, dict):
             variation_id, variation_key = variation.get("id", ""), variation.get("key", "")
@@ -136,7 +149,7 @@ def visitor_json(event: Any, logger: Any) -> bytes | None:
                 {
                     "entity_id": campaign_id,
                     "uuid": event.uuid,
-                    "key": EventFactory.ACTIVATE_EVENT_KEY,
+                    "key": _ACTIVATE_EVENT_KEY,
                     "timestamp": event.timestamp,
                 }
             ],
@@ -149,7 +162,7 @@ def visitor_json(event: Any, logger: Any) -> bytes | None:
                 }
             ],
         }
-    elif isinstance(event, ConversionEvent) and event.event:
+    elif cls is ConversionEvent and event.event:
         tags = event.event_tags
         snapshot_event = {
             "entity_id": event.event.id,
@@ -157,23 +170,22 @@ def visitor_json(event: Any, logger: Any) -> bytes | None:
             "key": event.event.key,
             "timestamp": event.timestamp,
         }
-        revenue = get_revenue_value(tags)
-        if revenue is not None:
-            snapshot_event["revenue"] = revenue
-        value = get_numeric_value(tags, logger)
-        if value is not None:
-            snapshot_event["value"] = value
         if tags is not None:
+            if not _plain_tags(tags):
+                return None
+            revenue = get_revenue_value(tags)
+            if revenue is not None:
+                snapshot_event["revenue"] = revenue
+            value = get_numeric_value(tags, logger)
+            if value is not None:
+                snapshot_event["value"] = value
             snapshot_event["tags"] = tags
         snapshot = {"events": [snapshot_event]}
     else:
-        return None
-    visitor = {
-        "snapshots": [snapshot],
-        "attributes": [_payload_dict(attribute) for attribute in event.visitor_attributes],
-        "visitor_id": event.user_id,
-    }
-    return _dumps_payload(visitor)
+        return None  # a subclass, or no event: the SDK decides
+    return _dumps_payload(
+        {"snapshots": [snapshot], "attributes": attributes, "visitor_id": event.user_id}
+    )
 
 
 def _plain_tags(tags: Any) -> bool:
@@ -204,37 +216,6 @@ def _plain_tags(tags: Any) -> bool:
         else:
             return False
     return True
-
-
-def _plain_user_event(user_event: Any) -> bool:
-    for attribute in user_event.visitor_attributes:
-        if attribute.value.__class__ not in _PLAIN_ATTRIBUTE_VALUES:
-            return False
-    if isinstance(user_event, ConversionEvent):
-        tags = user_event.event_tags
-        return tags is None or _plain_tags(tags)
-    return True
-
-
-class _Envelope(NamedTuple):
-    key: Hashable
-    url: str
-    headers: dict[str, str]
-    prefix: bytes
-    suffix: bytes
-
-
-def _context_cache_key(context: Any) -> tuple[Any, ...]:
-    values = (
-        context.account_id,
-        context.project_id,
-        context.revision,
-        context.client_name,
-        context.client_version,
-        context.anonymize_ip,
-        context.region,
-    )
-    return values + tuple(map(type, values))
 
 
 def canonical_json(value: Any) -> str:
