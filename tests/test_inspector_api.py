@@ -310,7 +310,7 @@ def test_page_is_self_contained(devserver: DevServer) -> None:
         assert "innerHTML" not in response.text
     # Only the page's own files are served, by name.
     connection = http.client.HTTPConnection("127.0.0.1", devserver.port, timeout=WAIT)
-    connection.request("GET", "/static/../devserver.py")
+    connection.request("GET", "/static/../server.py")
     assert b"import" not in connection.getresponse().read()
     connection.close()
 
@@ -326,8 +326,9 @@ def test_static_files_are_package_data() -> None:
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["optimizely_middleware"]
-    files = [p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "static").iterdir()]
+    patterns = config["tool"]["setuptools"]["package-data"]["optimizely_middleware.devserver"]
+    folder = PACKAGE / "devserver"
+    files = [p.relative_to(folder).as_posix() for p in (folder / "static").iterdir()]
     assert files
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

@@ -45,7 +45,7 @@ FACES = {
         "optimizely_middleware/fastapi.py",
     ],
     "django": ["optimizely_middleware/django"],
-    "testing": ["optimizely_middleware/pytest_plugin.py"],
+    "testing": ["optimizely_middleware/testing/pytest_plugin.py"],
 }
 # Imports an extra need not cover, and why.
 NOT_COVERED = {

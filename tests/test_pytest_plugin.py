@@ -371,7 +371,7 @@ def test_loading_the_plugin_imports_no_web_framework_and_not_the_kit() -> None:
     code = (
         "import sys, optimizely_middleware.testing.pytest_plugin\n"
         "loaded = [m for m in ('flask', 'starlette', 'fastapi', 'werkzeug.test', "
-        "'optimizely_middleware.testing') if m in sys.modules]\n"
+        "'optimizely_middleware.testing.capture') if m in sys.modules]\n"
         "print(loaded)\n"
     )
     out = subprocess.run(
