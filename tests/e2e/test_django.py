@@ -7,113 +7,36 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
 
 import pytest
 
-from tests.support.django import DATAFILE_PATH, EXAMPLE_PROJECT, ROOT, DatafileServer
+from tests.support.django import DATAFILE_PATH, EXAMPLE_PROJECT, DatafileServer
 from tests.support.endpoint import EventEndpoint
-from tests.support.fakes import free_port
-from tests.support.wsgi import Gunicorn, get, visitors_of, wait_for_port
+from tests.support.load import event_uuids
+from tests.support.servers import ServerProcess, get, gunicorn, killed_at_the_end, uvicorn
+from tests.support.wsgi import visitors_of
 
 pytestmark = pytest.mark.slow
 
 EXIT_TIMEOUT = 60.0
 
 
-class Served(Protocol):
-    port: int
-
-    def terminate(self) -> int: ...
-
-    def kill(self) -> None: ...
-
-    @property
-    def log(self) -> str: ...
-
-
-class GunicornServer:
+def gunicorn_project(env: dict[str, str], *args: str) -> ServerProcess:
     """The example's ``mysite.wsgi:application`` under gunicorn (1 worker, 4 threads)."""
-
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
-        self.server = Gunicorn(
-            "mysite.wsgi:application",
-            env=env,
-            args=("--pythonpath", str(EXAMPLE_PROJECT), *args),
-        )
-        self.port = self.server.port
-        self.process = self.server.process
-
-    def start(self) -> GunicornServer:
-        self.server.start()
-        return self
-
-    def terminate(self) -> int:
-        return self.server.terminate(EXIT_TIMEOUT)
-
-    def kill(self) -> None:
-        self.server.kill()
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.server.lines)
+    return gunicorn("mysite.wsgi:application", "--pythonpath", str(EXAMPLE_PROJECT), *args, env=env)
 
 
-class UvicornServer:
+def uvicorn_project(env: dict[str, str]) -> ServerProcess:
     """The example's ``mysite.asgi:application`` under uvicorn."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "mysite.asgi:application",
-            "--app-dir",
-            str(EXAMPLE_PROJECT),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=log
-            )
-
-    def start(self) -> UvicornServer:
-        try:
-            wait_for_port(self.port, self.process)
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(EXIT_TIMEOUT)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(EXIT_TIMEOUT)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    return uvicorn("mysite.asgi:application", env=env, app_dir=EXAMPLE_PROJECT)
 
 
-ServerFactory = Callable[..., Any]
+ServerFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture(params=["gunicorn", "uvicorn"])
@@ -121,40 +44,21 @@ def serve(
     request: pytest.FixtureRequest, event_endpoint: EventEndpoint, tmp_path: Path
 ) -> Iterator[ServerFactory]:
     """``serve(start=True, **env)``: the project on gunicorn or on uvicorn."""
-    started: list[Any] = []
 
-    def start(*, wait: bool = True, **extra: str) -> Any:
+    def start(*, wait: bool = True, **extra: str) -> ServerProcess:
         env = {
             "DJANGO_SETTINGS_MODULE": "tests.apps.django_settings",
             "OPTIMIZELY_EVENT_ENDPOINT": event_endpoint.url,
             "OPTIMIZELY_DATAFILE_PATH": str(DATAFILE_PATH),
             "OPTIMIZELY_TEST_SENDFILE_LOG": str(tmp_path / "sendfile.log"),
-            "PYTHONUNBUFFERED": "1",
             **extra,
         }
-        server: Any
-        if request.param == "gunicorn":
-            server = GunicornServer(env)
-        else:
-            server = UvicornServer(env, tmp_path / f"uvicorn-{len(started)}.log")
+        server = gunicorn_project(env) if request.param == "gunicorn" else uvicorn_project(env)
         started.append(server)
         return server.start() if wait else server
 
-    try:
+    with killed_at_the_end(event_endpoint) as started:
         yield start
-    finally:
-        event_endpoint.release()
-        for server in started:
-            server.kill()
-
-
-def event_uuids(endpoint: EventEndpoint) -> Counter[str]:
-    return Counter(
-        event["uuid"]
-        for visitor in endpoint.all_visitors()
-        for snapshot in visitor["snapshots"]
-        for event in snapshot["events"]
-    )
 
 
 def burst(port: int, users: list[str]) -> None:
@@ -261,7 +165,7 @@ def test_async_views_streams_and_files(
     server.terminate()
     users = sorted(v["visitor_id"] for v in event_endpoint.all_visitors())
     assert users == ["amy", "ben", "cy", "dee"]
-    if isinstance(server, GunicornServer):
+    if "gunicorn" in server.command:
         # FileResponse kept gunicorn's sendfile() path.
         assert "/file/dee" in (tmp_path / "sendfile.log").read_text().splitlines()
 
@@ -308,7 +212,7 @@ def test_a_misconfigured_setting_stops_the_server_with_improperly_configured(
     serve: ServerFactory,
 ) -> None:
     server = serve(wait=False, OPTIMIZELY_DATAFILE_PATH="/nonexistent/datafile.json")
-    code = server.process.wait(EXIT_TIMEOUT)
+    code = server.wait(EXIT_TIMEOUT)
     assert code != 0
     assert "ImproperlyConfigured" in server.log
     assert "'/nonexistent/datafile.json' cannot be read" in server.log
@@ -320,14 +224,14 @@ def test_gunicorn_preload_with_an_sdk_key_polls_the_datafile_in_the_worker(
     """The client is built in the master (--preload); the worker must poll on
     its own to see a new datafile revision."""
     datafiles = DatafileServer()
-    server = GunicornServer(
+    server = gunicorn_project(
         {
             "DJANGO_SETTINGS_MODULE": "tests.apps.django_settings",
             "OPTIMIZELY_EVENT_ENDPOINT": event_endpoint.url,
             "OPTIMIZELY_TEST_SDK_KEY": "sdk-key-1",
             "OPTIMIZELY_TEST_DATAFILE_URL": datafiles.url + "/{sdk_key}.json",
         },
-        args=("--preload",),
+        "--preload",
     )
     try:
         server.start()

@@ -9,7 +9,6 @@ import contextlib
 import http.client
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -18,18 +17,17 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from tests.apps.flask_views import create_app, create_decorated_app
 from tests.support.endpoint import EventEndpoint
-from tests.support.wsgi import (
-    DATAFILE_PATH,
-    Gunicorn,
-    event_keys,
+from tests.support.servers import (
+    ServerProcess,
     get,
-    posts_of,
-    visitors_of,
+    gunicorn,
+    killed_at_the_end,
+    werkzeug_in_a_thread,
 )
+from tests.support.wsgi import DATAFILE_PATH, event_keys, posts_of, visitors_of
 
 EXTENSION_APP = "tests.apps.flask_views:create_app()"
 DECORATED_APP = "tests.apps.flask_views:create_decorated_app_from_env()"
@@ -51,50 +49,53 @@ class Served:
 ServerFactory = Callable[..., Served]
 
 
-@pytest.fixture
-def gunicorn(event_endpoint: EventEndpoint, tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    started: list[Gunicorn] = []
+def one_page_sends_once(served: Served, endpoint: EventEndpoint, path: str) -> tuple[int, bytes]:
+    """GET ``path`` (its last segment is the visitor); once the server has settled,
+    that visitor's events arrived in exactly one visitor entry. The page."""
+    page = served.get(path)
+    endpoint.wait_for_visitors(1)
+    served.settle()
+    assert len(visitors_of(endpoint.posts, path.rsplit("/", 1)[1])) == 1
+    return page
 
-    def start(app: str = EXTENSION_APP, *args: str, env: dict[str, str] | None = None) -> Gunicorn:
-        server = Gunicorn(
+
+@pytest.fixture(name="gunicorn")
+def gunicorn_fixture(
+    event_endpoint: EventEndpoint, tmp_path: Path
+) -> Iterator[Callable[..., ServerProcess]]:
+    def start(
+        app: str = EXTENSION_APP, *args: str, env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        server = gunicorn(
             app,
+            *args,
             env={
                 "OPTIMIZELY_TEST_EVENT_ENDPOINT": event_endpoint.url,
                 "OPTIMIZELY_TEST_DATAFILE": str(DATAFILE_PATH),
                 "OPTIMIZELY_TEST_SENDFILE_LOG": str(tmp_path / "sendfile.log"),
                 **(env or {}),
             },
-            args=args,
         )
         started.append(server)
         return server.start()
 
-    try:
+    with killed_at_the_end(event_endpoint) as started:
         yield start
-    finally:
-        event_endpoint.release()
-        for server in started:
-            server.kill()
 
 
 @contextmanager
 def werkzeug_server(app: Flask, dispatcher: Any) -> Iterator[Served]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield Served(server.server_port, lambda: dispatcher.flush(30))
+        with werkzeug_in_a_thread(app) as port:
+            yield Served(port, lambda: dispatcher.flush(30))
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(30)
         dispatcher.close(10)
 
 
 @pytest.fixture(params=["gunicorn", "werkzeug"])
 def serve(
     request: pytest.FixtureRequest,
-    gunicorn: Callable[..., Gunicorn],
+    gunicorn: Callable[..., ServerProcess],
     event_endpoint: EventEndpoint,
     datafile: str,
 ) -> Iterator[ServerFactory]:
@@ -129,7 +130,7 @@ def serve(
         yield start
 
 
-def _stopped(server: Gunicorn) -> None:
+def _stopped(server: ServerProcess) -> None:
     assert server.terminate() == 0
 
 
@@ -191,29 +192,18 @@ def test_failed_requests_are_discarded_with_the_discard_policy(
 
 
 def test_send_file(serve: ServerFactory, event_endpoint: EventEndpoint) -> None:
-    served = serve()
-    assert served.get("/file/gina") == (200, DATAFILE_PATH.read_bytes())
-    event_endpoint.wait_for_visitors(1)
-    served.settle()
-    assert len(visitors_of(event_endpoint.posts, "gina")) == 1
+    page = one_page_sends_once(serve(), event_endpoint, "/file/gina")
+    assert page == (200, DATAFILE_PATH.read_bytes())
 
 
 def test_an_async_view(serve: ServerFactory, event_endpoint: EventEndpoint) -> None:
-    served = serve()
-    assert served.get("/async/hank")[0] == 200
-    event_endpoint.wait_for_visitors(1)
-    served.settle()
-    assert len(visitors_of(event_endpoint.posts, "hank")) == 1
+    assert one_page_sends_once(serve(), event_endpoint, "/async/hank")[0] == 200
 
 
 def test_middleware_plus_decorator_sends_each_event_once(
     serve: ServerFactory, event_endpoint: EventEndpoint
 ) -> None:
-    served = serve()
-    assert served.get("/deferred/ivan")[0] == 200
-    event_endpoint.wait_for_visitors(1)
-    served.settle()
-    assert len(visitors_of(event_endpoint.posts, "ivan")) == 1
+    assert one_page_sends_once(serve(), event_endpoint, "/deferred/ivan")[0] == 200
 
 
 def test_the_decorator_on_some_views_only(
@@ -240,7 +230,7 @@ def test_the_decorator_on_some_views_only(
 
 
 def test_gunicorn_still_uses_sendfile_for_send_file(
-    gunicorn: Callable[..., Gunicorn], event_endpoint: EventEndpoint, tmp_path: Path
+    gunicorn: Callable[..., ServerProcess], event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
     for app, path in ((EXTENSION_APP, "/file/olga"), (DECORATED_APP, "/deferred-file/pat")):
         server = gunicorn(app)
@@ -254,7 +244,7 @@ def test_gunicorn_still_uses_sendfile_for_send_file(
 
 
 def test_gunicorn_preload_with_two_workers_sends_every_event_once(
-    gunicorn: Callable[..., Gunicorn], event_endpoint: EventEndpoint
+    gunicorn: Callable[..., ServerProcess], event_endpoint: EventEndpoint
 ) -> None:
     server = gunicorn(
         EXTENSION_APP, "--preload", "--workers", "2", env={"OPTIMIZELY_TEST_STARTUP_EVENT": "1"}
@@ -270,7 +260,7 @@ def test_gunicorn_preload_with_two_workers_sends_every_event_once(
 
 
 def test_sigterm_after_a_burst_delivers_every_event_before_the_workers_exit(
-    gunicorn: Callable[..., Gunicorn], event_endpoint: EventEndpoint
+    gunicorn: Callable[..., ServerProcess], event_endpoint: EventEndpoint
 ) -> None:
     server = gunicorn(
         EXTENSION_APP, "--workers", "2", env={"OPTIMIZELY_TEST_SHUTDOWN_TIMEOUT": "60"}
@@ -286,7 +276,7 @@ def test_sigterm_after_a_burst_delivers_every_event_before_the_workers_exit(
     server.process.send_signal(signal.SIGTERM)
     # Both workers have left their serving loop; only exit handlers run from here,
     # and they keep the workers alive while the endpoint holds their events.
-    server.wait_for_log(r"Worker exiting", 2)
+    server.wait_for_line(r"Worker exiting", 2)
     with pytest.raises(subprocess.TimeoutExpired):
         server.process.wait(timeout=2.0)
     event_endpoint.release()

@@ -10,14 +10,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.endpoint import EventEndpoint
-from tests.support.servers import (
-    assert_exactly_once,
-    free_port,
-    load_then_stop,
-    python_module,
-    report,
-    running,
-)
+from tests.support.load import every_event_arrives_once_at_stop
+from tests.support.servers import free_port, python_module
 
 pytestmark = pytest.mark.slow
 
@@ -42,29 +36,31 @@ def gunicorn_gevent(port: int, *args: str) -> list[str]:
 
 def test_gevent_workers_deliver_every_event_once(event_endpoint: EventEndpoint) -> None:
     port = free_port()
-    with running(gunicorn_gevent(port), event_endpoint, port, ready="Booting worker") as server:
-        load, code = load_then_stop(server, event_endpoint, n=N)
-    arrived = assert_exactly_once(event_endpoint, load.users, log=server.log)
-    assert code == 0, server.log
-    report("gunicorn gevent", 3 * N, arrived, stop_s=f"{server.stop_seconds:.2f}")
+    every_event_arrives_once_at_stop(
+        gunicorn_gevent(port),
+        event_endpoint,
+        port,
+        ready="Booting worker",
+        name="gunicorn gevent",
+        n=N,
+    )
 
 
 def test_gevent_with_preload_and_an_event_sent_in_the_master(
     event_endpoint: EventEndpoint,
 ) -> None:
     port = free_port()
-    with running(
+    # The master's own event arrives once (from the master), not once per worker.
+    every_event_arrives_once_at_stop(
         gunicorn_gevent(port, "--preload"),
         event_endpoint,
         port,
         ready="Booting worker",
+        name="gunicorn gevent --preload",
+        n=N,
+        startup_events=1,
         OPTIMIZELY_TEST_STARTUP_EVENT="1",
-    ) as server:
-        load, code = load_then_stop(server, event_endpoint, n=N)
-    # The master's own event arrives once (from the master), not once per worker.
-    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1}, log=server.log)
-    assert code == 0, server.log
-    report("gunicorn gevent --preload", 3 * N + 1, arrived, stop_s=f"{server.stop_seconds:.2f}")
+    )
 
 
 def test_gevent_preload_forked_while_the_master_encodes_its_first_event(
@@ -80,16 +76,14 @@ def test_gevent_preload_forked_while_the_master_encodes_its_first_event(
         port, "--preload", "--workers", "1", "--config", "python:tests.apps.gunicorn_fork_in_guard"
     )
     command[-1] = "tests.apps.e2e_flask_fork_in_guard:app"
-    with running(
-        command, event_endpoint, port, ready="Booting worker", OPTIMIZELY_TEST_STARTUP_EVENT="1"
-    ) as server:
-        load, code = load_then_stop(server, event_endpoint, n=30)
-    assert "the fork is not inside it" not in server.log
-    arrived = assert_exactly_once(event_endpoint, load.users, extra={"startup": 1}, log=server.log)
-    assert code == 0, server.log
-    report(
-        "gunicorn gevent --preload, fork inside the guard",
-        3 * 30 + 1,
-        arrived,
-        stop_s=f"{server.stop_seconds:.2f}",
+    server = every_event_arrives_once_at_stop(
+        command,
+        event_endpoint,
+        port,
+        ready="Booting worker",
+        name="gunicorn gevent --preload, fork inside the guard",
+        n=30,
+        startup_events=1,
+        OPTIMIZELY_TEST_STARTUP_EVENT="1",
     )
+    assert "the fork is not inside it" not in server.log

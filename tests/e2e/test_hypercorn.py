@@ -6,14 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.endpoint import EventEndpoint
-from tests.support.servers import (
-    assert_exactly_once,
-    free_port,
-    load_then_stop,
-    python_module,
-    report,
-    running,
-)
+from tests.support.load import every_event_arrives_once_at_stop
+from tests.support.servers import free_port, python_module
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +27,8 @@ def test_hypercorn_delivers_every_event_once_at_sigterm(
         worker,
         "tests.apps.e2e_starlette:app",
     )
-    with running(command, event_endpoint, port, ready="Running on") as server:
-        load, code = load_then_stop(server, event_endpoint, n=N)
-    arrived = assert_exactly_once(event_endpoint, load.users)
-    assert code == 0, server.log
+    server = every_event_arrives_once_at_stop(
+        command, event_endpoint, port, ready="Running on", name=f"hypercorn {worker} SIGTERM", n=N
+    )
     assert "WiringWarning" not in server.log
     assert "Traceback" not in server.log, server.log
-    report(f"hypercorn {worker} SIGTERM", 3 * N, arrived, stop_s=f"{server.stop_seconds:.2f}")

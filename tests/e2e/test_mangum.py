@@ -16,7 +16,7 @@ from mangum import Mangum
 from optimizely_middleware import RequestScopedEventDispatcher, WiringWarning
 from tests.apps.e2e_starlette import build_app
 from tests.support.endpoint import EventEndpoint
-from tests.support.servers import EVENTS_PER_REQUEST, assert_exactly_once, report
+from tests.support.load import EVENTS_PER_REQUEST, assert_exactly_once, report
 
 pytestmark = pytest.mark.slow
 

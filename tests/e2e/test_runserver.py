@@ -8,14 +8,8 @@ import signal
 import pytest
 
 from tests.support.endpoint import EventEndpoint
-from tests.support.servers import (
-    assert_exactly_once,
-    free_port,
-    python_module,
-    report,
-    run_load,
-    running,
-)
+from tests.support.load import assert_exactly_once, load_then_sigterm_flush, report
+from tests.support.servers import free_port, python_module, running
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +29,7 @@ def test_runserver_stopped_by_sigterm_delivers_with_install_sigterm_flush(
         DJANGO_SETTINGS_MODULE="tests.apps.e2e_django_runserver",
         OPTIMIZELY_TEST_SIGTERM_FLUSH="1",
     ) as server:
-        event_endpoint.hold()
-        load = run_load(port, N)
-        server.process.send_signal(signal.SIGTERM)
-        # Every POST is held until the handler runs: it alone delivers them.
-        server.wait_for_line("SIGTERM: flushing Optimizely events")
-        event_endpoint.release()
-        code = server.wait()
+        load, code = load_then_sigterm_flush(server, event_endpoint, n=N)
     arrived = assert_exactly_once(event_endpoint, load.users)
     assert code == -signal.SIGTERM, server.log
     report("django runserver SIGTERM + install_sigterm_flush", 3 * N, arrived)

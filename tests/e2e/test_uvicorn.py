@@ -3,16 +3,12 @@ real local event endpoint that holds every POST until the test releases it."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,82 +23,33 @@ from tests.support.asgi import (
     visitor_ids,
 )
 from tests.support.endpoint import EventEndpoint
-from tests.support.fakes import free_port
+from tests.support.load import sigterm_then_release_at
+from tests.support.servers import ROOT, ServerProcess
+from tests.support.servers import uvicorn as start_uvicorn
 
-ROOT = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT = 30.0
 EXIT_TIMEOUT = 30.0
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = EXIT_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            assert time.monotonic() < deadline, f"{text!r} not in the server log:\n{self.log}"
-            assert self.process.poll() is None or text in self.log
-            time.sleep(0.05)  # polling another process's log, with a deadline
-
-    def terminate(self) -> int:
-        """SIGTERM, then wait (bounded) for the exit."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(EXIT_TIMEOUT)
 
 
 @contextmanager
 def uvicorn(
     app: str,
     endpoint: EventEndpoint,
-    tmp_path: Path,
     *,
     app_dir: Path = ROOT,
     env: dict[str, str] | None = None,
-) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path / f"uvicorn-{port}.log"
-    env = dict(
-        os.environ, OPTIMIZELY_EVENT_ENDPOINT=endpoint.url, PYTHONUNBUFFERED="1", **(env or {})
+) -> Iterator[ServerProcess]:
+    """``app`` under uvicorn, after one readiness request (its events are from
+    user "anonymous"); the endpoint is released and the server killed at the end."""
+    server = start_uvicorn(
+        app, env={"OPTIMIZELY_EVENT_ENDPOINT": endpoint.url, **(env or {})}, app_dir=app_dir
     )
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--app-dir",
-        str(app_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            assert process.poll() is None, f"uvicorn exited:\n{server.log}"
-            try:
-                # the readiness request's own events are from user "anonymous"
-                httpx.get(server.url + "/", params={"user": "anonymous"}, timeout=1.0)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, f"uvicorn did not start:\n{server.log}"
-                time.sleep(0.05)  # polling another process's port, with a deadline
+        server.start()
+        httpx.get(server.url + "/", params={"user": "anonymous"}, timeout=EXIT_TIMEOUT)
         yield server
     finally:
         endpoint.release()
-        if process.poll() is None:
-            process.kill()
-            process.wait(EXIT_TIMEOUT)
+        server.kill()
 
 
 def own_visitors(endpoint: EventEndpoint) -> list[str]:
@@ -112,7 +59,7 @@ def own_visitors(endpoint: EventEndpoint) -> list[str]:
 def test_the_response_is_complete_while_every_post_is_held(
     event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
-    with uvicorn("tests.apps.starlette_e2e:app", event_endpoint, tmp_path) as server:
+    with uvicorn("tests.apps.starlette_e2e:app", event_endpoint) as server:
         event_endpoint.wait_for_visitors(2)  # the readiness request's events
         arrived_before = event_endpoint.arrived
         event_endpoint.hold()
@@ -136,7 +83,7 @@ def test_the_response_is_complete_while_every_post_is_held(
 def test_the_event_loop_is_never_blocked_while_delivery_is_held(
     event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
-    with uvicorn("tests.apps.starlette_e2e:app", event_endpoint, tmp_path) as server:
+    with uvicorn("tests.apps.starlette_e2e:app", event_endpoint) as server:
         event_endpoint.wait_for_visitors(2)
         arrived_before, posts_before = event_endpoint.arrived, len(event_endpoint.posts)
         event_endpoint.hold()
@@ -168,7 +115,7 @@ def test_events_arrive_only_after_the_client_has_the_whole_response(
     event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
     received_at: dict[str, float] = {}
-    with uvicorn("tests.apps.starlette_e2e:app", event_endpoint, tmp_path) as server:
+    with uvicorn("tests.apps.starlette_e2e:app", event_endpoint) as server:
         event_endpoint.wait_for_visitors(2)
         with httpx.Client(base_url=server.url) as http:
             for i in range(3):
@@ -228,7 +175,7 @@ def test_the_same_client_disconnect_is_never_a_failed_request(
     a client that goes away mid-stream, mid-upload or from a websocket loses
     nothing, whether the app has the middleware or the endpoint decorator."""
     env = {"OPTIMIZELY_TEST_FAILED_REQUESTS": "discard"}
-    with uvicorn(f"tests.apps.starlette_e2e:{app}", event_endpoint, tmp_path, env=env) as server:
+    with uvicorn(f"tests.apps.starlette_e2e:{app}", event_endpoint, env=env) as server:
         readiness = 2 if app == "app" else 1
         event_endpoint.wait_for_visitors(readiness)
         port = int(server.url.rsplit(":", 1)[1])
@@ -255,7 +202,7 @@ def test_sigterm_after_a_burst_delivers_every_event_before_exit(
     app: str, event_endpoint: EventEndpoint, tmp_path: Path
 ) -> None:
     users = [f"burst{i}" for i in range(40)]
-    with uvicorn(app, event_endpoint, tmp_path) as server:
+    with uvicorn(app, event_endpoint) as server:
         event_endpoint.wait_for_visitors(2)
         arrived_before = event_endpoint.arrived
         event_endpoint.hold()
@@ -263,13 +210,11 @@ def test_sigterm_after_a_burst_delivers_every_event_before_exit(
             responses = list(pool.map(lambda u: http.get("/", params={"user": u}), users))
         assert all(r.status_code == 200 for r in responses)
         event_endpoint.wait_for_arrivals(arrived_before + 1)
-        server.process.send_signal(signal.SIGTERM)
-        # Release only once uvicorn is in its lifespan shutdown, so that what
-        # arrives next is delivered by the shutdown flush.
-        server.wait_for_log("Waiting for application shutdown.")
-        assert server.process.poll() is None
-        event_endpoint.release()
-        returncode = server.process.wait(EXIT_TIMEOUT)
+        # Released once uvicorn is in its lifespan shutdown: what arrives next is
+        # delivered by the shutdown flush.
+        returncode = sigterm_then_release_at(
+            server, event_endpoint, "Waiting for application shutdown."
+        )
 
     # No waiting here: everything must have been received before the exit.
     delivered = own_visitors(event_endpoint)
@@ -280,7 +225,7 @@ def test_sigterm_after_a_burst_delivers_every_event_before_exit(
 
 
 def test_the_fastapi_example_under_uvicorn(event_endpoint: EventEndpoint, tmp_path: Path) -> None:
-    with uvicorn("fastapi_app:app", event_endpoint, tmp_path, app_dir=EXAMPLES) as server:
+    with uvicorn("fastapi_app:app", event_endpoint, app_dir=EXAMPLES) as server:
         event_endpoint.wait_for_visitors(1)
         arrived_before = event_endpoint.arrived
         event_endpoint.hold()
@@ -288,10 +233,7 @@ def test_the_fastapi_example_under_uvicorn(event_endpoint: EventEndpoint, tmp_pa
             assert http.get("/", params={"user": "eve"}).json()["user"] == "eve"
             assert http.get("/buy", params={"user": "eve"}).json()["bought"] is True
         event_endpoint.wait_for_arrivals(arrived_before + 1)
-        server.process.send_signal(signal.SIGTERM)
-        server.wait_for_log("Waiting for application shutdown.")
-        event_endpoint.release()
-        server.process.wait(EXIT_TIMEOUT)
+        sigterm_then_release_at(server, event_endpoint, "Waiting for application shutdown.")
 
     assert own_visitors(event_endpoint) == ["eve"] * 3
     assert sorted(event_keys(event_endpoint.posts)) == ["campaign_activated"] * 3 + ["purchase"]
@@ -305,9 +247,9 @@ def test_a_fastapi_app_configured_only_by_the_environment(
     delivered by the lifespan shutdown after SIGTERM, and the app's own lifespan runs."""
     users = [f"env{i}" for i in range(20)]
     env = {"OPTIMIZELY_DATAFILE_PATH": str(ROOT / "tests" / "data" / "datafile.json")}
-    with uvicorn("tests.apps.fastapi_env:app", event_endpoint, tmp_path, env=env) as server:
+    with uvicorn("tests.apps.fastapi_env:app", event_endpoint, env=env) as server:
         event_endpoint.wait_for_visitors(1)  # the readiness request's decision
-        server.wait_for_log("app lifespan: started")
+        server.wait_for_line("app lifespan: started")
         arrived_before = event_endpoint.arrived
         event_endpoint.hold()
         with httpx.Client(base_url=server.url) as http, ThreadPoolExecutor(4) as pool:
@@ -316,11 +258,7 @@ def test_a_fastapi_app_configured_only_by_the_environment(
         assert [r.json()["user"] for r in pages] == users
         assert all(r.json()["bought"] for r in buys)
         event_endpoint.wait_for_arrivals(arrived_before + 1)
-        server.process.send_signal(signal.SIGTERM)
-        server.wait_for_log("app lifespan: shutting down")
-        assert server.process.poll() is None
-        event_endpoint.release()
-        returncode = server.process.wait(EXIT_TIMEOUT)
+        returncode = sigterm_then_release_at(server, event_endpoint, "app lifespan: shutting down")
 
     # No waiting here: everything must have been received before the exit.
     assert own_visitors(event_endpoint) == sorted(users * 2), server.log

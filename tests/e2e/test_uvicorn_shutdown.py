@@ -11,7 +11,8 @@ import signal
 import pytest
 
 from tests.support.endpoint import EventEndpoint
-from tests.support.servers import free_port, python_module, run_load, running
+from tests.support.load import run_load
+from tests.support.servers import free_port, python_module, running
 
 pytestmark = pytest.mark.slow
 

@@ -25,16 +25,8 @@ from optimizely_middleware.integrations.uwsgi import (
     uwsgi_threads_disabled,
 )
 from tests.support.endpoint import EventEndpoint
-from tests.support.servers import (
-    VENV_BIN,
-    Load,
-    ServerProcess,
-    assert_exactly_once,
-    free_port,
-    report,
-    run_load,
-    running,
-)
+from tests.support.load import Load, assert_exactly_once, report, run_load
+from tests.support.servers import VENV_BIN, ServerProcess, free_port, running
 
 WORKERS = 2
 

@@ -9,15 +9,13 @@ import signal
 import pytest
 
 from tests.support.endpoint import EventEndpoint
-from tests.support.servers import (
+from tests.support.load import (
     assert_exactly_once,
-    free_port,
-    load_then_stop,
-    python_module,
+    every_event_arrives_once_at_stop,
+    load_then_sigterm_flush,
     report,
-    run_load,
-    running,
 )
+from tests.support.servers import free_port, python_module, running
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +32,15 @@ def test_waitress_stopped_by_sigint_delivers_every_event_once(
     event_endpoint: EventEndpoint,
 ) -> None:
     port = free_port()
-    with running(waitress(port), event_endpoint, port, ready="Serving on") as server:
-        load, code = load_then_stop(server, event_endpoint, n=N, sig=signal.SIGINT)
-    arrived = assert_exactly_once(event_endpoint, load.users)
-    assert code == 0, server.log
-    report("waitress SIGINT", 3 * N, arrived, stop_s=f"{server.stop_seconds:.2f}")
+    every_event_arrives_once_at_stop(
+        waitress(port),
+        event_endpoint,
+        port,
+        ready="Serving on",
+        name="waitress SIGINT",
+        n=N,
+        sig=signal.SIGINT,
+    )
 
 
 def test_waitress_stopped_by_sigterm_delivers_with_install_sigterm_flush(
@@ -48,14 +50,7 @@ def test_waitress_stopped_by_sigterm_delivers_with_install_sigterm_flush(
     with running(
         waitress(port), event_endpoint, port, ready="Serving on", OPTIMIZELY_TEST_SIGTERM_FLUSH="1"
     ) as server:
-        event_endpoint.hold()
-        load = run_load(port, N)
-        server.process.send_signal(signal.SIGTERM)
-        # The handler runs while every POST is still held: what arrives from
-        # here is delivered by the handler alone.
-        server.wait_for_line("SIGTERM: flushing Optimizely events")
-        event_endpoint.release()
-        code = server.wait()
+        load, code = load_then_sigterm_flush(server, event_endpoint, n=N)
     arrived = assert_exactly_once(event_endpoint, load.users)
     assert code == -signal.SIGTERM, server.log  # still dies by the signal, as before
     assert "every Optimizely event was delivered" in server.log

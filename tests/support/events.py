@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from optimizely.event.user_event_factory import UserEventFactory
 from optimizely.project_config import ProjectConfig
 
 from optimizely_middleware.delivery.transport import TransportResponse
+from tests.support.servers import free_port as free_port  # the engine's tests import it here
 
 SDK_LOGGER = logging.getLogger("optimizely.sdk.tests")
 SENDER_LOGGER = "optimizely_middleware.sender"
@@ -75,12 +75,6 @@ def three_events(datafile: str) -> list[LogEvent]:
         log_event(conversion(config, "user-1")),
         log_event(impression(config, "user-2", "control")),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RecordingTransport:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -65,10 +64,3 @@ def visitor_id_of(item: object) -> str:
     if params is not None:
         return str(params["visitors"][0]["visitor_id"])
     return str(item.user_event.user_id)  # type: ignore[attr-defined]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

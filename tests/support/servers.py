@@ -1,6 +1,12 @@
-"""Helpers of the real-server tests (tests/test_e2e_<server>.py): a server in a
-subprocess with its log read on a thread, a load of N requests from several
-client threads, and exactly-once counting of event uuids at the endpoint."""
+"""Starting real servers for the tests: a server command in a subprocess (its log
+read on a thread), waiting for its port, stopping it by a signal; a WSGI or ASGI
+app served on a thread of the test; one GET on a fresh connection.
+
+Every test that starts a server uses these::
+
+    with running(python_module("waitress", ...), event_endpoint, port, ready="Serving on") as s:
+        s.stop(signal.SIGINT)
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +28,58 @@ from tests.support.endpoint import EventEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-EVENTS_PER_REQUEST = 3
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
-    """A server command in a subprocess (stdout and stderr merged, read on a thread)."""
+def wait_for_port(
+    port: int, alive: Callable[[], bool] = lambda: True, timeout: float = START_TIMEOUT
+) -> None:
+    """Wait until 127.0.0.1:``port`` accepts a connection; fail at once if ``alive``
+    says the server has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert alive(), f"the server exited before listening on {port}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on 127.0.0.1:{port}"
+            time.sleep(0.05)  # readiness poll of another process's port
 
-    def __init__(self, command: Sequence[str], *, env: dict[str, str], port: int) -> None:
+
+def python_module(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+class ServerProcess:
+    """A server command in a subprocess (stdout and stderr merged, read on a thread),
+    in a session of its own, so a signal to the test's group never reaches it."""
+
+    def __init__(
+        self, command: Sequence[str], *, env: dict[str, str], port: int, cwd: Path = ROOT
+    ) -> None:
         self.port = port
         self.command = list(command)
         self.lines: list[str] = []
         self._cond = threading.Condition()
+        self._eof = False
         self.process = subprocess.Popen(
             self.command,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            start_new_session=True,  # a signal to the test's group never reaches it
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -64,6 +91,13 @@ class ServerProcess:
             with self._cond:
                 self.lines.append(line.rstrip())
                 self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def log(self) -> str:
@@ -72,33 +106,44 @@ class ServerProcess:
 
     def count(self, pattern: str) -> int:
         with self._cond:
-            return sum(1 for line in self.lines if re.search(pattern, line))
+            return self._count_locked(pattern)
+
+    def _count_locked(self, pattern: str) -> int:
+        return sum(1 for line in self.lines if re.search(pattern, line))
 
     def wait_for_line(self, pattern: str, n: int = 1, timeout: float = START_TIMEOUT) -> None:
+        """Wait for ``n`` log lines matching ``pattern``; fail when the log ends first."""
         with self._cond:
-            ok = self._cond.wait_for(
-                lambda: self.count_locked(pattern) >= n or self.process.poll() is not None,
-                timeout,
-            )
-            found = self.count_locked(pattern) >= n
-        assert ok and found, f"expected {n} lines matching {pattern!r}; log:\n{self.log}"
+            self._cond.wait_for(lambda: self._count_locked(pattern) >= n or self._eof, timeout)
+            found = self._count_locked(pattern) >= n
+        assert found, f"expected {n} lines matching {pattern!r}; log:\n{self.log}"
 
-    def count_locked(self, pattern: str) -> int:
-        return sum(1 for line in self.lines if re.search(pattern, line))
+    def worker_pids(self) -> set[int]:
+        """gunicorn's workers, from its "Booting worker" lines."""
+        with self._cond:
+            return {
+                int(m)
+                for line in self.lines
+                for m in re.findall(r"Booting worker with pid: (\d+)", line)
+            }
 
     def wait_ready(self, pattern: str | None = None) -> ServerProcess:
         """Wait for the ready line (if given), then for the port to accept."""
         if pattern is not None:
             self.wait_for_line(pattern)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert self.process.poll() is None, f"the server exited:\n{self.log}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
-                return self
-            except OSError:
-                assert time.monotonic() < deadline, f"nothing listens:\n{self.log}"
-                time.sleep(0.05)  # readiness poll of another process's port
+        try:
+            wait_for_port(self.port, lambda: self.process.poll() is None)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; log:\n{self.log}") from None
+        return self
+
+    def start(self, ready: str | None = None) -> ServerProcess:
+        """``wait_ready``, killing the server if it never gets there."""
+        try:
+            return self.wait_ready(ready)
+        except BaseException:
+            self.kill()
+            raise
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """Send ``sig`` and wait for the exit; ``stop_seconds`` is how long it took."""
@@ -108,114 +153,52 @@ class ServerProcess:
         self.stop_seconds = time.monotonic() - started
         return code
 
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM (a graceful stop for most servers) and wait for the exit."""
+        return self.stop(signal.SIGTERM, timeout)
+
     def wait(self, timeout: float = STOP_TIMEOUT) -> int:
         code = self.process.wait(timeout)
         self._reader.join(timeout)
         return code
 
     def kill(self) -> None:
+        """Kill whatever is left of the server, its workers included."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
 
 
-def get(port: int, path: str, timeout: float = 15.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-@dataclass
-class Load:
-    users: list[str]
-    latencies: list[float]
-
-    def p99(self) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def run_load(
-    port: int, n: int = 300, clients: int = 8, prefix: str = "u", timeout: float = 15.0
-) -> Load:
-    """``n`` GET /work/<user> requests from ``clients`` threads; each must answer
-    200 within ``timeout`` seconds."""
-    users = [f"{prefix}{i}" for i in range(n)]
-
-    def one(user: str) -> float:
-        started = time.monotonic()
-        status, body = get(port, f"/work/{user}", timeout)
-        assert status == 200, (status, body[:300])
-        return time.monotonic() - started
-
-    pool = ThreadPoolExecutor(clients)
-    try:
-        latencies = [future.result() for future in [pool.submit(one, user) for user in users]]
-    finally:
-        # A server that hangs fails the test at the first timeout, not after all of them.
-        pool.shutdown(wait=True, cancel_futures=True)
-    return Load(users, latencies)
-
-
-def event_uuids(endpoint: EventEndpoint) -> Counter[str]:
-    return Counter(
-        event["uuid"]
-        for visitor in endpoint.all_visitors()
-        for snapshot in visitor["snapshots"]
-        for event in snapshot["events"]
+def gunicorn(app: str, *args: str, env: dict[str, str]) -> ServerProcess:
+    """gunicorn (gthread workers, 4 threads) serving ``app`` on a free port; call
+    ``start()`` to wait until it listens."""
+    port = free_port()
+    command = python_module(
+        "gunicorn",
+        *("--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads", "4"),
+        *("--config", "python:tests.apps.wsgi_gunicorn_conf", "--graceful-timeout", "30"),
+        *args,
+        app,
     )
+    return ServerProcess(command, env=env, port=port)
 
 
-def events_per_visitor(endpoint: EventEndpoint) -> Counter[str]:
-    return Counter(
-        visitor["visitor_id"]
-        for visitor in endpoint.all_visitors()
-        for snapshot in visitor["snapshots"]
-        for _ in snapshot["events"]
+def uvicorn(app: str, *, env: dict[str, str], app_dir: Path = ROOT) -> ServerProcess:
+    """uvicorn serving ``app`` (``module:attribute`` under ``app_dir``) on a free port;
+    call ``start()`` to wait until it listens."""
+    port = free_port()
+    command = python_module(
+        "uvicorn", app, "--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(port)
     )
-
-
-def assert_exactly_once(
-    endpoint: EventEndpoint,
-    users: Sequence[str],
-    extra: dict[str, int] | None = None,
-    log: str = "",
-) -> int:
-    """Every event of every user arrived once: 3 per user, no uuid twice,
-    nothing else (``extra``: other visitors and their event counts). Returns
-    the number of events that arrived. ``log``, the server's output, is shown
-    when events are missing."""
-    uuids = event_uuids(endpoint)
-    twice = {uuid: n for uuid, n in uuids.items() if n > 1}
-    assert not twice, f"{len(twice)} events arrived more than once"
-    expected = Counter({user: EVENTS_PER_REQUEST for user in users})
-    expected.update(extra or {})
-    got = events_per_visitor(endpoint)
-    missing = sum((expected - got).values())
-    unexpected = sum((got - expected).values())
-    assert (missing, unexpected) == (0, 0), (
-        f"{missing} events missing, {unexpected} unexpected, of {sum(expected.values())}"
-        + (f"; the server printed:\n{log}" if log else "")
-    )
-    return sum(uuids.values())
-
-
-def report(server: str, sent: int, arrived: int, **figures: Any) -> None:
-    """One line of figures per test, for the test log (pytest -s)."""
-    extra = " ".join(f"{key}={value}" for key, value in figures.items())
-    print(f"\nE2E {server}: events sent={sent} arrived={arrived} {extra}")
+    return ServerProcess(command, env=env, port=port)
 
 
 @contextmanager
 def running(
     command: Sequence[str], endpoint: EventEndpoint, port: int, *, ready: str | None, **env: str
 ) -> Iterator[ServerProcess]:
-    """Start ``command`` with the app's settings in the environment; wait until
-    it is ready; kill whatever is left of it at the end."""
+    """Start ``command`` with the test apps' event endpoint in the environment; wait
+    until it is ready; release the endpoint and kill whatever is left at the end."""
     server = ServerProcess(
         command, env={"OPTIMIZELY_TEST_EVENT_ENDPOINT": endpoint.url, **env}, port=port
     )
@@ -226,17 +209,45 @@ def running(
         server.kill()
 
 
-def load_then_stop(
-    server: ServerProcess, endpoint: EventEndpoint, *, n: int = 300, sig: int = signal.SIGTERM
-) -> tuple[Load, int]:
-    """The workflow: ``n`` requests while the endpoint holds every POST, so
-    that all their events are queued or in flight; then release it and stop
-    the server at once. Whatever arrives is there when the server has exited."""
-    endpoint.hold()
-    load = run_load(server.port, n)
-    endpoint.release()
-    return load, server.stop(sig)
+@contextmanager
+def killed_at_the_end(endpoint: EventEndpoint) -> Iterator[list[ServerProcess]]:
+    """A list for the servers a test starts: at the end the endpoint is released
+    (a held POST would keep a server from exiting) and each server is killed."""
+    started: list[ServerProcess] = []
+    try:
+        yield started
+    finally:
+        endpoint.release()
+        for server in started:
+            server.kill()
 
 
-def python_module(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
+@contextmanager
+def werkzeug_in_a_thread(app: Any) -> Iterator[int]:
+    """The werkzeug server (threaded) serving the WSGI ``app`` on a thread of the
+    test; yields its port and shuts it down at the end."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        thread.join(30)
+        server.server_close()
+        assert not thread.is_alive(), "the werkzeug server did not stop"
+
+
+def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    """One GET on a fresh connection; the whole body is read before returning."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

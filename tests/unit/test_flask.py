@@ -10,9 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,7 +20,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from optimizely.optimizely import Optimizely
-from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
 from optimizely_middleware import (
@@ -41,12 +38,11 @@ from optimizely_middleware.flask import (
 )
 from tests.apps.flask_views import create_app, create_decorated_app
 from tests.support.endpoint import EventEndpoint
+from tests.support.servers import get, gunicorn, werkzeug_in_a_thread
 from tests.support.wsgi import (
     DATAFILE_PATH,
     ROOT,
-    Gunicorn,
     event_keys,
-    get,
     hand_offs,
     posts_of,
     visitors_of,
@@ -432,21 +428,6 @@ def test_a_decorated_view_whose_response_is_dropped_still_hands_over(
 # -- a client that goes away, under the werkzeug server ---------------------------
 
 
-@contextmanager
-def werkzeug_server(app: Flask) -> Iterator[int]:
-    """``app`` served by werkzeug's threaded server on 127.0.0.1; yields the port."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.port
-    finally:
-        server.shutdown()
-        thread.join(30)
-        server.server_close()
-        assert not thread.is_alive(), "the werkzeug server did not stop"
-
-
 def stream_then_disconnect(port: int, path: str) -> None:
     """Read the first bytes of an endless response, then go away."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -480,7 +461,7 @@ def test_the_same_client_disconnect_is_never_a_failed_request(
         setup = Decorated(event_endpoint, datafile, failed_requests="discard")
         app, dispatcher, prefix = setup.app, setup.dispatcher, "deferred-"
     try:
-        with hand_offs(dispatcher) as ended, werkzeug_server(app) as port:
+        with hand_offs(dispatcher) as ended, werkzeug_in_a_thread(app) as port:
             status, _ = get(port, f"/{prefix}raise/boom")
             assert status == 500
             stream_then_disconnect(port, f"/{prefix}endless/streamer")
@@ -504,7 +485,7 @@ def test_the_same_client_disconnect_is_never_a_failed_request_under_gunicorn(
         if mounted == "extension"
         else ("tests.apps.flask_views:create_decorated_app_from_env()", "deferred-")
     )
-    server = Gunicorn(
+    server = gunicorn(
         app,
         env={
             "OPTIMIZELY_TEST_EVENT_ENDPOINT": event_endpoint.url,
@@ -522,7 +503,7 @@ def test_the_same_client_disconnect_is_never_a_failed_request_under_gunicorn(
     finally:
         server.kill()
     visitors = sorted(v["visitor_id"] for v in event_endpoint.all_visitors())
-    assert visitors == ["streamer", "streamer", "uploader"], "\n".join(server.lines)
+    assert visitors == ["streamer", "streamer", "uploader"], server.log
 
 
 # -- the example ----------------------------------------------------------------
