@@ -15,35 +15,50 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "page_latency.py"
 REQUESTS = 20
 WARMUP = 4
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 100) -> str:
+    """Run ``benchmarks/<script>`` with ``args``; it must exit 0. Returns its stdout."""
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+def run_benchmark_to_json(
+    script: str, *args: str, out: Path, timeout: float = 100
+) -> tuple[dict[str, Any], str]:
+    """Run ``benchmarks/<script>`` with ``args --json out``: its JSON report and its stdout."""
+    stdout = run_benchmark(script, *args, "--json", str(out), timeout=timeout)
+    return json.loads(out.read_text()), stdout
+
+
+def wrk_benchmark(test: Callable[..., None]) -> Callable[..., None]:
+    """The marks of a benchmark driven by wrk: slow, a longer timeout, skipped without wrk."""
+    test = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")(test)
+    return pytest.mark.timeout(240)(pytest.mark.slow(test))
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("bench") / "report.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            *("--framework", "both", "--variants", "middleware", "--endpoint-mode", "delay"),
-            *("--requests", str(REQUESTS), "--warmup", str(WARMUP), "--runs", "1"),
-            *("--endpoint-delay", "0.01", "--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    return json.loads(out.read_text()), completed.stdout
+    args = ("--framework", "both", "--variants", "middleware", "--endpoint-mode", "delay")
+    args += ("--requests", str(REQUESTS), "--warmup", str(WARMUP), "--runs", "1")
+    return run_benchmark_to_json("page_latency.py", *args, "--endpoint-delay", "0.01", out=out)
 
 
 def rows(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -108,20 +123,8 @@ CPU_WARMUP = 5
 @pytest.fixture(scope="module")
 def cpu_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("bench") / "cpu.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "page_cpu.py"),
-            *("--runs", "1", "--pages", str(CPU_PAGES), "--warmup", str(CPU_WARMUP)),
-            *("--endpoint-delay", "0.01", "--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    return json.loads(out.read_text()), completed.stdout
+    args = ("--runs", "1", "--pages", str(CPU_PAGES), "--warmup", str(CPU_WARMUP))
+    return run_benchmark_to_json("page_cpu.py", *args, "--endpoint-delay", "0.01", out=out)
 
 
 @pytest.mark.timeout(120)
@@ -159,21 +162,14 @@ def test_page_cpu_counts_three_events_per_page_and_each_delivered_once(
 @pytest.mark.timeout(120)
 def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once() -> None:
     rounds, pages = 1, 20
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "page_cpu_interleaved.py"),
-            *("--rounds", str(rounds), "--pages", str(pages), "--endpoint-delay", "0"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    stdout = run_benchmark(
+        "page_cpu_interleaved.py",
+        *("--rounds", str(rounds), "--pages", str(pages), "--endpoint-delay", "0"),
         timeout=100,
     )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
     table = {
         line.split("|")[1].strip(): line
-        for line in completed.stdout.splitlines()
+        for line in stdout.splitlines()
         if line.startswith("| ") and "x)" in line
     }
     assert set(table) == {"baseline", "scope-only", "package", "dispatcher"}
@@ -183,37 +179,21 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once
         assert len(re.findall(r"\d+ \(\d+\.\d\dx\) \| \d+\.\d\d-\d+\.\d\d", row)) == 3, row
     # Two delivering variants, 3 events a page, the warm-up round included.
     delivered = 2 * 3 * pages * (rounds + 1)
-    assert f"# endpoint: {delivered} events in" in completed.stdout, completed.stdout
+    assert f"# endpoint: {delivered} events in" in stdout, stdout
     assert (
-        f"PASS  package, dispatcher: {delivered}/{delivered} events delivered, "
-        "0 repeated" in completed.stdout
+        f"PASS  package, dispatcher: {delivered}/{delivered} events delivered, 0 repeated" in stdout
     )
     for target in ("package, up to the response", "package, whole process", "dispatcher, whole"):
-        assert re.search(rf"^(PASS|MISS)  {target}", completed.stdout, re.M), target
+        assert re.search(rf"^(PASS|MISS)  {target}", stdout, re.M), target
 
 
 # -- closed and open loop with wrk (benchmarks/page_wrk.py) -----------------------
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@wrk_benchmark
 def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> None:
-    out = tmp_path / "wrk.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "page_wrk.py"),
-            *("--runs", "1", "--seconds", "1", "--warmup-seconds", "1"),
-            *("--endpoint-delay", "0.01", "--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=230,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    data = json.loads(out.read_text())
+    args = ("--runs", "1", "--seconds", "1", "--warmup-seconds", "1", "--endpoint-delay", "0.01")
+    data, _ = run_benchmark_to_json("page_wrk.py", *args, out=tmp_path / "wrk.json", timeout=230)
     phases = {(r["framework"], r["phase"], r["variant"]) for r in data["medians"]}
     assert phases == {
         (server, phase, variant)
@@ -236,25 +216,11 @@ def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> 
 # -- saturation: full CPU, the other core busy (benchmarks/saturation.py) -----------
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@wrk_benchmark
 def test_saturation_reports_each_server_and_wiring_and_every_event_once(tmp_path: Path) -> None:
+    args = ("--short", "--servers", "flask-1x8,starlette", "--endpoint-delay", "0.01")
     out = tmp_path / "saturation.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "saturation.py"),
-            *("--short", "--servers", "flask-1x8,starlette", "--endpoint-delay", "0.01"),
-            *("--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=230,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    data = json.loads(out.read_text())
+    data, stdout = run_benchmark_to_json("saturation.py", *args, out=out, timeout=230)
     cases = {(r["server"], r["wiring"]) for r in data["rounds"]}
     assert cases == {
         (server, wiring)
@@ -271,12 +237,12 @@ def test_saturation_reports_each_server_and_wiring_and_every_event_once(tmp_path
         assert 0 <= r["delivered_during_load"] <= r["delivered"], r
         assert r["wrk_cpu"] > 0 and r["server_cpu"] > 0 and r["burner_cpu"] > 0, r
         line = f"| {r['server']} | {r['wiring']} | 1 | "
-        assert line in completed.stdout
+        assert line in stdout
         assert (
             f"PASS  {r['server']} {r['wiring']}: {r['produced']}/{r['produced']} events "
-            "delivered, 0 repeated, 0 dropped" in completed.stdout
+            "delivered, 0 repeated, 0 dropped" in stdout
         )
-    assert "CPUs, load average" in completed.stdout
+    assert "CPUs, load average" in stdout
 
 
 # -- the delivery engine's ceiling and throughput (benchmarks/bench_delivery.py) ---
@@ -285,21 +251,14 @@ def test_saturation_reports_each_server_and_wiring_and_every_event_once(tmp_path
 @pytest.mark.timeout(150)
 def test_bench_delivery_finds_a_ceiling_and_counts_what_arrived(tmp_path: Path) -> None:
     out = tmp_path / "delivery.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_delivery.py"),
-            *("--items", "both", "--runs", "1", "--seconds", "1", "--skip-sdk"),
-            *("--start-rate", "1500", "--max-rate", "2500", "--rate", "1500"),
-            *("--ceiling-delay", "0.01", "--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    data, stdout = run_benchmark_to_json(
+        "bench_delivery.py",
+        *("--items", "both", "--runs", "1", "--seconds", "1", "--skip-sdk"),
+        *("--start-rate", "1500", "--max-rate", "2500", "--rate", "1500"),
+        *("--ceiling-delay", "0.01"),
+        out=out,
         timeout=140,
     )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    data = json.loads(out.read_text())
     # Both wirings' hand-offs, captured through the public API, are offered.
     assert set(data["ceiling"]) == {"log-events", "user-events"}
     for kind, ceiling in data["ceiling"].items():
@@ -312,9 +271,9 @@ def test_bench_delivery_finds_a_ceiling_and_counts_what_arrived(tmp_path: Path) 
             assert step["delivered"] + step["dropped"] == step["produced"], step
             assert step["endpoint_cpu_share"] > 0, step
         assert ceiling["clean_confirmations"] == len(ceiling["confirmed"]) == 1
-        assert f"| {kind} | >= 2250 (never overloaded up to --max-rate) | 1/1 |" in completed.stdout
-        assert f"MISS  ceiling, {kind}: 2250 events/s with no drops" in completed.stdout
+        assert f"| {kind} | >= 2250 (never overloaded up to --max-rate) | 1/1 |" in stdout
+        assert f"MISS  ceiling, {kind}: 2250 events/s with no drops" in stdout
     for runs in data["throughput"].values():
         (ours,) = runs["EventSender (defaults)"]
         assert ours["delivered"] == ours["produced"] > 0 and ours["dropped"] == 0, ours
-    assert "CPUs, load average" in completed.stdout
+    assert "CPUs, load average" in stdout

@@ -24,6 +24,24 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 Message = dict[str, Any]
 
 
+def http_scope(**extra: Any) -> dict[str, Any]:
+    """An ASGI HTTP scope for GET / (``extra`` replaces its keys)."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": [],
+        "server": ("127.0.0.1", 8000),
+    }
+    scope.update(extra)
+    return scope
+
+
 class Timeline:
     """What happened, in order: the response going out (recorded by the
     outermost ASGI wrapper, :meth:`wrap`) and each request scope closing

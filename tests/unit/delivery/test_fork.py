@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from optimizely.event.log_event import LogEvent
 
 from optimizely_middleware import EventSender, process_hooks
 from optimizely_middleware.delivery.encoding import PendingUserEvent
+from tests.support.child import wait_child
 from tests.support.endpoint import EventEndpoint
 from tests.support.events import impression, project_config, three_events
 
@@ -26,19 +26,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.fixture
 def sdk_events(datafile: str) -> list[LogEvent]:
     return three_events(datafile)
-
-
-def wait_child(pid: int, timeout: float = 60.0) -> int:
-    """The child's exit code; kills it if it does not finish in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)  # polling a process; there is nothing to wait on
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child did not finish (deadlock?)")
 
 
 def run_in_child(body: Any, parent: Any = None) -> int:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import http.client
-import io
 import re
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +22,6 @@ from optimizely_middleware.wire import payloads
 ROOT = Path(__file__).parents[3]
 PACKAGE = ROOT / "optimizely_middleware"
 WAIT = 20.0
-
-
-@pytest.fixture
-def devserver() -> Iterator[DevServer]:
-    server = DevServer(port=0, output=io.StringIO()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def api(server: DevServer, path: str, **params: Any) -> Any:

@@ -32,15 +32,6 @@ from optimizely_middleware.devserver.cli import parse_size
 WAIT = 20.0
 
 
-@pytest.fixture
-def devserver() -> Iterator[DevServer]:
-    server = DevServer(port=0, output=io.StringIO()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def send_request_events(server: DevServer, datafile: str) -> RequestScopedEventDispatcher:
     """One request's worth of real SDK events, sent by the real sender to ``server``."""
     dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=server.url))

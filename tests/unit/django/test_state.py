@@ -13,6 +13,7 @@ import pytest
 from django.test import override_settings
 
 from optimizely_middleware.django import get_client, get_state
+from tests.support.child import wait_child
 from tests.support.django import DATAFILE_PATH, DatafileServer, configure_django
 from tests.support.endpoint import EventEndpoint
 
@@ -40,15 +41,7 @@ def in_child(body: Callable[[], bool], timeout: float = 60.0) -> int:
         finally:
             sys.stderr.flush()
             os._exit(code)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)  # polling a process; there is nothing to wait on
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child did not finish")
+    return wait_child(pid, timeout)
 
 
 def test_an_sdk_key_client_polls_again_in_a_forked_child(

@@ -20,19 +20,8 @@ from optimizely_middleware import (
     WiringWarning,
     create_client,
 )
+from tests.support.asgi import Message, http_scope
 from tests.support.fakes import RecordingSink, ShutdownSink
-
-Message = dict[str, Any]
-
-
-@pytest.fixture
-def sink() -> ShutdownSink:
-    return ShutdownSink()
-
-
-@pytest.fixture
-def dispatcher(sink: ShutdownSink) -> RequestScopedEventDispatcher:
-    return RequestScopedEventDispatcher(sink)
 
 
 @pytest.fixture
@@ -47,23 +36,6 @@ def fire(client: Optimizely, user: str = "user-1") -> None:
     context = client.create_user_context(user, {"plan": "pro"})
     context.decide("new_checkout")
     context.track_event("purchase")
-
-
-def http_scope(**extra: Any) -> dict[str, Any]:
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": [],
-        "server": ("127.0.0.1", 8000),
-    }
-    scope.update(extra)
-    return scope
 
 
 def response(status: int = 200, body: bytes = b"ok") -> list[Message]:

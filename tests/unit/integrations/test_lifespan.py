@@ -30,37 +30,9 @@ from optimizely_middleware.integrations.lifespan import (
     run_in_own_thread,
     unsent_summary,
 )
+from tests.support.asgi import Message, http_scope
 from tests.support.endpoint import EventEndpoint
 from tests.support.fakes import ShutdownSink
-
-Message = dict[str, Any]
-
-
-@pytest.fixture
-def sink() -> ShutdownSink:
-    return ShutdownSink()
-
-
-@pytest.fixture
-def dispatcher(sink: ShutdownSink) -> RequestScopedEventDispatcher:
-    return RequestScopedEventDispatcher(sink)
-
-
-def http_scope(**extra: Any) -> dict[str, Any]:
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": [],
-        "server": ("127.0.0.1", 8000),
-    }
-    scope.update(extra)
-    return scope
 
 
 async def call_http(app: Any, scope: dict[str, Any] | None = None) -> list[Message]:
