@@ -7,22 +7,16 @@ with a real datafile, a real local event endpoint.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import requests
-import uvicorn
 from flask import Flask
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from werkzeug.serving import make_server
 
 from optimizely_middleware import (
     EventSender,
@@ -34,6 +28,7 @@ from optimizely_middleware import (
 from optimizely_middleware.delivery.encoded import EncodedEvent
 from optimizely_middleware.delivery.encoding import EventEncoder
 from tests.support.endpoint import EventEndpoint
+from tests.support.servers import uvicorn_in_a_thread, werkzeug_in_a_thread
 
 EVENTS_PER_BIG_REQUEST = 1000  # the scope's cap
 
@@ -53,24 +48,6 @@ class WatchedEncoder(EventEncoder):
         if self.delay:
             time.sleep(self.delay)  # a slow encode that holds the thread (and the loop)
         return super().encode(item)
-
-
-@contextmanager
-def uvicorn_in_a_thread(app: Any) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-loop", daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def test_an_asgi_hand_off_runs_on_the_loop_and_yields_to_other_requests(
@@ -134,16 +111,12 @@ def test_a_wsgi_hand_off_is_encoded_on_the_request_thread(
         return "ok"
 
     app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)  # type: ignore[method-assign]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        for _ in range(3):
-            assert requests.get(f"http://127.0.0.1:{server.port}/", timeout=30).text == "ok"
-        assert dispatcher.flush(30)
+        with werkzeug_in_a_thread(app) as port:
+            for _ in range(3):
+                assert requests.get(f"http://127.0.0.1:{port}/", timeout=30).text == "ok"
+            assert dispatcher.flush(30)
     finally:
-        server.shutdown()
-        thread.join(30)
         dispatcher.close(10)
     assert len(encoder.threads) == 6
     assert set(encoder.threads) <= set(request_threads)  # each request's own thread

@@ -14,16 +14,16 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher
 from optimizely_middleware.devserver import DevServer
+from tests.support.servers import werkzeug_in_a_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -60,9 +60,9 @@ class Shop:
         self.devserver = DevServer(port=0, output=io.StringIO(), max_posts=max_posts).start()
         self.dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=self.devserver.url))
         app = example.create_app(self.dispatcher, datafile)
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self._app_server = ExitStack()
+        port = self._app_server.enter_context(werkzeug_in_a_thread(app))
+        self.url = f"http://127.0.0.1:{port}"
         self.session = requests.Session()
 
     def visit(self, user: str, path: str = "/", plan: str = "free") -> None:
@@ -84,8 +84,7 @@ class Shop:
 
     def close(self) -> None:
         self.session.close()
-        self.server.shutdown()
-        self.server.server_close()
+        self._app_server.close()
         self.dispatcher.close(WAIT)
         self.devserver.stop()
 

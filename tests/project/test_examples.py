@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import requests
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher
 from optimizely_middleware.devserver import DevServer
 from optimizely_middleware.dispatcher import add_request_end_listener, remove_request_end_listener
 from tests.support.endpoint import EventEndpoint
+from tests.support.servers import werkzeug_in_a_thread
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 WAIT = 20.0
@@ -50,28 +50,22 @@ def dispatcher(event_endpoint: EventEndpoint) -> Iterator[RequestScopedEventDisp
 
 
 @pytest.fixture
-def server(
+def port(
     wsgi_app: ModuleType, dispatcher: RequestScopedEventDispatcher, datafile: str
-) -> Iterator[BaseWSGIServer]:
-    server = make_server("127.0.0.1", 0, wsgi_app.create_app(dispatcher, datafile), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(WAIT)
+) -> Iterator[int]:
+    """The example app, served by werkzeug on a thread of the test."""
+    with werkzeug_in_a_thread(wsgi_app.create_app(dispatcher, datafile)) as port:
+        yield port
 
 
-def url(server: BaseWSGIServer, path: str) -> str:
-    return f"http://127.0.0.1:{server.server_port}{path}"
+def url(port: int, path: str) -> str:
+    return f"http://127.0.0.1:{port}{path}"
 
 
 def test_page_decides_the_flag_and_its_event_is_delivered(
-    server: BaseWSGIServer, dispatcher: RequestScopedEventDispatcher, event_endpoint: EventEndpoint
+    port: int, dispatcher: RequestScopedEventDispatcher, event_endpoint: EventEndpoint
 ) -> None:
-    response = requests.get(url(server, "/"), params={"user": "bob", "plan": "pro"}, timeout=WAIT)
+    response = requests.get(url(port, "/"), params={"user": "bob", "plan": "pro"}, timeout=WAIT)
     assert response.status_code == 200
     # bob is bucketed into the "on" variation of new_checkout_test by the test datafile.
     assert "Hello bob: you get the new checkout." in response.text
@@ -86,9 +80,9 @@ def test_page_decides_the_flag_and_its_event_is_delivered(
 
 
 def test_buy_tracks_a_purchase_with_revenue(
-    server: BaseWSGIServer, dispatcher: RequestScopedEventDispatcher, event_endpoint: EventEndpoint
+    port: int, dispatcher: RequestScopedEventDispatcher, event_endpoint: EventEndpoint
 ) -> None:
-    response = requests.get(url(server, "/buy"), params={"user": "alice"}, timeout=WAIT)
+    response = requests.get(url(port, "/buy"), params={"user": "alice"}, timeout=WAIT)
     assert response.status_code == 200
     assert "Thanks for your order, alice (classic checkout)." in response.text
 
@@ -104,12 +98,12 @@ def test_buy_tracks_a_purchase_with_revenue(
 
 
 def test_events_wait_for_the_response(
-    server: BaseWSGIServer, dispatcher: RequestScopedEventDispatcher, event_endpoint: EventEndpoint
+    port: int, dispatcher: RequestScopedEventDispatcher, event_endpoint: EventEndpoint
 ) -> None:
     # The endpoint holds every POST: the page must still answer at once.
     event_endpoint.hold()
     try:
-        response = requests.get(url(server, "/buy"), params={"user": "carol"}, timeout=WAIT)
+        response = requests.get(url(port, "/buy"), params={"user": "carol"}, timeout=WAIT)
         assert response.status_code == 200
         event_endpoint.wait_for_arrivals(1, WAIT)
         assert event_endpoint.posts == []
@@ -119,7 +113,7 @@ def test_events_wait_for_the_response(
 
 
 def test_unknown_path_is_404_without_events(
-    server: BaseWSGIServer, dispatcher: RequestScopedEventDispatcher
+    port: int, dispatcher: RequestScopedEventDispatcher
 ) -> None:
     ended: queue.Queue[int] = queue.Queue()
 
@@ -129,7 +123,7 @@ def test_unknown_path_is_404_without_events(
 
     add_request_end_listener(on_request_end)
     try:
-        response = requests.get(url(server, "/nope"), timeout=WAIT)
+        response = requests.get(url(port, "/nope"), timeout=WAIT)
         assert response.status_code == 404
         # The server closes the response (and the scope) after the client has it.
         assert ended.get(timeout=WAIT) == 0

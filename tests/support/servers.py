@@ -242,6 +242,28 @@ def werkzeug_in_a_thread(app: Any) -> Iterator[int]:
         assert not thread.is_alive(), "the werkzeug server did not stop"
 
 
+@contextmanager
+def uvicorn_in_a_thread(app: Any) -> Iterator[str]:
+    """uvicorn serving the ASGI ``app`` on a thread of the test named
+    ``uvicorn-loop`` (the event loop's thread); yields its URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-loop", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
 def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
     """One GET on a fresh connection; the whole body is read before returning."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
