@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.event_endpoint import EventEndpoint
+from tests.support.endpoint import EventEndpoint
 
 DATA = Path(__file__).parent / "data"
 
