@@ -42,7 +42,6 @@ build the same value, and either may be kept.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -180,16 +179,9 @@ class EventEncoder:
         self._sdk_logger: Logger = sdk_logger or SDKLogger()
         self._contexts: dict[tuple[Any, ...], _Envelope] = {}
         self._params_envelopes: dict[tuple[Any, ...], _Envelope] = {}
-        # Only the guard below takes it; kept (and renewed after a fork) so
-        # that a guard run from another thread can never be inherited held.
-        self._guard_lock = threading.Lock()
         self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
-
-    def after_fork_in_child(self) -> None:
-        """A new guard lock: a parent thread may have held this one at fork time."""
-        self._guard_lock = threading.Lock()
 
     def encode(self, item: object) -> EncodedEvent:
         """Serialise ``item``; raise ``UnserializableEvent`` when it cannot be."""
@@ -351,11 +343,13 @@ class EventEncoder:
     # -- the guard ---------------------------------------------------------------
 
     def _run_guard(self) -> bool:
-        with self._guard_lock:
-            try:
-                problem = fast_path_problem(self)
-            except Exception as exc:
-                problem = f"the check raised {type(exc).__name__}"
+        def fast_path(user_event: UserEvent) -> EncodedEvent | None:
+            return self.encode_fast(PendingUserEvent(user_event, None))
+
+        try:
+            problem = fast_path_problem(fast_path)
+        except Exception as exc:
+            problem = f"the check raised {type(exc).__name__}"
         if problem is not None:
             logger.warning(
                 "optimizely_middleware: this Optimizely SDK's event payload differs from "
