@@ -61,12 +61,7 @@ from optimizely_middleware.delivery.encoded import (
     unmergeable_key,
 )
 from optimizely_middleware.delivery.encoding_guard import fast_path_problem
-from optimizely_middleware.delivery.visitor_json import (
-    _dumps_visitor,
-    _strict_dumps,
-    canonical_json,
-    visitor_json,
-)
+from optimizely_middleware.delivery.visitor_json import compact_json, strict_json, visitor_json
 from optimizely_middleware.sdk_logging import SDKLogger
 
 if TYPE_CHECKING:
@@ -74,7 +69,7 @@ if TYPE_CHECKING:
     from optimizely.logger import Logger
     from optimizely.notification_center import NotificationCenter
 
-__all__ = ["EventEncoder", "PendingUserEvent", "canonical_json", "log_event_of"]
+__all__ = ["EventEncoder", "PendingUserEvent", "log_event_of"]
 
 logger = logging.getLogger("optimizely_middleware")
 
@@ -248,21 +243,13 @@ class EventEncoder:
             context.client_name,
             context.client_version,
             context.anonymize_ip,
-            context.region,
+            context.region,  # last: it picks the url and is not in the body
         )
         cache_key = values + tuple(map(type, values))  # True == 1, but they serialise apart
         envelope = self._contexts.get(cache_key)
         if envelope is None:
-            batch = EventBatch(
-                context.account_id,
-                context.project_id,
-                context.revision,
-                context.client_name,
-                context.client_version,
-                context.anonymize_ip,
-                True,
-            )
-            prefix, suffix = envelope_parts(batch.get_event_params(), _strict_dumps)
+            batch = EventBatch(*values[:-1], True)  # enrich_decisions, as EventFactory sets it
+            prefix, suffix = envelope_parts(batch.get_event_params(), strict_json)
             region = str(context.region or "US").upper()
             url = EventFactory.EVENT_ENDPOINTS.get(region, EventFactory.EVENT_ENDPOINTS["US"])
             headers = dict(EventFactory.HTTP_HEADERS)
@@ -297,15 +284,15 @@ class EventEncoder:
                     url=url,
                     headers=headers if headers is not None else dict(JSON_HEADERS),
                     prefix=b"",
-                    visitors=_dumps_visitor(params),
+                    visitors=compact_json(params),
                     suffix=b"",
                     event=item,
                 )
             envelope = self._params_envelope(url, headers, params)
             if len(visitors) == 1:
-                encoded = _dumps_visitor(visitors[0])
+                encoded = compact_json(visitors[0])
             else:
-                encoded = b",".join([_dumps_visitor(visitor) for visitor in visitors])
+                encoded = b",".join([compact_json(visitor) for visitor in visitors])
         except (TypeError, ValueError, RecursionError) as exc:
             raise UnserializableEvent(
                 f"the payload of this {kind} has no JSON form ({type(exc).__name__})"
@@ -334,7 +321,7 @@ class EventEncoder:
                 return cached
         if headers is None:
             headers = dict(JSON_HEADERS)
-        prefix, suffix = envelope_parts(params, _strict_dumps)
+        prefix, suffix = envelope_parts(params, strict_json)
         envelope = _Envelope(merge_key(url, headers, prefix, suffix), url, headers, prefix, suffix)
         if cache_key is not None:
             _bounded_set(self._params_envelopes, cache_key, envelope)
