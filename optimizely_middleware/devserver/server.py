@@ -45,7 +45,6 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, TextIO
 
 from optimizely_middleware.devserver.handler import handler_for
@@ -208,12 +207,7 @@ class DevServer:
     def __enter__(self) -> DevServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     @property
