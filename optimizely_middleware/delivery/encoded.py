@@ -2,6 +2,7 @@
 
 Usage::
 
+    from optimizely_middleware.delivery.encoded import merged_body
     from optimizely_middleware.delivery.encoding import EventEncoder
 
     encoder = EventEncoder()             # one per sender: it holds its envelope caches

@@ -42,7 +42,6 @@ build the same value, and either may be kept.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -62,12 +61,7 @@ from optimizely_middleware.delivery.encoded import (
     unmergeable_key,
 )
 from optimizely_middleware.delivery.encoding_guard import fast_path_problem
-from optimizely_middleware.delivery.visitor_json import (
-    _dumps_visitor,
-    _strict_dumps,
-    canonical_json,
-    visitor_json,
-)
+from optimizely_middleware.delivery.visitor_json import compact_json, strict_json, visitor_json
 from optimizely_middleware.sdk_logging import SDKLogger
 
 if TYPE_CHECKING:
@@ -75,7 +69,7 @@ if TYPE_CHECKING:
     from optimizely.logger import Logger
     from optimizely.notification_center import NotificationCenter
 
-__all__ = ["EventEncoder", "PendingUserEvent", "canonical_json", "log_event_of"]
+__all__ = ["EventEncoder", "PendingUserEvent", "log_event_of"]
 
 logger = logging.getLogger("optimizely_middleware")
 
@@ -180,16 +174,9 @@ class EventEncoder:
         self._sdk_logger: Logger = sdk_logger or SDKLogger()
         self._contexts: dict[tuple[Any, ...], _Envelope] = {}
         self._params_envelopes: dict[tuple[Any, ...], _Envelope] = {}
-        # Only the guard below takes it; kept (and renewed after a fork) so
-        # that a guard run from another thread can never be inherited held.
-        self._guard_lock = threading.Lock()
         self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
-
-    def after_fork_in_child(self) -> None:
-        """A new guard lock: a parent thread may have held this one at fork time."""
-        self._guard_lock = threading.Lock()
 
     def encode(self, item: object) -> EncodedEvent:
         """Serialise ``item``; raise ``UnserializableEvent`` when it cannot be."""
@@ -256,21 +243,13 @@ class EventEncoder:
             context.client_name,
             context.client_version,
             context.anonymize_ip,
-            context.region,
+            context.region,  # last: it picks the url and is not in the body
         )
         cache_key = values + tuple(map(type, values))  # True == 1, but they serialise apart
         envelope = self._contexts.get(cache_key)
         if envelope is None:
-            batch = EventBatch(
-                context.account_id,
-                context.project_id,
-                context.revision,
-                context.client_name,
-                context.client_version,
-                context.anonymize_ip,
-                True,
-            )
-            prefix, suffix = envelope_parts(batch.get_event_params(), _strict_dumps)
+            batch = EventBatch(*values[:-1], True)  # enrich_decisions, as EventFactory sets it
+            prefix, suffix = envelope_parts(batch.get_event_params(), strict_json)
             region = str(context.region or "US").upper()
             url = EventFactory.EVENT_ENDPOINTS.get(region, EventFactory.EVENT_ENDPOINTS["US"])
             headers = dict(EventFactory.HTTP_HEADERS)
@@ -305,15 +284,15 @@ class EventEncoder:
                     url=url,
                     headers=headers if headers is not None else dict(JSON_HEADERS),
                     prefix=b"",
-                    visitors=_dumps_visitor(params),
+                    visitors=compact_json(params),
                     suffix=b"",
                     event=item,
                 )
             envelope = self._params_envelope(url, headers, params)
             if len(visitors) == 1:
-                encoded = _dumps_visitor(visitors[0])
+                encoded = compact_json(visitors[0])
             else:
-                encoded = b",".join([_dumps_visitor(visitor) for visitor in visitors])
+                encoded = b",".join([compact_json(visitor) for visitor in visitors])
         except (TypeError, ValueError, RecursionError) as exc:
             raise UnserializableEvent(
                 f"the payload of this {kind} has no JSON form ({type(exc).__name__})"
@@ -342,7 +321,7 @@ class EventEncoder:
                 return cached
         if headers is None:
             headers = dict(JSON_HEADERS)
-        prefix, suffix = envelope_parts(params, _strict_dumps)
+        prefix, suffix = envelope_parts(params, strict_json)
         envelope = _Envelope(merge_key(url, headers, prefix, suffix), url, headers, prefix, suffix)
         if cache_key is not None:
             _bounded_set(self._params_envelopes, cache_key, envelope)
@@ -351,11 +330,13 @@ class EventEncoder:
     # -- the guard ---------------------------------------------------------------
 
     def _run_guard(self) -> bool:
-        with self._guard_lock:
-            try:
-                problem = fast_path_problem(self)
-            except Exception as exc:
-                problem = f"the check raised {type(exc).__name__}"
+        def fast_path(user_event: UserEvent) -> EncodedEvent | None:
+            return self.encode_fast(PendingUserEvent(user_event, None))
+
+        try:
+            problem = fast_path_problem(fast_path)
+        except Exception as exc:
+            problem = f"the check raised {type(exc).__name__}"
         if problem is not None:
             logger.warning(
                 "optimizely_middleware: this Optimizely SDK's event payload differs from "

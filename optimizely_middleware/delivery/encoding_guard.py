@@ -1,54 +1,60 @@
-"""The run-time guard of :class:`~optimizely_middleware.delivery.encoding.EventEncoder`'s fast path.
+"""The run-time guard of the encoder's fast path: does it still write what the SDK writes?
 
 Usage::
 
-    from optimizely_middleware.delivery.encoding import EventEncoder
+    from optimizely_middleware.delivery.encoding import EventEncoder, PendingUserEvent
     from optimizely_middleware.delivery.encoding_guard import fast_path_problem
 
-    assert fast_path_problem(EventEncoder()) is None   # this SDK's payload is what we build
+    encoder = EventEncoder()
+    problem = fast_path_problem(lambda event: encoder.encode_fast(PendingUserEvent(event, None)))
+    assert problem is None   # this SDK's payload is what the fast path builds
 
-When it is built, the encoder makes impressions (of an experiment, of a
-holdout, of a rollout that decided nothing) and conversions from the SDK's
-own classes, encodes them with its real fast path
-(:meth:`~optimizely_middleware.delivery.encoding.EventEncoder.encode_fast`) and
-compares the merged body with ``EventFactory.create_log_event`` of the same
-events, types included. If they differ (a future SDK renamed, added or
-dropped a payload field) the encoder warns once and builds every event with
-``create_log_event``.
+:class:`~optimizely_middleware.delivery.encoding.EventEncoder` runs it once,
+when it is built, on its own fast path
+(:meth:`~optimizely_middleware.delivery.encoding.EventEncoder.encode_fast`):
+impressions (of an experiment, of a holdout, of a rollout that decided
+nothing) and conversions made from the SDK's own classes are encoded by that
+fast path, and the merged body is compared with
+``EventFactory.create_log_event`` of the same events, types included. If they
+differ (a future SDK renamed, added or dropped a payload field) the encoder
+warns once and builds every event with ``create_log_event``.
+
+The fast path comes in as a function of a ``UserEvent``, so this module
+imports nothing of the encoder's.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TypeAlias
 
 from optimizely.event.event_factory import EventFactory
 from optimizely.event.user_event import ConversionEvent, UserEvent
 
 from optimizely_middleware.delivery.encoded import EncodedEvent, merged_body
 from optimizely_middleware.delivery.visitor_json import canonical_json
+from optimizely_middleware.sdk_logging import SDKLogger
 
-if TYPE_CHECKING:
-    from optimizely_middleware.delivery.encoding import EventEncoder
+__all__ = ["FastPath", "fast_path_problem"]
 
-__all__ = ["fast_path_problem"]
+FastPath: TypeAlias = Callable[[UserEvent], EncodedEvent | None]
+"""An encoder's fast path: one ``UserEvent`` encoded, or None when it declines."""
 
 
-def fast_path_problem(encoder: EventEncoder) -> str | None:
-    """Compare ``encoder``'s fast path with ``create_log_event`` on synthetic events
-    built from the SDK's own classes; None when they agree, else what differs."""
-    from optimizely_middleware.delivery.encoding import PendingUserEvent  # it imports this module
-
+def fast_path_problem(encode_fast: FastPath) -> str | None:
+    """Compare ``encode_fast`` with ``create_log_event`` on synthetic events built
+    from the SDK's own classes; None when they agree, else what differs."""
     events = _synthetic_user_events()
     encoded: list[EncodedEvent] = []
     for user_event in events:
-        one = encoder.encode_fast(PendingUserEvent(user_event, None))
+        one = encode_fast(user_event)
         if one is None:
             return f"the fast path did not take a synthetic {type(user_event).__name__}"
         encoded.append(one)
     if any(item.key != encoded[0].key for item in encoded):
         return "events of one context got different envelopes"
-    expected = EventFactory.create_log_event(list(events), encoder._sdk_logger)
+    expected = EventFactory.create_log_event(list(events), SDKLogger())
     if expected is None:
         return "create_log_event built nothing"
     first = encoded[0]

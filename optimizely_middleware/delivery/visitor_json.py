@@ -1,10 +1,11 @@
-"""JSON forms of the SDK's payload objects, exactly as ``EventBatch.get_event_params`` sees them.
+"""The encoder's JSON writers: a user event's visitor written as the SDK would write it.
 
 Usage::
 
-    from optimizely_middleware.delivery.visitor_json import visitor_json
+    from optimizely_middleware.delivery.visitor_json import compact_json, visitor_json
 
     data = visitor_json(user_event, logger)  # == json of create_log_event's visitor, or None
+    body = compact_json(log_event.params)    # a LogEvent's payload, compact
 
 The SDK's ``get_event_params`` runs ``json.dumps(default=lambda o: o.__dict__)``
 and ``json.loads`` with a hook that drops the ``revenue``, ``value``,
@@ -14,8 +15,10 @@ gives the same JSON value, provided the user's input (tags, attribute values)
 holds only plain JSON types without NaN and without dicts that have such
 None-valued keys: :func:`visitor_json` checks exactly that as it goes, and
 returns None for anything else, which the encoder sends through
-``create_log_event``. Helpers of
-:mod:`optimizely_middleware.delivery.encoding`, not a public API.
+``create_log_event``. :func:`compact_json` and :func:`strict_json` write
+plain values (a ``LogEvent``'s visitors, an envelope) and refuse NaN;
+:func:`canonical_json` compares JSON values, types included. Used by
+:mod:`optimizely_middleware.delivery.encoding` and its guard; not a public API.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - orjson ships wheels for every mainstream platform
     orjson = None  # type: ignore[assignment]
 
-__all__ = ["canonical_json", "visitor_json"]
+__all__ = ["canonical_json", "compact_json", "strict_json", "visitor_json"]
 
 
 # The keys EventBatch.get_event_params drops when their value is None.
@@ -45,10 +48,10 @@ _MAX_TAG_DEPTH: Final = 200
 _PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
 _PLAIN_ATTRIBUTE_VALUES: Final = frozenset({str, int, bool})  # and finite floats
 
-# Compact JSON that refuses NaN and infinities; circular input raises ValueError.
 _ACTIVATE_EVENT_KEY: Final = EventFactory.ACTIVATE_EVENT_KEY
 
-_strict_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# Compact JSON that refuses NaN and infinities; circular input raises ValueError.
+strict_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _payload_dict(obj: Any) -> dict[str, Any]:
@@ -74,27 +77,28 @@ if orjson is not None:
         # orjson writes NaN and infinities as null: a null needs the strict check.
         data = orjson.dumps(obj, default=_refuse, option=_OPTIONS)
         if b"null" in data:
-            _strict_dumps(obj)
+            strict_json(obj)
         return data
 
 else:  # pragma: no cover
 
     def _dumps_payload(obj: Any) -> bytes:
-        return _strict_dumps(obj).encode()  # the caller checks the input is plain
+        return strict_json(obj).encode()  # the caller checks the input is plain
 
     def _dumps_plain(obj: Any) -> bytes:
-        return _strict_dumps(obj).encode()
+        return strict_json(obj).encode()
 
 
-def _dumps_visitor(visitor: Any) -> bytes:
-    """Compact JSON of one visitor of a ``LogEvent``; ValueError/TypeError/RecursionError
-    when it has no JSON form (NaN, sets, ...)."""
+def compact_json(value: Any) -> bytes:
+    """Compact JSON of a plain value (a ``LogEvent``'s visitor, or its whole params), as
+    the stdlib writes it; ValueError/TypeError/RecursionError when it has no JSON form
+    (NaN, sets, ...)."""
     try:
-        return _dumps_plain(visitor)
+        return _dumps_plain(value)
     except TypeError:
         # What orjson refuses but the stdlib writes: integers past 64 bits,
         # non-str keys, more than 254 levels.
-        return _strict_dumps(visitor).encode()
+        return strict_json(value).encode()
 
 
 def visitor_json(event: Any, logger: Any) -> bytes | None:

@@ -16,14 +16,16 @@ or embed it (tests, demos)::
 The parts, each importing only those below it: :mod:`.cli` (the command) runs
 :mod:`.server` (the HTTP server and what it keeps), which answers through
 :mod:`.handler` (one request), which serves the page and API of
-:mod:`.inspector`; :mod:`.recent_posts` bounds what is kept.
+:mod:`.inspector`; :mod:`.recent_posts` bounds what is kept, and
+:mod:`.received` is one POST as it arrived and how the terminal shows it.
+The handler and the inspector see the server through the narrow protocols
+:class:`~.handler.HandledServer` and :class:`~.inspector.InspectedServer`.
 """
 
 from __future__ import annotations
 
 from optimizely_middleware.devserver.cli import main
-from optimizely_middleware.devserver.server import (
-    DevServer,
+from optimizely_middleware.devserver.received import (
     OutputFormat,
     ReceivedPost,
     describe_conversion,
@@ -31,6 +33,7 @@ from optimizely_middleware.devserver.server import (
     format_post,
     format_summary,
 )
+from optimizely_middleware.devserver.server import DevServer
 
 __all__ = [
     "DevServer",

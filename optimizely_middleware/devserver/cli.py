@@ -21,15 +21,14 @@ from http import HTTPStatus
 from typing import Any
 
 from optimizely_middleware import __version__
+from optimizely_middleware.devserver.received import OutputFormat, format_bytes, status_text
 from optimizely_middleware.devserver.recent_posts import DEFAULT_MAX_BYTES, DEFAULT_MAX_POSTS
 from optimizely_middleware.devserver.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     LOCAL_HOSTS,
     DevServer,
-    OutputFormat,
 )
-from optimizely_middleware.wire.received import format_bytes, status_text
 
 __all__ = ["main", "parse_size", "run"]
 

@@ -1,9 +1,10 @@
 """The devserver's HTTP handler: event POSTs in, the inspector's page and API out.
 
-Every path accepts POSTs, which are recorded by the :class:`DevServer`
+Every path accepts POSTs, which are recorded by the server (a
+:class:`HandledServer`, such as :class:`~optimizely_middleware.devserver.DevServer`)
 unless a browser page on another origin sent them; GET and DELETE go to
 :func:`optimizely_middleware.devserver.inspector.handle_inspector`.
-Usage (what :meth:`DevServer.bind` does)::
+Usage (what :meth:`DevServer.bind <optimizely_middleware.devserver.DevServer.bind>` does)::
 
     server = ThreadingHTTPServer((host, port), handler_for(devserver))
 """
@@ -14,23 +15,46 @@ import json
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from socket import socket
+from typing import Any, Protocol
 
-from optimizely_middleware.devserver.inspector import browser_post_refusal, handle_inspector
-from optimizely_middleware.wire.received import ReceivedPost
+from optimizely_middleware.devserver.inspector import (
+    InspectedServer,
+    browser_post_refusal,
+    handle_inspector,
+)
+from optimizely_middleware.devserver.received import ReceivedPost
 from optimizely_middleware.wire.validation import payload_errors
 
-if TYPE_CHECKING:
-    from optimizely_middleware.devserver.server import DevServer
-
-__all__ = ["handler_for"]
+__all__ = ["HandledServer", "handler_for"]
 
 # A refused POST's body is read (and dropped) up to this size, so its
 # connection stays usable; a larger one closes the connection.
 MAX_REFUSED_BODY = 4 * 1024 * 1024
 
 
-def handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
+class HandledServer(InspectedServer, Protocol):
+    """What the handler reads of the server and tells it (a ``DevServer`` is one):
+    the inspector's needs, and where POSTs and connections go.
+
+    Example::
+
+        ThreadingHTTPServer(("127.0.0.1", 0), handler_for(devserver))
+    """
+
+    @property
+    def port(self) -> int: ...
+    @property
+    def inspector_url(self) -> str: ...
+    @property
+    def posts(self) -> list[ReceivedPost]: ...
+    def record_post(self, post: ReceivedPost) -> None: ...
+    def refuse_post(self, path: str, reason: str) -> None: ...
+    def connection_opened(self, connection: socket) -> None: ...
+    def connection_closed(self, connection: socket) -> None: ...
+
+
+def handler_for(devserver: HandledServer) -> type[BaseHTTPRequestHandler]:
     """The request handler class of ``devserver``'s HTTP server."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -39,10 +63,10 @@ def handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
-            devserver._connection_opened(self.connection)
+            devserver.connection_opened(self.connection)
 
         def finish(self) -> None:
-            devserver._connection_closed(self.connection)
+            devserver.connection_closed(self.connection)
             super().finish()
 
         def do_POST(self) -> None:
@@ -59,7 +83,7 @@ def handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
                     self.rfile.read(length)  # read and dropped: the connection stays usable
                 else:
                     self.close_connection = True
-                devserver._refuse(self.path, refusal)
+                devserver.refuse_post(self.path, refusal)
                 self._answer_json(HTTPStatus.FORBIDDEN, {"error": refusal})
                 return
             if length is None:
@@ -79,7 +103,7 @@ def handler_for(devserver: DevServer) -> type[BaseHTTPRequestHandler]:
             if devserver.delay:
                 # Simulates a slow endpoint; the caller's sender waits on it.
                 time.sleep(devserver.delay)
-            devserver._record(
+            devserver.record_post(
                 ReceivedPost(
                     path=self.path,
                     headers=dict(self.headers),

@@ -34,20 +34,17 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qs
 
+from optimizely_middleware.devserver.received import ReceivedPost, iso_time
 from optimizely_middleware.wire.payloads import VisitorEvents
-
-if TYPE_CHECKING:
-    from optimizely_middleware.devserver.server import DevServer
-    from optimizely_middleware.wire.received import ReceivedPost
 
 __all__ = [
     "EventCounts",
+    "InspectedServer",
     "InspectorResponse",
     "PostFilter",
     "browser_post_refusal",
@@ -73,6 +70,32 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class InspectedServer(Protocol):
+    """What the inspector reads of the server and asks of it (a ``DevServer`` is one).
+
+    Example::
+
+        handle_inspector(devserver, "GET", "/api/stats", "127.0.0.1", "127.0.0.1:8765")
+    """
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def delay(self) -> float: ...
+    @property
+    def generation(self) -> int: ...
+    def clear(self) -> None: ...
+    def counts(self) -> dict[str, Any]: ...
+    def post_by_id(self, post_id: int) -> ReceivedPost | None: ...
+    def posts_after(
+        self, since: int, generation: int | None = None, timeout: float = 0.0
+    ) -> tuple[list[ReceivedPost], int, int]: ...
 
 
 class InspectorResponse(NamedTuple):
@@ -168,7 +191,7 @@ class EventCounts:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "since": _iso(self.started_at),
+            "since": iso_time(self.started_at),
             "posts": self.posts,
             "accepted_posts": self.accepted_posts,
             "rejected_posts": self.posts - self.accepted_posts,
@@ -199,7 +222,7 @@ def post_json(post: ReceivedPost, post_filter: PostFilter | None = None) -> dict
     return {
         "id": post.id,
         "time": post.wall_time,
-        "received_at": _iso(post.wall_time),
+        "received_at": iso_time(post.wall_time),
         "path": post.path,
         "status": post.status,
         "accepted": post.accepted,
@@ -213,7 +236,7 @@ def post_json(post: ReceivedPost, post_filter: PostFilter | None = None) -> dict
 
 
 def handle_inspector(
-    server: DevServer, method: str, target: str, peer: str, host_header: str | None
+    server: InspectedServer, method: str, target: str, peer: str, host_header: str | None
 ) -> InspectorResponse | None:
     """Answer a GET or DELETE for the page or the API; ``None`` when ``target`` is neither."""
     path, _, query_string = target.partition("?")
@@ -252,7 +275,7 @@ def handle_inspector(
     return _json(HTTPStatus.NOT_FOUND, {"error": f"no API at {path}"})
 
 
-def _list_posts(server: DevServer, query: Mapping[str, list[str]]) -> InspectorResponse:
+def _list_posts(server: InspectedServer, query: Mapping[str, list[str]]) -> InspectorResponse:
     try:
         since = int((query.get("since") or ["0"])[0])
         wait = min(max(float((query.get("wait") or ["0"])[0]), 0.0), MAX_WAIT)
@@ -285,7 +308,7 @@ def _list_posts(server: DevServer, query: Mapping[str, list[str]]) -> InspectorR
     )
 
 
-def _stats(server: DevServer) -> dict[str, Any]:
+def _stats(server: InspectedServer) -> dict[str, Any]:
     stats = server.counts()
     stats["endpoint"] = server.url
     stats["answer_status"] = server.status
@@ -366,7 +389,3 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
 def _json(status: int, value: Any) -> InspectorResponse:
     body = json.dumps(value, separators=(",", ":"), default=str).encode()
     return InspectorResponse(status, "application/json", body)
-
-
-def _iso(wall_time: float) -> str:
-    return datetime.fromtimestamp(wall_time).astimezone().isoformat(timespec="milliseconds")

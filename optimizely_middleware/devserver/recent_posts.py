@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from optimizely_middleware.wire.received import ReceivedPost
+    from optimizely_middleware.devserver.received import ReceivedPost
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_POSTS", "RecentPosts"]
 

@@ -45,37 +45,24 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, TextIO
 
 from optimizely_middleware.devserver.handler import handler_for
 from optimizely_middleware.devserver.inspector import EventCounts
+from optimizely_middleware.devserver.received import (
+    OutputFormat,
+    ReceivedPost,
+    format_bytes,
+    render_post,
+    time_of_day,
+)
 from optimizely_middleware.devserver.recent_posts import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_POSTS,
     RecentPosts,
 )
-from optimizely_middleware.wire.received import (
-    OutputFormat,
-    ReceivedPost,
-    clock,
-    describe_conversion,
-    describe_decision,
-    format_bytes,
-    format_post,
-    format_summary,
-    render_post,
-)
 
-__all__ = [
-    "DevServer",
-    "OutputFormat",
-    "ReceivedPost",
-    "describe_conversion",
-    "describe_decision",
-    "format_post",
-    "format_summary",
-]
+__all__ = ["DevServer"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -208,14 +195,6 @@ class DevServer:
             self._stopping = stopping
             self._cond.notify_all()
 
-    def _connection_opened(self, connection: socket.socket) -> None:
-        with self._cond:
-            self._connections.add(connection)
-
-    def _connection_closed(self, connection: socket.socket) -> None:
-        with self._cond:
-            self._connections.discard(connection)
-
     def _close_connections(self) -> None:
         # A browser keeps its connections open; their handler threads would
         # go on answering after the server stopped.
@@ -228,12 +207,7 @@ class DevServer:
     def __enter__(self) -> DevServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     @property
@@ -342,7 +316,18 @@ class DevServer:
 
     # -- called by the handler -----------------------------------------------
 
-    def _record(self, post: ReceivedPost) -> None:
+    def connection_opened(self, connection: socket.socket) -> None:
+        """Track an open connection, so that :meth:`stop` can close it."""
+        with self._cond:
+            self._connections.add(connection)
+
+    def connection_closed(self, connection: socket.socket) -> None:
+        """Forget a connection the handler is done with."""
+        with self._cond:
+            self._connections.discard(connection)
+
+    def record_post(self, post: ReceivedPost) -> None:
+        """Keep, count and print a POST that was answered."""
         post.visitor_events  # noqa: B018  (parse once, outside the lock)
         with self._cond:
             self._last_id += 1
@@ -359,11 +344,11 @@ class DevServer:
                 "and the inspector, and counted. --max-posts and --max-bytes change this.)"
             )
 
-    def _refuse(self, path: str, reason: str) -> None:
+    def refuse_post(self, path: str, reason: str) -> None:
         """Count a browser's cross-origin POST, which is not recorded, and say so."""
         with self._cond:
             self._refused += 1
-        self._note(f"{clock(time.time())}  POST {path} refused: {reason}")
+        self._note(f"{time_of_day(time.time())}  POST {path} refused: {reason}")
 
     def _note(self, text: str) -> None:
         """A line for whoever reads the text or quiet output (not the JSON lines)."""

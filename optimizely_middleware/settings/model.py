@@ -1,4 +1,4 @@
-"""One settings model for every framework and the environment.
+"""The checked settings (:class:`OptimizelySettings`), read from any source in one order.
 
 Usage::
 

@@ -29,12 +29,8 @@ from optimizely.notification_center import NotificationCenter
 
 from optimizely_middleware import RequestScopedEventDispatcher
 from optimizely_middleware.delivery.encoded import EncodedEvent, UnserializableEvent
-from optimizely_middleware.delivery.encoding import (
-    EventEncoder,
-    PendingUserEvent,
-    canonical_json,
-    log_event_of,
-)
+from optimizely_middleware.delivery.encoding import EventEncoder, PendingUserEvent, log_event_of
+from optimizely_middleware.delivery.visitor_json import canonical_json
 from optimizely_middleware.processor import RequestScopedEventProcessor
 from tests.conftest import DATA
 from tests.support.fakes import RecordingSink

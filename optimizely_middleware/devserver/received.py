@@ -2,7 +2,7 @@
 
 Usage::
 
-    from optimizely_middleware.wire.received import ReceivedPost, format_post
+    from optimizely_middleware.devserver.received import ReceivedPost, format_post
 
     print(format_post(post))      # the readable text optimizely-devserver prints
 
@@ -32,7 +32,6 @@ from optimizely_middleware.wire.payloads import describe_conversion as _describe
 __all__ = [
     "OutputFormat",
     "ReceivedPost",
-    "clock",
     "describe_conversion",
     "describe_decision",
     "format_bytes",
@@ -41,6 +40,7 @@ __all__ = [
     "iso_time",
     "render_post",
     "status_text",
+    "time_of_day",
 ]
 
 # What the devserver prints per POST: readable text, one JSON line, or one summary line.
@@ -85,7 +85,7 @@ class ReceivedPost:
         return 200 <= self.status < 300
 
 
-def clock(wall_time: float) -> str:
+def time_of_day(wall_time: float) -> str:
     """``HH:MM:SS.mmm`` in local time, as the terminal output shows arrivals."""
     return datetime.fromtimestamp(wall_time).strftime("%H:%M:%S.%f")[:-3]
 
@@ -101,6 +101,7 @@ def format_bytes(n: int) -> str:
 
 
 def iso_time(wall_time: float) -> str:
+    """ISO 8601 in local time with its offset, to the millisecond (the JSON lines, the API)."""
     return datetime.fromtimestamp(wall_time).astimezone().isoformat(timespec="milliseconds")
 
 
@@ -130,7 +131,7 @@ def render_post(post: ReceivedPost, output_format: OutputFormat) -> str:
 def format_summary(post: ReceivedPost) -> str:
     """One line for a POST: arrival time, path, batch size and the answer."""
     return (
-        f"{clock(post.wall_time)}  POST {post.path}  {len(post.visitors)} visitor(s), "
+        f"{time_of_day(post.wall_time)}  POST {post.path}  {len(post.visitors)} visitor(s), "
         f"{post.event_count} event(s), {len(post.body)} bytes -> {status_text(post.status)}"
     )
 
