@@ -61,29 +61,3 @@ def test_gevent_with_preload_and_an_event_sent_in_the_master(
         startup_events=1,
         OPTIMIZELY_TEST_STARTUP_EVENT="1",
     )
-
-
-def test_gevent_preload_forked_while_the_master_encodes_its_first_event(
-    event_endpoint: EventEndpoint,
-) -> None:
-    """The master's sender thread runs the encoder's one-time guard under a lock
-    when gunicorn forks; the worker must not inherit that lock held (a native
-    lock held forever blocks gevent's hub: the worker hung until its timeout).
-    One worker: a second one could still be booting at the stop, before gunicorn
-    has installed its signal handlers, and sit out the graceful timeout."""
-    port = free_port()
-    command = gunicorn_gevent(
-        port, "--preload", "--workers", "1", "--config", "python:tests.apps.gunicorn_fork_in_guard"
-    )
-    command[-1] = "tests.apps.e2e_flask_fork_in_guard:app"
-    server = every_event_arrives_once_at_stop(
-        command,
-        event_endpoint,
-        port,
-        ready="Booting worker",
-        name="gunicorn gevent --preload, fork inside the guard",
-        n=30,
-        startup_events=1,
-        OPTIMIZELY_TEST_STARTUP_EVENT="1",
-    )
-    assert "the fork is not inside it" not in server.log

@@ -20,7 +20,7 @@ from optimizely_middleware.delivery.encoded import EncodedEvent
 from optimizely_middleware.delivery.encoding import EventEncoder, PendingUserEvent
 from optimizely_middleware.delivery.encoding_guard import FastPath, fast_path_problem
 from optimizely_middleware.delivery.visitor_json import visitor_json
-from tests.test_encoding import Capture, body_of, sdk_log_event
+from tests.unit.delivery.test_encoding import Capture, body_of, sdk_log_event
 
 
 def real_fast_path(encoder: EventEncoder) -> FastPath:
