@@ -21,12 +21,23 @@ Without a marker, a block under a paragraph that says "from `examples/x.py`" is 
 excerpt of that file, and a block that defines ``test_*`` functions runs under
 pytest.
 
+Django blocks run in a real Django: ``run-with django`` after ``django.setup()``
+with the settings of ``examples/django_project``; ``run-with django-settings``
+as a ``settings.py`` of ``django-admin startproject`` (``BASE_DIR`` is the
+scratch directory), whose upper-case names then configure Django, with the
+example project's URLs; ``run-with django-project`` with only that project on
+the import path (an ``asgi.py`` sets its own settings module). Under pytest,
+``conftest=django-example`` sets the example project up for pytest-django.
+
 A run (``python -m tests.project.docs_snippets FILE LINE``, from a scratch directory
 holding ``datafile.json``) happens with only 127.0.0.1 reachable: a local event
-endpoint stands in for Optimizely's (a sender without ``endpoint=`` posts there),
-and the SDK key ``YOUR_SDK_KEY`` is served the example datafile. Any other
-address a block tries to reach fails the run. After the block, an app it defines
-(``app``, ``application`` or ``create_app()``; Flask, Starlette or FastAPI) gets
+endpoint stands in for Optimizely's and for the devserver's default address (a
+sender without ``endpoint=``, or with ``http://127.0.0.1:8765/v1/events``,
+posts there), and the SDK key ``YOUR_SDK_KEY`` is served the example datafile.
+Any other address a block tries to reach fails the run. After the block, an app
+it defines (``app``, ``application`` or ``create_app()``: Flask, any other WSGI
+app the package's middleware wraps, or any ASGI app) or, under Django, a view
+``index`` it defines or the project its settings make, gets
 ``GET /?user=<b>snippet</b>``: it must answer without a server error, must not
 echo the markup unescaped, and the events of a 200 must reach the endpoint.
 Errors name the markdown file and line: the block is compiled with that file
@@ -43,7 +54,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DATAFILE = ROOT / "examples" / "datafile.json"
+DJANGO_PROJECT = ROOT / "examples" / "django_project"
 SDK_KEY = "YOUR_SDK_KEY"
+DEVSERVER_URL = "http://127.0.0.1:8765/v1/events"
+SNIPPET_URL = "/?user=%3Cb%3Esnippet%3C/b%3E"
 
 FENCE = re.compile(r"^(\s*)```\s*(\w*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*snippet:\s*(.*?)\s*-->\s*$")
@@ -91,7 +105,46 @@ PRELUDES: dict[str, str] = {
         f"myapp.SDK_KEY = {SDK_KEY!r}\n"
         'sys.modules["myapp"] = myapp\n'
     ),
+    # gunicorn.conf.py hooks of a Flask app: myapp.app, set up by the extension.
+    "flask-myapp": (
+        "import sys\n"
+        "import types\n"
+        "from flask import Flask\n"
+        "from optimizely_middleware.flask import OptimizelyFlask\n"
+        'myapp = types.ModuleType("myapp")\n'
+        'myapp.app = Flask("myapp")\n'
+        'myapp.app.config["OPTIMIZELY_DATAFILE_PATH"] = "datafile.json"\n'
+        "OptimizelyFlask(myapp.app)\n"
+        'sys.modules["myapp"] = myapp\n'
+    ),
     "lambda": "def wsgi_handler(event, context):\n    return {'statusCode': 200}\n",
+    # Django, set up with the example project's settings.
+    "django": (
+        "import os\n"
+        "import sys\n"
+        "import django\n"
+        f"sys.path.insert(0, {str(DJANGO_PROJECT)!r})\n"
+        'os.environ["DJANGO_SETTINGS_MODULE"] = "mysite.settings"\n'
+        "django.setup()\n"
+    ),
+    # The top of the settings.py that `django-admin startproject mysite` writes.
+    "django-settings": (
+        "from pathlib import Path\n"
+        '__file__ = str(Path("mysite", "settings.py").resolve())\n'
+        "BASE_DIR = Path(__file__).resolve().parent.parent\n"
+    ),
+    # The example project importable, its settings not yet chosen (asgi.py does that).
+    "django-project": f"import sys\nsys.path.insert(0, {str(DJANGO_PROJECT)!r})\n",
+}
+
+# What settings.py of `startproject` has besides a block run with django-settings, and
+# the example project's URLs (its views: a decision on /, a conversion on POST /buy).
+DJANGO_HOST_SETTINGS: dict[str, object] = {
+    "SECRET_KEY": "only-for-the-snippet",
+    "ALLOWED_HOSTS": ["localhost"],
+    "ROOT_URLCONF": "mysite.urls",
+    "INSTALLED_APPS": [],
+    "DATABASES": {},
 }
 
 CONFTESTS: dict[str, str] = {
@@ -100,6 +153,14 @@ CONFTESTS: dict[str, str] = {
         f"sys.path.insert(0, {str(ROOT / 'examples')!r})\n"
         "from flask_app import create_app\n\n\n"
         "@pytest.fixture\ndef client():\n    return create_app().test_client()\n"
+    ),
+    # What pytest-django needs to find the example project (a pytest.ini with
+    # DJANGO_SETTINGS_MODULE and pythonpath does the same): its `client` is Django's.
+    "django-example": (
+        "import os\nimport sys\n\nimport django\n\n"
+        f"sys.path.insert(0, {str(DJANGO_PROJECT)!r})\n"
+        'os.environ["DJANGO_SETTINGS_MODULE"] = "mysite.settings"\n'
+        "django.setup()\n"
     ),
 }
 
@@ -228,6 +289,7 @@ def _serve_example_datafile_for_the_placeholder_key() -> None:
 
 
 def _send_default_events_to(url: str) -> None:
+    """Senders without an endpoint, or with the devserver's default one, post to ``url``."""
     import functools
 
     from optimizely_middleware.delivery.sender import EventSender
@@ -236,7 +298,9 @@ def _send_default_events_to(url: str) -> None:
 
     @functools.wraps(real_init)
     def init(self: EventSender, endpoint: str | None = None, **kwargs: object) -> None:
-        real_init(self, endpoint or url, **kwargs)  # type: ignore[arg-type]
+        if endpoint in (None, DEVSERVER_URL):
+            endpoint = url
+        real_init(self, endpoint, **kwargs)  # type: ignore[arg-type]
 
     EventSender.__init__ = init  # type: ignore[method-assign]
 
@@ -256,21 +320,57 @@ def _app_in(namespace: dict[str, object]) -> object | None:
 
 
 def _exercise(app: object) -> tuple[int, str, str] | None:
-    """GET /?user=<markup> through the app's own test client; None for other apps."""
-    url = "/?user=%3Cb%3Esnippet%3C/b%3E"
+    """GET /?user=<markup> through the app's own test client; None for other objects."""
+    import inspect
+
     from flask import Flask
-    from starlette.applications import Starlette
 
-    if isinstance(app, Flask):
-        response = app.test_client().get(url)
-        return response.status_code, response.content_type or "", response.get_data(True)
-    if isinstance(app, Starlette):
-        from starlette.testclient import TestClient
+    from optimizely_middleware import OptimizelyWSGIMiddleware
 
-        with TestClient(app, raise_server_exceptions=False) as client:
-            answer = client.get(url)
+    if isinstance(app, (Flask, OptimizelyWSGIMiddleware)):
+        from werkzeug.test import Client
+
+        with Client(app).get(SNIPPET_URL) as response:
+            return response.status_code, response.content_type or "", response.get_data(True)
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__):
+        from starlette.testclient import TestClient  # any ASGI app
+
+        base_url = "http://localhost"  # a host Django's ALLOWED_HOSTS take
+        with TestClient(app, base_url=base_url, raise_server_exceptions=False) as client:  # type: ignore[arg-type]
+            answer = client.get(SNIPPET_URL)
         return answer.status_code, answer.headers.get("content-type", ""), answer.text
     return None
+
+
+def _configure_django(namespace: dict[str, object]) -> None:
+    """Configure Django with a settings.py block's upper-case names."""
+    import django
+    from django.conf import settings
+
+    sys.path.insert(0, str(DJANGO_PROJECT))
+    names = {name: value for name, value in namespace.items() if name.isupper()}
+    settings.configure(**{**DJANGO_HOST_SETTINGS, **names})
+    django.setup()
+
+
+def _exercise_django(view: object) -> tuple[int, str, str]:
+    """GET /?user=<markup> through Django's test Client: ``view`` at /, or the project's URLs."""
+    import types
+
+    from django.conf import settings
+    from django.test import Client, override_settings
+
+    urlconf = settings.ROOT_URLCONF
+    if callable(view):
+        from django.urls import path
+
+        module = types.ModuleType("snippet_urls")
+        module.urlpatterns = [path("", view)]  # type: ignore[attr-defined]
+        sys.modules[module.__name__] = module
+        urlconf = module.__name__
+    with override_settings(ROOT_URLCONF=urlconf):
+        response = Client(HTTP_HOST="localhost").get(SNIPPET_URL)
+    return response.status_code, response.get("Content-Type", ""), response.content.decode()
 
 
 def _flush_every_dispatcher() -> tuple[int, int]:
@@ -281,7 +381,8 @@ def _flush_every_dispatcher() -> tuple[int, int]:
 
     handed_over = delivered = 0
     for obj in gc.get_objects():
-        if isinstance(obj, RequestScopedEventDispatcher):
+        # type(), not isinstance(): that reads __class__, which sets up Django's lazy objects.
+        if issubclass(type(obj), RequestScopedEventDispatcher):
             obj.flush(timeout=10)
             stats = obj.stats()
             handed_over += stats["handed_over"]
@@ -309,10 +410,15 @@ def run(block: Block) -> None:
             namespace["_"] = eval(compile(expression, block.path, "eval"), namespace)
         else:
             exec(compile(tree, block.path, "exec"), namespace)
+        if "django-settings" in block.args:
+            _configure_django(namespace)
         if block.then:
             exec(compile(block.then, f"{block.where} then", "exec"), namespace)
         app = _app_in(namespace)
         answer = _exercise(app) if app is not None else None
+        view = namespace.get("index")
+        if answer is None and (callable(view) or "django-settings" in block.args):
+            answer = _exercise_django(view)
         handed_over, delivered = _flush_every_dispatcher()
         assert delivered == handed_over, (
             f"{block.where}: {handed_over - delivered} of {handed_over} events were not delivered"

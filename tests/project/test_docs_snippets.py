@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -18,84 +20,19 @@ from tests.project.docs_snippets import (
     Block,
     all_blocks,
     excerpt_mismatch,
+    markdown_files,
     numbered_source,
 )
-
-# Blocks known not to run as shown, in pages whose owners rewrite them. Keyed by the
-# block's first line and file, so an edit to the block retires the entry; strict, so a
-# block that starts to pass says so.
-KNOWN_BROKEN: dict[tuple[str, str], str] = {
-    ("docs/configuration.md", "from optimizely_middleware import ("): "uses an undefined app",
-    (
-        "docs/delivery.md",
-        "from optimizely_middleware import EventSender, RequestScopedEventDispatcher",
-    ): ("report_lost_events is not defined"),
-    ("docs/devserver.md", "import requests"): (
-        "RequestScopedEventDispatcher/EventSender not imported; waits for visitors nothing sends"
-    ),
-    (
-        "docs/devserver.md",
-        "from optimizely_middleware.wire.payloads import conversions_in, impressions_in",
-    ): ("post is not defined"),
-    ("docs/django.md", "MIDDLEWARE = ["): "not a copy of the example's settings.py",
-    ("docs/django.md", "from optimizely_middleware.django import visitor_id"): (
-        "needs Django settings (mark it as an excerpt of the example's views.py)"
-    ),
-    ("docs/django.md", "from optimizely_middleware.django import get_client, get_dispatcher"): (
-        "needs Django settings and an order"
-    ),
-    ("docs/django.md", "# mysite/asgi.py"): "needs the mysite project",
-    (
-        "docs/django.md",
-        "def test_checkout(client, optimizely_events):          # pytest-django's client",
-    ): ("needs a Django project under pytest-django"),
-    ("docs/flask.md", "from flask import Flask, request"): "not a copy of examples/flask_app.py",
-    (
-        "docs/flask.md",
-        "from optimizely_middleware import RequestScopedEventDispatcher, create_client",
-    ): ("datafile and app are not defined"),
-    (
-        "docs/flask.md",
-        "from optimizely_middleware import OptimizelyWSGIMiddleware, RequestScopedEventDispatcher, "
-        "create_client",
-    ): "application is not defined",
-    ("docs/starlette.md", "from optimizely_middleware import ("): (
-        "not a copy of examples/starlette_app.py"
-    ),
-    ("docs/starlette.md", "from typing import Annotated"): "not a copy of examples/fastapi_app.py",
-    ("docs/starlette.md", "from optimizely_middleware.starlette import defer_events"): (
-        "dispatcher, client and the Starlette names are not defined"
-    ),
-    (
-        "docs/starlette.md",
-        "# Quart",
-    ): "app, dispatcher and OptimizelyASGIMiddleware are not defined",
-    ("docs/testing.md", "def test_checkout(client, optimizely_events):"): "no client fixture",
-    (
-        "docs/testing.md",
-        "def test_checkout(client, optimizely_events):          # pytest-django's client",
-    ): ("needs a Django project under pytest-django"),
-    (
-        "docs/testing.md",
-        "from optimizely_middleware.wire.validation import payload_errors, validate_payload",
-    ): ("event is not defined"),
-    ("docs/testing.md", "from optimizely_middleware.testing import EventCapture"): (
-        "client is not defined"
-    ),
-}
 
 BLOCKS = all_blocks()
 
 
-def _param(block: Block) -> object:
-    first = next(line for line in block.code.splitlines() if line.strip())
-    reason = KNOWN_BROKEN.get((block.path, first))
-    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-    return pytest.param(block, id=f"{block.where}-{block.kind}", marks=marks)
-
-
 def _blocks(*kinds: str) -> list[object]:
-    return [_param(block) for block in BLOCKS if block.kind in kinds]
+    return [
+        pytest.param(block, id=f"{block.where}-{block.kind}")
+        for block in BLOCKS
+        if block.kind in kinds
+    ]
 
 
 def _scratch(tmp_path: Path) -> Path:
@@ -166,6 +103,40 @@ def test_excerpt_is_copied_from_its_example(block: Block) -> None:
     assert mismatch is None, mismatch
 
 
-@pytest.mark.parametrize("block", _blocks("fragment"))
-def test_fragment_compiles(block: Block) -> None:
-    compile(numbered_source(block), block.path, "exec")
+def test_every_fragment_compiles() -> None:
+    for block in BLOCKS:
+        if block.kind == "fragment":
+            compile(numbered_source(block), block.path, "exec")
+
+
+DOTTED_NAME = re.compile(r"\boptimizely_middleware(?:\.[A-Za-z_]\w*)+")
+
+
+def _resolves(name: str) -> bool:
+    """True when ``name`` is a module of the package or a name in one."""
+    parts = name.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            value: object = import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        try:
+            for attribute in parts[split:]:
+                value = getattr(value, attribute)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_dotted_name_of_the_package_in_the_docs_imports() -> None:
+    """``optimizely_middleware.x.y`` in prose or code: a module, a name in one, or a logger."""
+    source = "\n".join(path.read_text() for path in (ROOT / "optimizely_middleware").rglob("*.py"))
+    missing = [
+        f"{path.relative_to(ROOT)}:{number}: {name}"
+        for path in markdown_files()
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        for name in DOTTED_NAME.findall(line)
+        if not _resolves(name) and f'"{name}"' not in source  # a logger's name
+    ]
+    assert not missing, "names that do not import:\n" + "\n".join(missing)
