@@ -41,7 +41,7 @@ from werkzeug.local import LocalProxy
 from optimizely_middleware import process_hooks
 from optimizely_middleware.client import Datafile, check_client, datafile_text
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.adapters import decorator_dispatcher
+from optimizely_middleware.integrations.adapters import decorator_dispatcher, owned_by_outer
 from optimizely_middleware.integrations.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
 from optimizely_middleware.scope import request_failed
 from optimizely_middleware.settings.build import build_client, build_dispatcher
@@ -273,25 +273,25 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[F], F]:
             # ensure_sync runs an async view through asgiref, which copies the
             # current context into the coroutine: the activated scope included.
             call = current_app.ensure_sync(view)
-            if dispatcher.current_scope() is not None:
+            if owned_by_outer(dispatcher):
                 return call(*args, **kwargs)
-            request = ScopedRequest(dispatcher)
-            try:
-                with dispatcher.activate(request.scope):
-                    response = current_app.make_response(call(*args, **kwargs))
-            except HTTPException as exc:
-                # Flask answers it with its own status (ClientDisconnected: 400).
-                request.finish(failed=request_failed(status=exc.code or 500))
-                raise
-            except BaseException as exc:
-                request.finish(failed=request_failed(exc=exc))
-                raise
+            request = ScopedRequest(dispatcher, failed_by=view_failed)
+            with request:
+                response = current_app.make_response(call(*args, **kwargs))
             defer_until_closed(response, request)
             return response
 
         return cast(F, deferred_view)
 
     return decorator
+
+
+def view_failed(exc: BaseException) -> bool:
+    """:func:`~optimizely_middleware.request_failed` for what a view raised."""
+    if isinstance(exc, HTTPException):
+        # Flask answers it with its own status (ClientDisconnected: 400).
+        return request_failed(status=exc.code or 500)
+    return request_failed(exc=exc)
 
 
 def defer_until_closed(response: Response, request: ScopedRequest) -> None:

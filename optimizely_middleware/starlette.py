@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from optimizely.optimizely import Optimizely
@@ -44,7 +43,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.adapters import decorator_dispatcher, owned_by_outer
+from optimizely_middleware.integrations.adapters import (
+    RequestInScope,
+    decorator_dispatcher,
+    owned_by_outer,
+)
 from optimizely_middleware.integrations.asgi_common import STATE_KEY, ObservedCall
 from optimizely_middleware.scope import RequestScope, request_failed
 from optimizely_middleware.starlette_extension import OptimizelyOptions, OptimizelyStarlette
@@ -96,9 +99,10 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
                     raise_called_by_fastapi(endpoint)
                 if owned_by_outer(dispatcher):
                     return await endpoint(*args, **kwargs)
-                with endpoint_scope(dispatcher) as request:
+                request = RequestInScope(dispatcher, failed_by=endpoint_failed)
+                with request:
                     response = await endpoint(*args, **kwargs)
-                return DeferredResponse(response, dispatcher, request)
+                return DeferredResponse(response, dispatcher, request.scope)
 
             return cast(Endpoint, async_endpoint)
 
@@ -110,9 +114,10 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
                 raise_called_by_fastapi(endpoint)
             if owned_by_outer(dispatcher):
                 return endpoint(*args, **kwargs)
-            with endpoint_scope(dispatcher) as request:
+            request = RequestInScope(dispatcher, failed_by=endpoint_failed)
+            with request:
                 response = endpoint(*args, **kwargs)
-            return DeferredResponse(response, dispatcher, request)
+            return DeferredResponse(response, dispatcher, request.scope)
 
         return cast(Endpoint, sync_endpoint)
 
@@ -186,18 +191,6 @@ def raise_called_by_fastapi(endpoint: Callable[..., Any]) -> None:
     """FastAPI calls a path operation with keywords only; Starlette passes the request."""
     name = getattr(endpoint, "__qualname__", repr(endpoint))
     raise TypeError(f"@defer_events(dispatcher) on {name}, called by FastAPI. {FASTAPI_HINT}")
-
-
-@contextmanager
-def endpoint_scope(dispatcher: RequestScopedEventDispatcher) -> Iterator[RequestScope]:
-    """Open and activate a scope for the endpoint call; close it if the call raises."""
-    request = dispatcher.open_scope()
-    try:
-        with dispatcher.activate(request):
-            yield request
-    except BaseException as exc:
-        dispatcher.close_scope(request, failed=endpoint_failed(exc))
-        raise
 
 
 def endpoint_failed(exc: BaseException) -> bool:

@@ -1,9 +1,11 @@
-"""What every framework adapter does before it scopes a request.
+"""What every framework adapter does alike, whatever its protocol.
 
-The WSGI and ASGI middleware (and the framework decorators) share two
-steps: check the dispatcher and client they are given, and, for each
-request, step aside when an outer adapter of the same dispatcher already
-owns the request, so that every event is handed over once.
+The WSGI and ASGI middleware and the framework faces share these steps:
+check the dispatcher and client they are given; for each request, step
+aside when an outer adapter of the same dispatcher already owns the
+request, so that every event is handed over once; run app code in the
+request's scope and hand it over at once if that code raises
+(:class:`RequestInScope`).
 
 Usage::
 
@@ -22,15 +24,26 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
+from optimizely_middleware.scope import RequestScope, request_failed
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from types import TracebackType
+
     from optimizely.optimizely import Optimizely
 
-__all__ = ["checked_dispatcher", "decorator_dispatcher", "owned_by_outer"]
+__all__ = [
+    "RequestInScope",
+    "checked_dispatcher",
+    "decorator_dispatcher",
+    "owned_by_outer",
+    "raised_failure",
+]
 
 
 def checked_dispatcher(
@@ -77,3 +90,61 @@ def owned_by_outer(dispatcher: RequestScopedEventDispatcher) -> bool:
     already scopes (an app wrapped twice, a decorated view behind the
     middleware): the adapter then only calls through."""
     return dispatcher.current_scope() is not None
+
+
+def raised_failure(exc: BaseException) -> bool:
+    """Whether what app code raised fails the request: :func:`request_failed` of ``exc``."""
+    return request_failed(exc=exc)
+
+
+class RequestInScope:
+    """A request's scope, opened by an adapter; ``with`` runs app code inside it.
+
+    If the block raises, the scope is handed over at once, failed or not by
+    ``failed_by(exc)`` (by default :func:`raised_failure`; a framework whose
+    exceptions become responses of their own judges them by that status),
+    and the exception goes on. Otherwise the adapter hands it over later,
+    with :meth:`finish`, once the response has gone out.
+
+    Example::
+
+        request = RequestInScope(dispatcher)
+        with request:
+            response = view()
+        ...                                 # the response is sent
+        request.finish(failed=False)
+    """
+
+    __slots__ = ("_activation", "dispatcher", "failed_by", "scope")
+
+    def __init__(
+        self,
+        dispatcher: RequestScopedEventDispatcher,
+        scope: RequestScope | None = None,
+        *,
+        failed_by: Callable[[BaseException], bool] = raised_failure,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.scope = scope if scope is not None else dispatcher.open_scope()
+        self.failed_by = failed_by
+        self._activation: AbstractContextManager[RequestScope] | None = None
+
+    def __enter__(self) -> RequestScope:
+        self._activation = self.dispatcher.activate(self.scope)
+        return self._activation.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        activation, self._activation = self._activation, None
+        if activation is not None:
+            activation.__exit__(exc_type, exc, tb)
+        if exc is not None:
+            self.finish(failed=self.failed_by(exc))
+
+    def finish(self, *, failed: bool = False) -> None:
+        """Hand the events over now (idempotent)."""
+        self.dispatcher.close_scope(self.scope, failed=failed)

@@ -29,13 +29,16 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from optimizely_middleware import process_hooks
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.adapters import checked_dispatcher, owned_by_outer
+from optimizely_middleware.integrations.adapters import (
+    RequestInScope,
+    checked_dispatcher,
+    owned_by_outer,
+    raised_failure,
+)
 from optimizely_middleware.request_listeners import unread_body_listeners
 from optimizely_middleware.scope import RequestScope, request_failed
 
@@ -123,23 +126,25 @@ class OptimizelyWSGIMiddleware:
         return request.run(self.app, environ, start_response)
 
 
-class ScopedRequest:
+class ScopedRequest(RequestInScope):
     """One request's scope, from the app call until the server closes the body.
 
     Also used by the Flask view decorator, which opens a scope per view call,
     and by Django's middleware. ``with scoped:`` runs app code in the scope
-    and, if it raises, hands the events over at once.
+    and, if it raises, hands the events over at once (:class:`RequestInScope`).
     """
 
-    __slots__ = ("_activation", "dispatcher", "finalizer", "scope")
+    __slots__ = ("finalizer",)
 
     def __init__(
-        self, dispatcher: RequestScopedEventDispatcher, scope: RequestScope | None = None
+        self,
+        dispatcher: RequestScopedEventDispatcher,
+        scope: RequestScope | None = None,
+        *,
+        failed_by: Callable[[BaseException], bool] = raised_failure,
     ) -> None:
-        self.dispatcher = dispatcher
-        self.scope = scope if scope is not None else dispatcher.open_scope()
+        super().__init__(dispatcher, scope, failed_by=failed_by)
         self.finalizer: weakref.finalize[Any, Any] | None = None
-        self._activation: AbstractContextManager[RequestScope] | None = None
 
     def run(
         self, app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
@@ -148,25 +153,6 @@ class ScopedRequest:
         with self:
             body = app(environ, self.observe(start_response))
         return self.attach(body, environ)
-
-    def __enter__(self) -> RequestScope:
-        """Activate the scope for a block of app code (the app call)."""
-        self._activation = self.dispatcher.activate(self.scope)
-        return self._activation.__enter__()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Leave the scope; if the block raised, hand the events over now, failed or not
-        by :func:`~optimizely_middleware.request_failed`, and let the exception go on."""
-        activation, self._activation = self._activation, None
-        if activation is not None:
-            activation.__exit__(exc_type, exc, tb)
-        if exc is not None:
-            self.finish(failed=request_failed(exc=exc))
 
     def observe(self, start_response: StartResponse) -> StartResponse:
         """``start_response`` that marks the request failed on 5xx or ``exc_info``."""
@@ -254,7 +240,7 @@ class ScopedRequest:
     def finish(self, *, failed: bool = False) -> None:
         """Hand the events over now (idempotent)."""
         self.unwatch()
-        self.dispatcher.close_scope(self.scope, failed=failed)
+        super().finish(failed=failed)
 
 
 def _status_code(status: str) -> int | None:
