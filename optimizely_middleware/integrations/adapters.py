@@ -24,8 +24,10 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
@@ -38,12 +40,48 @@ if TYPE_CHECKING:
     from optimizely.optimizely import Optimizely
 
 __all__ = [
+    "Flushable",
     "RequestInScope",
     "checked_dispatcher",
     "decorator_dispatcher",
+    "flush_within",
     "owned_by_outer",
     "raised_failure",
 ]
+
+logger = logging.getLogger("optimizely_middleware")
+
+
+class Flushable(Protocol):
+    """What a shutdown hook needs: a dispatcher or an :class:`~optimizely_middleware.EventSender`.
+
+    Example::
+
+        def deliver(target: Flushable) -> bool:
+            return target.flush(5.0)
+    """
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+
+def flush_within(
+    targets: Iterable[Flushable], timeout: float, *, clock: Callable[[], float] = time.monotonic
+) -> bool:
+    """Flush every target within ``timeout`` seconds in all; True if every one settled.
+
+    Each target gets what is left of the one deadline, so several
+    dispatchers never add up their timeouts. A target that raises is
+    logged and counts as unsettled; the others are still flushed.
+    """
+    deadline = clock() + timeout
+    settled = True
+    for target in targets:
+        try:
+            settled = target.flush(max(0.0, deadline - clock())) and settled
+        except Exception:
+            logger.exception("Flushing Optimizely events failed.")
+            settled = False
+    return settled
 
 
 def checked_dispatcher(
