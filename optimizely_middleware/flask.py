@@ -39,12 +39,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
 from optimizely_middleware import process_hooks
-from optimizely_middleware.client import Datafile, check_client, datafile_text
+from optimizely_middleware.client import Datafile, datafile_text
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.adapters import decorator_dispatcher, owned_by_outer
+from optimizely_middleware.integrations.adapters import (
+    client_and_dispatcher,
+    decorator_dispatcher,
+    owned_by_outer,
+)
 from optimizely_middleware.integrations.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
 from optimizely_middleware.scope import request_failed
-from optimizely_middleware.settings.build import build_client, build_dispatcher
 from optimizely_middleware.settings.model import (
     DATAFILE_SOURCES,
     ENV_PREFIX,
@@ -142,20 +145,9 @@ class OptimizelyFlask:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("OptimizelyFlask is already set up on this app.")
         settings = self._settings_from(app.config)
-        dispatcher = self._dispatcher or self._dispatcher_of(self._client)
-        built_dispatcher = dispatcher is None
-        if dispatcher is None:
-            dispatcher = build_dispatcher(settings)
-        client = self._client
-        if client is not None:
-            check_client(client, dispatcher)
-        else:
-            try:
-                client = build_client(settings, dispatcher)
-            except BaseException:
-                if built_dispatcher:
-                    dispatcher.close(0)
-                raise
+        client, dispatcher = client_and_dispatcher(
+            "OptimizelyFlask", settings, dispatcher=self._dispatcher, client=self._client
+        )
         state = OptimizelyState(
             client=client,
             dispatcher=dispatcher,
@@ -169,19 +161,6 @@ class OptimizelyFlask:
         if settings.close_at_exit:
             at_exit = functools.partial(close_at_exit, weakref.ref(state))
             process_hooks.on_exit("close_apps", at_exit)
-
-    def _dispatcher_of(self, client: Optimizely | None) -> RequestScopedEventDispatcher | None:
-        if client is None:
-            return None
-        processor = getattr(client, "event_processor", None)
-        dispatcher = getattr(processor, "event_dispatcher", None)
-        if not isinstance(dispatcher, RequestScopedEventDispatcher):
-            raise TypeError(
-                "OptimizelyFlask(client=...) needs a client that forwards its events to a "
-                "RequestScopedEventDispatcher (build it with create_client), or pass "
-                "dispatcher= as well."
-            )
-        return dispatcher
 
     def _settings_from(self, config: Mapping[str, Any]) -> OptimizelySettings:
         """``app.config``'s ``OPTIMIZELY_*`` keys and the environment, checked; the

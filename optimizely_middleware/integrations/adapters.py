@@ -26,23 +26,27 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.scope import RequestScope, request_failed
+from optimizely_middleware.settings.build import build_client, build_dispatcher
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
-    from types import TracebackType
 
     from optimizely.optimizely import Optimizely
+
+    from optimizely_middleware.settings.model import OptimizelySettings
 
 __all__ = [
     "Flushable",
     "RequestInScope",
     "checked_dispatcher",
+    "client_and_dispatcher",
     "decorator_dispatcher",
     "flush_within",
     "owned_by_outer",
@@ -102,6 +106,48 @@ def checked_dispatcher(
     return dispatcher
 
 
+def client_and_dispatcher(
+    owner: str,
+    settings: OptimizelySettings,
+    *,
+    dispatcher: RequestScopedEventDispatcher | None = None,
+    client: Optimizely | None = None,
+) -> tuple[Optimizely, RequestScopedEventDispatcher]:
+    """What a framework extension (``owner``) runs on: a client wired to a dispatcher.
+
+    Given ``dispatcher`` is shared; without it, the one ``client`` forwards
+    to, else one built from ``settings``. A given ``client`` is checked for
+    wiring; otherwise one is built from ``settings`` (if that fails, a
+    dispatcher built here is closed again).
+    """
+    if dispatcher is None and client is not None:
+        dispatcher = _dispatcher_of(owner, client)
+    built = dispatcher is None
+    if dispatcher is None:
+        dispatcher = build_dispatcher(settings)
+    if client is not None:
+        check_client(client, dispatcher)
+        return client, dispatcher
+    try:
+        return build_client(settings, dispatcher), dispatcher
+    except BaseException:
+        if built:
+            dispatcher.close(0)
+        raise
+
+
+def _dispatcher_of(owner: str, client: Optimizely) -> RequestScopedEventDispatcher:
+    processor = getattr(client, "event_processor", None)
+    dispatcher = getattr(processor, "event_dispatcher", None)
+    if not isinstance(dispatcher, RequestScopedEventDispatcher):
+        raise TypeError(
+            f"{owner}(client=...) needs a client that forwards its events to a "
+            "RequestScopedEventDispatcher (build it with create_client), or pass "
+            "dispatcher= as well."
+        )
+    return dispatcher
+
+
 def decorator_dispatcher(module: str, dispatcher: object) -> RequestScopedEventDispatcher:
     """The argument of ``defer_events(dispatcher)``, checked when the decorator is made.
 
@@ -153,7 +199,7 @@ class RequestInScope:
         request.finish(failed=False)
     """
 
-    __slots__ = ("_activation", "dispatcher", "failed_by", "scope")
+    __slots__ = ("_activation", "dispatcher", "failed_by", "finalizer", "scope")
 
     def __init__(
         self,
@@ -166,20 +212,19 @@ class RequestInScope:
         self.scope = scope if scope is not None else dispatcher.open_scope()
         self.failed_by = failed_by
         self._activation: AbstractContextManager[RequestScope] | None = None
+        # Set by adapters that also hand over when the response is collected
+        # (ScopedRequest.watch in integrations/wsgi.py).
+        self.finalizer: weakref.finalize[Any, Any] | None = None
 
     def __enter__(self) -> RequestScope:
         self._activation = self.dispatcher.activate(self.scope)
         return self._activation.__enter__()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         activation, self._activation = self._activation, None
         if activation is not None:
-            activation.__exit__(exc_type, exc, tb)
+            activation.__exit__(*exc_info)
+        exc: BaseException | None = exc_info[1]
         if exc is not None:
             self.finish(failed=self.failed_by(exc))
 

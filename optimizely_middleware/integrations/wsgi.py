@@ -37,7 +37,6 @@ from optimizely_middleware.integrations.adapters import (
     RequestInScope,
     checked_dispatcher,
     owned_by_outer,
-    raised_failure,
 )
 from optimizely_middleware.request_listeners import unread_body_listeners
 from optimizely_middleware.scope import RequestScope, request_failed
@@ -134,17 +133,7 @@ class ScopedRequest(RequestInScope):
     and, if it raises, hands the events over at once (:class:`RequestInScope`).
     """
 
-    __slots__ = ("finalizer",)
-
-    def __init__(
-        self,
-        dispatcher: RequestScopedEventDispatcher,
-        scope: RequestScope | None = None,
-        *,
-        failed_by: Callable[[BaseException], bool] = raised_failure,
-    ) -> None:
-        super().__init__(dispatcher, scope, failed_by=failed_by)
-        self.finalizer: weakref.finalize[Any, Any] | None = None
+    __slots__ = ()
 
     def run(
         self, app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
@@ -233,8 +222,9 @@ class ScopedRequest(RequestInScope):
             self.finish(failed=failed)
 
     def mark_failed_by(self, exc: BaseException) -> None:
-        """Mark the request failed if ``exc``, raised by app code, fails it."""
-        if request_failed(exc=exc):
+        """Mark the request failed if ``exc``, raised by app code, fails it (the end
+        of an iterator does not)."""
+        if not isinstance(exc, (StopIteration, StopAsyncIteration)) and request_failed(exc=exc):
             self.scope.mark_failed()
 
     def finish(self, *, failed: bool = False) -> None:
@@ -327,8 +317,6 @@ class ScopedIterator(Generic[T]):
                 if self._iterator is None:
                     self._iterator = iter(self._iterable)
                 return next(self._iterator)
-        except StopIteration:
-            raise
         except BaseException as exc:
             request.mark_failed_by(exc)
             raise
@@ -351,8 +339,6 @@ class ScopedAsyncIterator(Generic[T]):
         try:
             with request.dispatcher.activate(request.scope):
                 return await self._iterator.__anext__()
-        except StopAsyncIteration:
-            raise
         except BaseException as exc:
             request.mark_failed_by(exc)
             raise
