@@ -2,16 +2,9 @@
 
 Works with any ASGI app: Starlette, FastAPI, Quart, Django's ASGI handler, ...
 
-Usage::
+Usage, with the dispatcher and the client built as in :mod:`optimizely_middleware`::
 
-    from optimizely_middleware import (
-        OptimizelyASGIMiddleware,
-        RequestScopedEventDispatcher,
-        create_client,
-    )
-
-    dispatcher = RequestScopedEventDispatcher()
-    client = create_client(dispatcher, datafile=datafile_json)
+    from optimizely_middleware import OptimizelyASGIMiddleware
 
     app = OptimizelyASGIMiddleware(app, dispatcher, client=client)
     # or, for Starlette and FastAPI:

@@ -2,16 +2,9 @@
 
 Works with any WSGI app: Flask, Django, Pyramid, Falcon, plain callables.
 
-Usage::
+Usage, with the dispatcher and the client built as in :mod:`optimizely_middleware`::
 
-    from optimizely_middleware import (
-        OptimizelyWSGIMiddleware,
-        RequestScopedEventDispatcher,
-        create_client,
-    )
-
-    dispatcher = RequestScopedEventDispatcher()
-    client = create_client(dispatcher, datafile=datafile_json)
+    from optimizely_middleware import OptimizelyWSGIMiddleware
 
     app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)   # Flask
     application = OptimizelyWSGIMiddleware(application, dispatcher)     # any WSGI app
