@@ -4,24 +4,17 @@ request's scope, its status and the client's disconnect observed, then the scope
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import pytest
 
 from optimizely_middleware import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.asgi_common import Message, ObservedCall, Scope
+from optimizely_middleware.integrations import asgi_common as asgi
 from tests.support import RecordingSink
 
 
 def handed_over(sink: RecordingSink) -> list[object]:
     return list(sink.events)
-
-
-App = Callable[
-    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
-]
 
 
 class Exchange:
@@ -30,29 +23,25 @@ class Exchange:
     def __init__(self, *, incoming: str = "http.request", send_raises: bool = False) -> None:
         self.sink = RecordingSink()
         self.dispatcher = RequestScopedEventDispatcher(self.sink, failed_requests="discard")
-        self.call = ObservedCall(self.dispatcher, self.dispatcher.open_scope())
+        self.call = asgi.ObservedCall(self.dispatcher, self.dispatcher.open_scope())
         self.incoming = incoming
         self.send_raises = send_raises
         self.open_while_sending: list[bool] = []
 
-    async def receive(self) -> Message:
+    async def receive(self) -> asgi.Message:
         return {"type": self.incoming}
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: asgi.Message) -> None:
         self.open_while_sending.append(not self.call.request.closed)
         if self.send_raises:
             raise OSError("client gone")
 
-    def run(self, app: App) -> None:
+    def run(self, app: asgi.ASGIApp) -> None:
         asyncio.run(self.call.run(app, {"type": "http"}, self.receive, self.send))
 
 
-def answering(exchange: Exchange, status: int, *, then_raise: bool = False) -> App:
-    async def app(
-        scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
+def answering(exchange: Exchange, status: int, *, then_raise: bool = False) -> asgi.ASGIApp:
+    async def app(scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         exchange.dispatcher.collect("event")
         await send({"type": "http.response.start", "status": status})
         await send({"type": "http.response.body", "body": b"x"})
@@ -97,11 +86,7 @@ def test_the_status_and_the_disconnect_decide_whether_the_request_failed(
 def test_an_error_after_the_client_disconnected_is_not_a_failure() -> None:
     exchange = Exchange(incoming="http.disconnect")
 
-    async def app(
-        scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
+    async def app(scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         exchange.dispatcher.collect("event")
         await receive()
         raise ValueError("read after http.disconnect")
