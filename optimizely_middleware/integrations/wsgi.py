@@ -310,9 +310,15 @@ class ScopedIterator(Generic[T]):
                 if self._iterator is None:
                     self._iterator = iter(self._iterable)
                 return next(self._iterator)
+        except StopIteration:
+            self.ended()
+            raise
         except BaseException as exc:
             request.mark_failed_by(exc)
             raise
+
+    def ended(self) -> None:
+        """Called once the iterable is exhausted (after the scope was left)."""
 
 
 class ScopedAsyncIterator(Generic[T]):
@@ -348,16 +354,12 @@ class ScopedBody(ScopedIterator[bytes]):
         self._exhausted = False
         request.watch(self)
 
-    def __next__(self) -> bytes:
-        try:
-            return super().__next__()
-        except StopIteration:
-            # The server has written the whole body. Finish the request now, app
-            # close() included, rather than wait for the server's close(): some
-            # callers (test clients) call it late or never.
-            self._exhausted = True
-            self.close()
-            raise
+    def ended(self) -> None:
+        # The server has written the whole body. Finish the request now, app
+        # close() included, rather than wait for the server's close(): some
+        # callers (test clients) call it late or never.
+        self._exhausted = True
+        self.close()
 
     def close(self) -> None:
         if not self._closed:
