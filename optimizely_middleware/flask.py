@@ -39,12 +39,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
 from optimizely_middleware import process_hooks
-from optimizely_middleware.client import Datafile, check_client, datafile_text
+from optimizely_middleware.client import Datafile, datafile_text
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.adapters import decorator_dispatcher
+from optimizely_middleware.integrations.adapters import (
+    client_and_dispatcher,
+    decorator_dispatcher,
+    owned_by_outer,
+)
 from optimizely_middleware.integrations.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
 from optimizely_middleware.scope import request_failed
-from optimizely_middleware.settings.build import build_client, build_dispatcher
 from optimizely_middleware.settings.model import (
     DATAFILE_SOURCES,
     ENV_PREFIX,
@@ -142,20 +145,9 @@ class OptimizelyFlask:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("OptimizelyFlask is already set up on this app.")
         settings = self._settings_from(app.config)
-        dispatcher = self._dispatcher or self._dispatcher_of(self._client)
-        built_dispatcher = dispatcher is None
-        if dispatcher is None:
-            dispatcher = build_dispatcher(settings)
-        client = self._client
-        if client is not None:
-            check_client(client, dispatcher)
-        else:
-            try:
-                client = build_client(settings, dispatcher)
-            except BaseException:
-                if built_dispatcher:
-                    dispatcher.close(0)
-                raise
+        client, dispatcher = client_and_dispatcher(
+            "OptimizelyFlask", settings, dispatcher=self._dispatcher, client=self._client
+        )
         state = OptimizelyState(
             client=client,
             dispatcher=dispatcher,
@@ -169,19 +161,6 @@ class OptimizelyFlask:
         if settings.close_at_exit:
             at_exit = functools.partial(close_at_exit, weakref.ref(state))
             process_hooks.on_exit("close_apps", at_exit)
-
-    def _dispatcher_of(self, client: Optimizely | None) -> RequestScopedEventDispatcher | None:
-        if client is None:
-            return None
-        processor = getattr(client, "event_processor", None)
-        dispatcher = getattr(processor, "event_dispatcher", None)
-        if not isinstance(dispatcher, RequestScopedEventDispatcher):
-            raise TypeError(
-                "OptimizelyFlask(client=...) needs a client that forwards its events to a "
-                "RequestScopedEventDispatcher (build it with create_client), or pass "
-                "dispatcher= as well."
-            )
-        return dispatcher
 
     def _settings_from(self, config: Mapping[str, Any]) -> OptimizelySettings:
         """``app.config``'s ``OPTIMIZELY_*`` keys and the environment, checked; the
@@ -273,25 +252,25 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[F], F]:
             # ensure_sync runs an async view through asgiref, which copies the
             # current context into the coroutine: the activated scope included.
             call = current_app.ensure_sync(view)
-            if dispatcher.current_scope() is not None:
+            if owned_by_outer(dispatcher):
                 return call(*args, **kwargs)
-            request = ScopedRequest(dispatcher)
-            try:
-                with dispatcher.activate(request.scope):
-                    response = current_app.make_response(call(*args, **kwargs))
-            except HTTPException as exc:
-                # Flask answers it with its own status (ClientDisconnected: 400).
-                request.finish(failed=request_failed(status=exc.code or 500))
-                raise
-            except BaseException as exc:
-                request.finish(failed=request_failed(exc=exc))
-                raise
+            request = ScopedRequest(dispatcher, failed_by=view_failed)
+            with request:
+                response = current_app.make_response(call(*args, **kwargs))
             defer_until_closed(response, request)
             return response
 
         return cast(F, deferred_view)
 
     return decorator
+
+
+def view_failed(exc: BaseException) -> bool:
+    """:func:`~optimizely_middleware.request_failed` for what a view raised."""
+    if isinstance(exc, HTTPException):
+        # Flask answers it with its own status (ClientDisconnected: 400).
+        return request_failed(status=exc.code or 500)
+    return request_failed(exc=exc)
 
 
 def defer_until_closed(response: Response, request: ScopedRequest) -> None:

@@ -33,19 +33,22 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from optimizely.optimizely import Optimizely
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.adapters import decorator_dispatcher, owned_by_outer
-from optimizely_middleware.integrations.asgi import STATE_KEY
+from optimizely_middleware.integrations.adapters import (
+    RequestInScope,
+    decorator_dispatcher,
+    owned_by_outer,
+)
+from optimizely_middleware.integrations.asgi_common import STATE_KEY, ObservedCall
 from optimizely_middleware.scope import RequestScope, request_failed
 from optimizely_middleware.starlette_extension import OptimizelyOptions, OptimizelyStarlette
 
@@ -96,9 +99,10 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
                     raise_called_by_fastapi(endpoint)
                 if owned_by_outer(dispatcher):
                     return await endpoint(*args, **kwargs)
-                with endpoint_scope(dispatcher) as request:
+                request = RequestInScope(dispatcher, failed_by=endpoint_failed)
+                with request:
                     response = await endpoint(*args, **kwargs)
-                return DeferredResponse(response, dispatcher, request)
+                return DeferredResponse(response, dispatcher, request.scope)
 
             return cast(Endpoint, async_endpoint)
 
@@ -110,9 +114,10 @@ def defer_events(dispatcher: RequestScopedEventDispatcher) -> Callable[[Endpoint
                 raise_called_by_fastapi(endpoint)
             if owned_by_outer(dispatcher):
                 return endpoint(*args, **kwargs)
-            with endpoint_scope(dispatcher) as request:
+            request = RequestInScope(dispatcher, failed_by=endpoint_failed)
+            with request:
                 response = endpoint(*args, **kwargs)
-            return DeferredResponse(response, dispatcher, request)
+            return DeferredResponse(response, dispatcher, request.scope)
 
         return cast(Endpoint, sync_endpoint)
 
@@ -188,18 +193,6 @@ def raise_called_by_fastapi(endpoint: Callable[..., Any]) -> None:
     raise TypeError(f"@defer_events(dispatcher) on {name}, called by FastAPI. {FASTAPI_HINT}")
 
 
-@contextmanager
-def endpoint_scope(dispatcher: RequestScopedEventDispatcher) -> Iterator[RequestScope]:
-    """Open and activate a scope for the endpoint call; close it if the call raises."""
-    request = dispatcher.open_scope()
-    try:
-        with dispatcher.activate(request):
-            yield request
-    except BaseException as exc:
-        dispatcher.close_scope(request, failed=endpoint_failed(exc))
-        raise
-
-
 def endpoint_failed(exc: BaseException) -> bool:
     """:func:`~optimizely_middleware.request_failed` for what an endpoint raised."""
     if isinstance(exc, HTTPException):
@@ -226,39 +219,7 @@ class DeferredResponse:
         self.request = request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status: int | None = None
-        disconnected = False
-
-        async def receive_observed() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-            return message
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status, disconnected
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            try:
-                await send(message)
-            except OSError:
-                # ASGI 2.4 servers raise OSError on send once the client is gone
-                # (StreamingResponse turns it into ClientDisconnect).
-                disconnected = True
-                raise
-
-        failed = False
-        try:
-            with self.dispatcher.activate(self.request):
-                await self.response(scope, receive_observed, send_observed)
-        except BaseException as exc:
-            failed = request_failed(status=status, exc=exc, disconnected=disconnected)
-            raise
-        else:
-            failed = request_failed(status=status, disconnected=disconnected)
-        finally:
-            await self.dispatcher.aclose_scope(self.request, failed=failed)
+        await ObservedCall(self.dispatcher, self.request).run(self.response, scope, receive, send)
 
     def __getattr__(self, name: str) -> Any:
         if name in self.__slots__:

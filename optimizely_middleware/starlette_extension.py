@@ -21,14 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from optimizely_middleware.client import check_client
 from optimizely_middleware.dispatcher import (
     FailedRequestPolicy,
     OutsideScopePolicy,
     RequestScopedEventDispatcher,
 )
+from optimizely_middleware.integrations.adapters import client_and_dispatcher
 from optimizely_middleware.integrations.asgi import OptimizelyASGIMiddleware
-from optimizely_middleware.settings.build import build_client, build_dispatcher
 from optimizely_middleware.settings.model import keywords_of, load_settings
 
 if TYPE_CHECKING:
@@ -118,20 +117,12 @@ class OptimizelyStarlette:
             environ=self._environ,
             require_datafile=self._given_client is None,
         )
-        dispatcher = self._given_dispatcher or _dispatcher_of(self._given_client)
-        built_dispatcher = dispatcher is None
-        if dispatcher is None:
-            dispatcher = build_dispatcher(settings)
-        client = self._given_client
-        if client is not None:
-            check_client(client, dispatcher)
-        else:
-            try:
-                client = build_client(settings, dispatcher)
-            except BaseException:
-                if built_dispatcher:
-                    dispatcher.close(0)
-                raise
+        client, dispatcher = client_and_dispatcher(
+            type(self).__name__,
+            settings,
+            dispatcher=self._given_dispatcher,
+            client=self._given_client,
+        )
         app.add_middleware(
             OptimizelyASGIMiddleware,
             dispatcher=dispatcher,
@@ -153,17 +144,3 @@ class OptimizelyStarlette:
         if self._dispatcher is None:
             raise RuntimeError(f"{type(self).__name__}.init_app(app) has not been called.")
         return self._dispatcher
-
-
-def _dispatcher_of(client: Optimizely | None) -> RequestScopedEventDispatcher | None:
-    if client is None:
-        return None
-    processor = getattr(client, "event_processor", None)
-    dispatcher = getattr(processor, "event_dispatcher", None)
-    if not isinstance(dispatcher, RequestScopedEventDispatcher):
-        raise TypeError(
-            "OptimizelyStarlette(client=...) (or OptimizelyFastAPI) needs a client that "
-            "forwards its events to a RequestScopedEventDispatcher (build it with "
-            "create_client), or pass dispatcher= as well."
-        )
-    return dispatcher

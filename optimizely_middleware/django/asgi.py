@@ -20,7 +20,7 @@ from optimizely_middleware.django.state import get_state
 from optimizely_middleware.integrations.asgi import OptimizelyASGIMiddleware
 
 if TYPE_CHECKING:
-    from optimizely_middleware.integrations.asgi import ASGIApp
+    from optimizely_middleware.integrations.asgi_common import ASGIApp
 
 __all__ = ["asgi_application"]
 

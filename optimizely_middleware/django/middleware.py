@@ -18,17 +18,21 @@ and in a view::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
-from optimizely_middleware.django.state import current_state, get_state
+from optimizely_middleware.django.state import DjangoOptimizely, current_state, get_state
 from optimizely_middleware.django.visitor import apply_visitor_cookie
-from optimizely_middleware.integrations import wsgi
 from optimizely_middleware.integrations.adapters import owned_by_outer
-from optimizely_middleware.integrations.wsgi import ScopedRequest, hand_over_released_bodies
+from optimizely_middleware.integrations.wsgi import (
+    ScopedAsyncIterator,
+    ScopedIterator,
+    ScopedRequest,
+    hand_over_released_bodies,
+)
 from optimizely_middleware.scope import RequestScope, request_failed
 
 if TYPE_CHECKING:
@@ -96,48 +100,39 @@ class OptimizelyMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if wsgi._released_during_gc:
-            # Responses released during a garbage collection (never closed) are
-            # handed over here, outside the collector (see ScopedRequest.watch).
-            hand_over_released_bodies()
-        state = get_state()
-        request.optimizely = state.client
-        if owned_by_outer(state.dispatcher):
-            # An outer middleware of the same dispatcher owns this request.
-            response: HttpResponseBase = self.get_response(request)
-            apply_visitor_cookie(request, response)
-            return response
-        scoped = ScopedRequest(state.dispatcher)
-        try:
-            with state.dispatcher.activate(scoped.scope):
-                response = self.get_response(request)
-                apply_visitor_cookie(request, response)
-        except BaseException as exc:
-            scoped.finish(failed=request_failed(exc=exc))
-            raise
-        hand_over_on_close(response, scoped)
-        return response
+        scoped = self._scoped_request(request, get_state())
+        with scoped or nullcontext():
+            return self._respond(request, self.get_response(request), scoped)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        if wsgi._released_during_gc:
-            hand_over_released_bodies()
         state = current_state() or await sync_to_async(get_state, thread_sensitive=False)()
-        request.optimizely = state.client
+        scoped = self._scoped_request(request, state)
+        if scoped is not None:
+            self._check_asgi_wrapper(request)
         get_response: AsyncGetResponse = self.get_response
+        with scoped or nullcontext():
+            return self._respond(request, await get_response(request), scoped)
+
+    def _scoped_request(
+        self, request: HttpRequest, state: DjangoOptimizely
+    ) -> ScopedRequest | None:
+        """Set ``request.optimizely``; the request's scope, or None when an outer
+        middleware of the same dispatcher owns the request."""
+        # Responses released during a garbage collection (never closed) are
+        # handed over here, outside the collector (see ScopedRequest.watch).
+        hand_over_released_bodies()
+        request.optimizely = state.client
         if owned_by_outer(state.dispatcher):
-            response = await get_response(request)
-            apply_visitor_cookie(request, response)
-            return response
-        self._check_asgi_wrapper(request)
-        scoped = ScopedRequest(state.dispatcher)
-        try:
-            with state.dispatcher.activate(scoped.scope):
-                response = await get_response(request)
-                apply_visitor_cookie(request, response)
-        except BaseException as exc:
-            scoped.finish(failed=request_failed(exc=exc))
-            raise
-        hand_over_on_close(response, scoped)
+            return None
+        return ScopedRequest(state.dispatcher)
+
+    def _respond(
+        self, request: HttpRequest, response: HttpResponseBase, scoped: ScopedRequest | None
+    ) -> HttpResponseBase:
+        """Inside the scope: the visitor cookie, and the hand-off tied to ``close()``."""
+        apply_visitor_cookie(request, response)
+        if scoped is not None:
+            hand_over_on_close(response, scoped)
         return response
 
     def _check_asgi_wrapper(self, request: HttpRequest) -> None:
@@ -167,9 +162,9 @@ def hand_over_on_close(response: HttpResponseBase, scoped: ScopedRequest) -> Non
         # A FileResponse only reads a file: leave it as it is for sendfile().
         content = response.streaming_content
         if getattr(response, "is_async", False):
-            response.streaming_content = _ScopedAsyncStream(content, scoped)
+            response.streaming_content = ScopedAsyncIterator(content, scoped)
         else:
-            response.streaming_content = _ScopedStream(content, scoped)
+            response.streaming_content = ScopedIterator(content, scoped)
     entry = _EnterScope(scoped)
     closers: list[Callable[[], object]] = response._resource_closers
     closers.insert(0, entry)
@@ -231,53 +226,3 @@ class _HandOver:
 
     def __reduce__(self) -> tuple[type[Released], tuple[()]]:
         return (Released, ())
-
-
-class _ScopedStream:
-    """A streaming response's iterator, run inside the request's scope."""
-
-    __slots__ = ("_iterator", "_scoped")
-
-    def __init__(self, content: Iterator[bytes], scoped: ScopedRequest) -> None:
-        self._iterator = content
-        self._scoped = scoped
-
-    def __iter__(self) -> _ScopedStream:
-        return self
-
-    def __next__(self) -> bytes:
-        scoped = self._scoped
-        try:
-            with scoped.dispatcher.activate(scoped.scope):
-                return next(self._iterator)
-        except StopIteration:
-            raise
-        except BaseException as exc:
-            if request_failed(exc=exc):
-                scoped.scope.mark_failed()
-            raise
-
-
-class _ScopedAsyncStream:
-    """An async streaming response's iterator, run inside the request's scope."""
-
-    __slots__ = ("_iterator", "_scoped")
-
-    def __init__(self, content: AsyncIterator[bytes], scoped: ScopedRequest) -> None:
-        self._iterator = content
-        self._scoped = scoped
-
-    def __aiter__(self) -> _ScopedAsyncStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        scoped = self._scoped
-        try:
-            with scoped.dispatcher.activate(scoped.scope):
-                return await self._iterator.__anext__()
-        except StopAsyncIteration:
-            raise
-        except BaseException as exc:
-            if request_failed(exc=exc):
-                scoped.scope.mark_failed()
-            raise

@@ -1,7 +1,8 @@
 """From a server's protocol to the request scope: WSGI, ASGI, and the server's process.
 
 :mod:`.wsgi` and :mod:`.asgi` are the middleware every framework face builds on;
-:mod:`.lifespan` is the ASGI lifespan's flush; :mod:`.adapters` holds what every
-adapter does alike; :mod:`.uwsgi` and :mod:`.sigterm` cover servers whose
-process ends in ways of their own.
+:mod:`.adapters` holds what every adapter does alike, whatever its protocol;
+:mod:`.asgi_common` the ASGI types and the one observed call in a scope;
+:mod:`.lifespan` is the ASGI lifespan's flush; :mod:`.uwsgi` and
+:mod:`.sigterm` cover servers whose process ends in ways of their own.
 """

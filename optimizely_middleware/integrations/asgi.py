@@ -2,16 +2,9 @@
 
 Works with any ASGI app: Starlette, FastAPI, Quart, Django's ASGI handler, ...
 
-Usage::
+Usage, with the dispatcher and the client built as in :mod:`optimizely_middleware`::
 
-    from optimizely_middleware import (
-        OptimizelyASGIMiddleware,
-        RequestScopedEventDispatcher,
-        create_client,
-    )
-
-    dispatcher = RequestScopedEventDispatcher()
-    client = create_client(dispatcher, datafile=datafile_json)
+    from optimizely_middleware import OptimizelyASGIMiddleware
 
     app = OptimizelyASGIMiddleware(app, dispatcher, client=client)
     # or, for Starlette and FastAPI:
@@ -30,12 +23,20 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.errors import WiringWarning
 from optimizely_middleware.integrations.adapters import checked_dispatcher, owned_by_outer
+from optimizely_middleware.integrations.asgi_common import (
+    STATE_KEY,
+    ASGIApp,
+    Message,
+    ObservedCall,
+    Receive,
+    Scope,
+    Send,
+)
 from optimizely_middleware.integrations.lifespan import (
     NO_LIFESPAN_HINT,
     LifespanResponder,
@@ -45,7 +46,7 @@ from optimizely_middleware.integrations.lifespan import (
     run_in_anyio_thread,
     run_in_own_thread,
 )
-from optimizely_middleware.scope import RequestScope, request_failed
+from optimizely_middleware.scope import RequestScope
 
 if TYPE_CHECKING:
     from optimizely.event_builder import Event
@@ -54,15 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["OptimizelyASGIMiddleware", "run_in_anyio_thread", "run_in_own_thread"]
 
 logger = logging.getLogger("optimizely_middleware")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# The key under ``scope["state"]`` (``request.state.optimizely`` in Starlette).
-STATE_KEY = "optimizely"
 
 
 class OptimizelyASGIMiddleware:
@@ -145,12 +137,14 @@ class OptimizelyASGIMiddleware:
             if not flush:
                 self._check_lifespan()
             try:
-                await HTTPResponder(self.app, self.dispatcher)(scope, receive, send)
+                request = self.dispatcher.open_scope()
+                await ObservedCall(self.dispatcher, request).run(self.app, scope, receive, send)
             finally:
                 if flush:
                     await self.flush("flush_after_request")
         else:
-            await WebSocketResponder(self.app, self.dispatcher)(scope, receive, send)
+            connection = WebSocketScope(self.dispatcher)
+            await WebSocketCall(connection).run(self.app, scope, receive, send)
 
     def _check_lifespan(self) -> None:
         if self._saw_lifespan or self._warned_no_lifespan or not self.close_on_shutdown:
@@ -190,50 +184,6 @@ class OptimizelyASGIMiddleware:
             )
 
 
-class HTTPResponder:
-    """One HTTP request: a scope around the app call, the status observed on send."""
-
-    __slots__ = ("app", "disconnected", "dispatcher", "receive", "send", "status")
-
-    def __init__(self, app: ASGIApp, dispatcher: RequestScopedEventDispatcher) -> None:
-        self.app = app
-        self.dispatcher = dispatcher
-        self.status = 0
-        self.disconnected = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.receive = receive
-        self.send = send
-        request = self.dispatcher.open_scope()
-        failed = False
-        try:
-            with self.dispatcher.activate(request):
-                await self.app(scope, self.receive_observed, self.send_observed)
-        except BaseException as exc:
-            failed = request_failed(status=self.status, exc=exc, disconnected=self.disconnected)
-            raise
-        else:
-            failed = request_failed(status=self.status, disconnected=self.disconnected)
-        finally:
-            await self.dispatcher.aclose_scope(request, failed=failed)
-
-    async def receive_observed(self) -> Message:
-        message = await self.receive()
-        if message["type"] == "http.disconnect":
-            self.disconnected = True
-        return message
-
-    async def send_observed(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
-        try:
-            await self.send(message)
-        except OSError:
-            # ASGI 2.4 servers raise OSError on send once the client is gone.
-            self.disconnected = True
-            raise
-
-
 class WebSocketScope(RequestScope):
     """The scope of a WebSocket connection, handed over step by step.
 
@@ -242,11 +192,11 @@ class WebSocketScope(RequestScope):
     events) and starts a new one.
     """
 
-    __slots__ = ("_dispatcher", "_step")
+    __slots__ = ("_step", "dispatcher")
 
     def __init__(self, dispatcher: RequestScopedEventDispatcher) -> None:
         super().__init__(dispatcher.max_events_per_request)
-        self._dispatcher = dispatcher
+        self.dispatcher = dispatcher
         self._step = dispatcher.open_scope()
 
     def add(self, event: Event) -> bool | None:
@@ -263,58 +213,39 @@ class WebSocketScope(RequestScope):
         step = self._step
         if not len(step):
             return
-        self._step = self._dispatcher.open_scope()
-        self._dispatcher.close_scope(step)
+        self._step = self.dispatcher.open_scope()
+        self.dispatcher.close_scope(step)
 
     def finish(self, *, failed: bool) -> None:
         self.close()
-        self._dispatcher.close_scope(self._step, failed=failed)
+        self.dispatcher.close_scope(self._step, failed=failed)
 
 
-class WebSocketResponder:
-    """One WebSocket connection: events leave each time the app sends or receives."""
+class WebSocketCall(ObservedCall):
+    """One WebSocket connection: events leave each time the app sends or receives.
 
-    __slots__ = ("app", "dispatcher")
+    The same rule as HTTP: a client that closed the connection (a
+    ``websocket.disconnect`` received, an ``OSError`` from send) is not a
+    failure, nor is what the app raised because of it
+    (``WebSocketDisconnect``); the status is that of a denial response.
+    """
 
-    def __init__(self, app: ASGIApp, dispatcher: RequestScopedEventDispatcher) -> None:
-        self.app = app
-        self.dispatcher = dispatcher
+    __slots__ = ("connection",)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        connection = WebSocketScope(self.dispatcher)
-        # The same rule as HTTP: a client that closed the connection (a
-        # websocket.disconnect received, an OSError from send) is not a failure,
-        # nor is what the app raised because of it (WebSocketDisconnect).
-        disconnected = False
-        status: int | None = None  # of a denial response (websocket.http.response.start)
+    start_type = "websocket.http.response.start"
+    disconnect_type = "websocket.disconnect"
 
-        async def receive_next() -> Message:
-            nonlocal disconnected
-            connection.next_step()
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                disconnected = True
-            return message
+    def __init__(self, connection: WebSocketScope) -> None:
+        super().__init__(connection.dispatcher, connection)
+        self.connection = connection
 
-        async def send_next(message: Message) -> None:
-            nonlocal disconnected, status
-            connection.next_step()
-            if message["type"] == "websocket.http.response.start":
-                status = int(message["status"])
-            try:
-                await send(message)
-            except OSError:
-                disconnected = True
-                raise
+    async def receive(self) -> Message:
+        self.connection.next_step()
+        return await super().receive()
 
-        failed = False
-        try:
-            with self.dispatcher.activate(connection):
-                await self.app(scope, receive_next, send_next)
-        except BaseException as exc:
-            failed = request_failed(status=status, exc=exc, disconnected=disconnected)
-            raise
-        else:
-            failed = request_failed(status=status, disconnected=disconnected)
-        finally:
-            connection.finish(failed=failed)
+    async def send(self, message: Message) -> None:
+        self.connection.next_step()
+        await super().send(message)
+
+    async def close(self, *, failed: bool) -> None:
+        self.connection.finish(failed=failed)

@@ -33,8 +33,13 @@ import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from optimizely_middleware.integrations.asgi_common import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 
 __all__ = [
     "LifespanResponder",
@@ -47,12 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("optimizely_middleware")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 NO_LIFESPAN_HINT = (
     "OptimizelyASGIMiddleware is serving HTTP requests but has not seen a lifespan "
@@ -70,12 +69,6 @@ UVICORN_WHY = " (uvicorn re-raises SIGTERM after its shutdown, so exit handlers 
 EXITS_NORMALLY = {"daphne.server": "daphne"}
 # Servers whose process ends by the stop signal: exit handlers do not run.
 DIES_BY_SIGNAL = {"uvicorn.server": UVICORN_WHY}
-
-
-class Flushable(Protocol):
-    def flush(self, timeout: float | None = None) -> bool: ...
-
-    def stats(self) -> dict[str, Any]: ...
 
 
 class LifespanOwner(Protocol):
@@ -123,7 +116,7 @@ def unsent_summary(stats: Mapping[str, Any]) -> str:
     )
 
 
-def flush_for_shutdown(dispatcher: Flushable, timeout: float) -> bool:
+def flush_for_shutdown(dispatcher: RequestScopedEventDispatcher, timeout: float) -> bool:
     """Flush ``dispatcher`` for up to ``timeout`` seconds and leave it usable.
 
     Returns True when everything handed over was delivered or failed for

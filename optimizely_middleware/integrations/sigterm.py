@@ -32,9 +32,10 @@ import logging
 import os
 import signal
 import threading
-import time
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
+
+from optimizely_middleware.integrations.adapters import Flushable, flush_within
 
 __all__ = ["SignalFlush", "install_sigterm_flush"]
 
@@ -42,10 +43,6 @@ logger = logging.getLogger("optimizely_middleware")
 
 # What signal.getsignal returns: a handler, SIG_DFL / SIG_IGN, or None (set from C).
 Handler = Any
-
-
-class Flushable(Protocol):
-    def flush(self, timeout: float | None = None) -> bool: ...
 
 
 class SignalFlush:
@@ -85,15 +82,7 @@ class SignalFlush:
 
     def flush_all(self) -> bool:
         """Flush every dispatcher within ``timeout`` seconds in all; True if all settled."""
-        deadline = time.monotonic() + self.timeout
-        settled = True
-        for dispatcher in self.targets():
-            try:
-                settled = dispatcher.flush(max(0.0, deadline - time.monotonic())) and settled
-            except Exception:
-                logger.exception("Flushing Optimizely events on a signal failed.")
-                settled = False
-        return settled
+        return flush_within(self.targets(), self.timeout)
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if not self._running:

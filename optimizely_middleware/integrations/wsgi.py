@@ -2,16 +2,9 @@
 
 Works with any WSGI app: Flask, Django, Pyramid, Falcon, plain callables.
 
-Usage::
+Usage, with the dispatcher and the client built as in :mod:`optimizely_middleware`::
 
-    from optimizely_middleware import (
-        OptimizelyWSGIMiddleware,
-        RequestScopedEventDispatcher,
-        create_client,
-    )
-
-    dispatcher = RequestScopedEventDispatcher()
-    client = create_client(dispatcher, datafile=datafile_json)
+    from optimizely_middleware import OptimizelyWSGIMiddleware
 
     app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)   # Flask
     application = OptimizelyWSGIMiddleware(application, dispatcher)     # any WSGI app
@@ -28,12 +21,16 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from optimizely_middleware import process_hooks
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-from optimizely_middleware.integrations.adapters import checked_dispatcher, owned_by_outer
+from optimizely_middleware.integrations.adapters import (
+    RequestInScope,
+    checked_dispatcher,
+    owned_by_outer,
+)
 from optimizely_middleware.request_listeners import unread_body_listeners
 from optimizely_middleware.scope import RequestScope, request_failed
 
@@ -41,8 +38,19 @@ if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from optimizely.optimizely import Optimizely
+    from typing_extensions import Self
 
-__all__ = ["ENVIRON_KEY", "OptimizelyWSGIMiddleware"]
+__all__ = [
+    "ENVIRON_KEY",
+    "OptimizelyWSGIMiddleware",
+    "ScopedAsyncIterator",
+    "ScopedBody",
+    "ScopedIterator",
+    "ScopedRequest",
+    "hand_over_released_bodies",
+]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("optimizely_middleware")
 
@@ -101,8 +109,7 @@ class OptimizelyWSGIMiddleware:
         self.client = client
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if _released_during_gc:
-            hand_over_released_bodies()
+        hand_over_released_bodies()
         if self.client is not None:
             environ[ENVIRON_KEY] = self.client
         if owned_by_outer(self.dispatcher):
@@ -111,31 +118,22 @@ class OptimizelyWSGIMiddleware:
         return request.run(self.app, environ, start_response)
 
 
-class ScopedRequest:
+class ScopedRequest(RequestInScope):
     """One request's scope, from the app call until the server closes the body.
 
-    Also used by the Flask view decorator, which opens a scope per view call.
+    Also used by the Flask view decorator, which opens a scope per view call,
+    and by Django's middleware. ``with scoped:`` runs app code in the scope
+    and, if it raises, hands the events over at once (:class:`RequestInScope`).
     """
 
-    __slots__ = ("dispatcher", "finalizer", "scope")
-
-    def __init__(
-        self, dispatcher: RequestScopedEventDispatcher, scope: RequestScope | None = None
-    ) -> None:
-        self.dispatcher = dispatcher
-        self.scope = scope if scope is not None else dispatcher.open_scope()
-        self.finalizer: weakref.finalize[Any, Any] | None = None
+    __slots__ = ()
 
     def run(
         self, app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         """Call ``app`` in the scope and return a body that hands over on close."""
-        try:
-            with self.dispatcher.activate(self.scope):
-                body = app(environ, self.observe(start_response))
-        except BaseException as exc:
-            self.finish(failed=request_failed(exc=exc))
-            raise
+        with self:
+            body = app(environ, self.observe(start_response))
         return self.attach(body, environ)
 
     def observe(self, start_response: StartResponse) -> StartResponse:
@@ -216,10 +214,16 @@ class ScopedRequest:
         finally:
             self.finish(failed=failed)
 
+    def mark_failed_by(self, exc: BaseException) -> None:
+        """Mark the request failed if ``exc``, raised by app code, fails it (the end
+        of an iterator does not)."""
+        if not isinstance(exc, (StopIteration, StopAsyncIteration)) and request_failed(exc=exc):
+            self.scope.mark_failed()
+
     def finish(self, *, failed: bool = False) -> None:
         """Hand the events over now (idempotent)."""
         self.unwatch()
-        self.dispatcher.close_scope(self.scope, failed=failed)
+        super().finish(failed=failed)
 
 
 def _status_code(status: str) -> int | None:
@@ -259,10 +263,12 @@ process_hooks.on_gc(_track_collection)
 def hand_over_released_bodies() -> None:
     """Hand over the scopes of bodies released during a garbage collection.
 
-    Called at the start of every request through the middleware and at
-    interpreter exit; rarely needed by hand.
+    Every adapter that ties a scope to a body (the WSGI middleware, Django's
+    middleware) calls it at the start of each request, outside the
+    collector; it returns at once when there is nothing to hand over. It
+    also runs at interpreter exit.
     """
-    while True:
+    while _released_during_gc:
         try:
             dispatcher, scope = _released_during_gc.popleft()
         except IndexError:
@@ -274,40 +280,86 @@ def hand_over_released_bodies() -> None:
 process_hooks.on_exit("hand_over", hand_over_released_bodies)
 
 
-class ScopedBody:
-    """The response body, iterated and closed inside the request's scope."""
+class ScopedIterator(Generic[T]):
+    """An iterable run inside a request's scope: ``iter()`` and each ``next()``.
 
-    __slots__ = ("__weakref__", "_body", "_closed", "_exhausted", "_iterator", "_request")
+    An exception that fails the request (:func:`~optimizely_middleware.request_failed`)
+    marks it failed and propagates; the scope is handed over by whoever
+    closes the body. Used for the WSGI body (:class:`ScopedBody`) and for
+    Django's streaming content.
 
-    def __init__(self, body: Iterable[bytes], request: ScopedRequest) -> None:
-        self._body = body
-        self._iterator: Iterator[bytes] | None = None
-        self._closed = False
-        self._exhausted = False
+    Example::
+
+        response.streaming_content = ScopedIterator(response.streaming_content, scoped)
+    """
+
+    __slots__ = ("_iterable", "_iterator", "_request")
+
+    def __init__(self, iterable: Iterable[T], request: ScopedRequest) -> None:
+        self._iterable = iterable
+        self._iterator: Iterator[T] | None = None
         self._request = request
-        request.watch(self)
 
-    def __iter__(self) -> ScopedBody:
+    def __iter__(self) -> Self:
         return self
 
-    def __next__(self) -> bytes:
+    def __next__(self) -> T:
         request = self._request
         try:
             with request.dispatcher.activate(request.scope):
                 if self._iterator is None:
-                    self._iterator = iter(self._body)
+                    self._iterator = iter(self._iterable)
                 return next(self._iterator)
         except StopIteration:
-            # The server has written the whole body. Finish the request now, app
-            # close() included, rather than wait for the server's close(): some
-            # callers (test clients) call it late or never.
-            self._exhausted = True
-            self.close()
+            self.ended()
             raise
         except BaseException as exc:
-            if request_failed(exc=exc):
-                request.scope.mark_failed()
+            request.mark_failed_by(exc)
             raise
+
+    def ended(self) -> None:
+        """Called once the iterable is exhausted (after the scope was left)."""
+
+
+class ScopedAsyncIterator(Generic[T]):
+    """:class:`ScopedIterator` for an async iterator (Django's async streaming content)."""
+
+    __slots__ = ("_iterator", "_request")
+
+    def __init__(self, iterator: AsyncIterator[T], request: ScopedRequest) -> None:
+        self._iterator = iterator
+        self._request = request
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        request = self._request
+        try:
+            with request.dispatcher.activate(request.scope):
+                return await self._iterator.__anext__()
+        except BaseException as exc:
+            request.mark_failed_by(exc)
+            raise
+
+
+class ScopedBody(ScopedIterator[bytes]):
+    """The response body, iterated and closed inside the request's scope."""
+
+    __slots__ = ("__weakref__", "_closed", "_exhausted")
+
+    def __init__(self, body: Iterable[bytes], request: ScopedRequest) -> None:
+        super().__init__(body, request)
+        self._closed = False
+        self._exhausted = False
+        request.watch(self)
+
+    def ended(self) -> None:
+        # The server has written the whole body. Finish the request now, app
+        # close() included, rather than wait for the server's close(): some
+        # callers (test clients) call it late or never.
+        self._exhausted = True
+        self.close()
 
     def close(self) -> None:
         if not self._closed:
@@ -315,5 +367,5 @@ class ScopedBody:
             # Closed before the last chunk was taken: the server stopped
             # writing, which is how a WSGI app learns that the client went away.
             self._request.close_body(
-                getattr(self._body, "close", None), disconnected=not self._exhausted
+                getattr(self._iterable, "close", None), disconnected=not self._exhausted
             )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,12 @@ from optimizely_middleware import (
     create_client,
 )
 from optimizely_middleware.dispatcher import add_request_end_listener, remove_request_end_listener
-from optimizely_middleware.integrations.wsgi import ENVIRON_KEY
+from optimizely_middleware.integrations.wsgi import (
+    ENVIRON_KEY,
+    ScopedAsyncIterator,
+    ScopedIterator,
+    ScopedRequest,
+)
 from tests.support.fakes import RecordingSink, visitor_id_of
 
 DATAFILE_PATH = Path(__file__).parents[2] / "data" / "datafile.json"
@@ -531,3 +537,35 @@ def test_a_body_collected_while_the_dispatcher_is_locked_does_not_deadlock(setup
     assert setup.users(0) == ["cyclic"]
     assert setup.users(1) == ["next"]
     assert setup.dispatcher.stats()["open_scopes"] == 0
+
+
+def test_scoped_iterators_run_in_the_scope_and_mark_a_raise_as_failed() -> None:
+    dispatcher = RequestScopedEventDispatcher(RecordingSink())
+
+    def chunks() -> Iterator[bytes]:
+        yield b"one" if dispatcher.current_scope() is request.scope else b"outside"
+        raise ValueError("broken stream")
+
+    async def async_chunks() -> AsyncIterator[bytes]:
+        yield b"one" if dispatcher.current_scope() is request.scope else b"outside"
+        raise ValueError("broken stream")
+
+    async def read_all(stream: ScopedAsyncIterator[bytes]) -> list[bytes]:
+        return [chunk async for chunk in stream]
+
+    request = ScopedRequest(dispatcher)
+    sync_stream = ScopedIterator(chunks(), request)
+    assert next(sync_stream) == b"one"
+    assert not request.scope.failed
+    with pytest.raises(ValueError):
+        next(sync_stream)
+    assert request.scope.failed
+
+    request = ScopedRequest(dispatcher)
+    with pytest.raises(ValueError):
+        asyncio.run(read_all(ScopedAsyncIterator(async_chunks(), request)))
+    assert request.scope.failed
+
+    request = ScopedRequest(dispatcher)
+    assert list(ScopedIterator([b"a", b"b"], request)) == [b"a", b"b"]
+    assert not request.scope.failed  # the end of the stream is not a failure
