@@ -38,11 +38,11 @@ from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
-from optimizely_middleware import process_hooks
 from optimizely_middleware.client import Datafile, check_client, datafile_text
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.integrations.adapters import decorator_dispatcher
 from optimizely_middleware.integrations.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
+from optimizely_middleware.process import hooks
 from optimizely_middleware.scope import request_failed
 from optimizely_middleware.settings.build import build_client, build_dispatcher
 from optimizely_middleware.settings.model import (
@@ -168,7 +168,8 @@ class OptimizelyFlask:
         app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)  # type: ignore[method-assign]
         if settings.close_at_exit:
             at_exit = functools.partial(close_at_exit, weakref.ref(state))
-            process_hooks.on_exit("close_apps", at_exit)
+            gone = weakref.finalize(state, hooks.on_exit("close_apps", at_exit))
+            gone.atexit = False  # removed when the app goes, not before it is closed at exit
 
     def _dispatcher_of(self, client: Optimizely | None) -> RequestScopedEventDispatcher | None:
         if client is None:

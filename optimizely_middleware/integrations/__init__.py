@@ -2,6 +2,6 @@
 
 :mod:`.wsgi` and :mod:`.asgi` are the middleware every framework face builds on;
 :mod:`.lifespan` is the ASGI lifespan's flush; :mod:`.adapters` holds what every
-adapter does alike; :mod:`.uwsgi` and :mod:`.sigterm` cover servers whose
-process ends in ways of their own.
+adapter does alike; :mod:`.sigterm` covers servers that die by their stop signal
+(uWSGI's own exit and fork are the base layer's: :mod:`optimizely_middleware.process.uwsgi`).
 """
