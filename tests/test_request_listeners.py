@@ -80,22 +80,3 @@ def test_unread_body_listeners_hear_of_each_wsgi_body_until_removed(
     app({}, lambda status, headers, exc_info=None: lambda data: None)
     assert len(heard) == 1
 
-
-def test_a_listener_on_one_dispatcher_hears_only_that_dispatcher() -> None:
-    ended: list[RequestScopedEventDispatcher] = []
-
-    def listener(d: RequestScopedEventDispatcher, items: list[object], failed: bool) -> None:
-        ended.append(d)
-
-    mine = RequestScopedEventDispatcher(RecordingSink())
-    other = RequestScopedEventDispatcher(RecordingSink())
-    mine.add_request_end_listener(listener)
-    mine.add_request_end_listener(listener)  # once is enough
-    with other.request_scope():
-        pass
-    with mine.request_scope():
-        pass
-    mine.remove_request_end_listener(listener)
-    with mine.request_scope():
-        pass
-    assert ended == [mine]
