@@ -79,4 +79,3 @@ def test_unread_body_listeners_hear_of_each_wsgi_body_until_removed(
     assert "A listener of unread bodies raised; ignored." in caplog.text
     app({}, lambda status, headers, exc_info=None: lambda data: None)
     assert len(heard) == 1
-
