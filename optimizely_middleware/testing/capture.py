@@ -85,7 +85,8 @@ class CaptureTransport:
         pass
 
 
-# Installed captures, innermost last: the innermost one receives the POSTs.
+# A capture reroutes every sender of the process, so the stack of installed ones is
+# the process's too. Installed captures, innermost last: the innermost gets the POSTs.
 _installed: list[EventCapture] = []
 _installed_lock = threading.Lock()
 # Each captured sender's own transport, restored when the last capture goes.
