@@ -110,6 +110,6 @@ def __dir__() -> list[str]:
 
 if "uwsgi" in sys.modules:
     # Inside uWSGI: warn if its Python threads are off, chain uwsgi.atexit.
-    from optimizely_middleware.integrations.uwsgi import check_uwsgi
+    from optimizely_middleware.process.uwsgi import check_uwsgi
 
     check_uwsgi()

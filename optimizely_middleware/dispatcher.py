@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 import threading
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal
 
+from optimizely_middleware.delivery.drops import DropReason
+from optimizely_middleware.delivery.ledger import DropLedger
 from optimizely_middleware.delivery.sink import EventSink
 from optimizely_middleware.errors import EventOutsideScopeError, WiringWarning
+from optimizely_middleware.process import hooks
 from optimizely_middleware.request_listeners import (
-    RequestEndListener,
+    Listeners,
     add_request_end_listener,
-    live_dispatchers,
     remove_request_end_listener,
 )
 from optimizely_middleware.scope import RequestScope, ScopeBlock, ScopeVar
@@ -44,6 +46,7 @@ __all__ = [
     "OutsideScopePolicy",
     "RequestEndListener",
     "RequestScopedEventDispatcher",
+    "UnreadBodyListener",
     "add_request_end_listener",
     "remove_request_end_listener",
 ]
@@ -52,6 +55,12 @@ logger = logging.getLogger("optimizely_middleware")
 
 OutsideScopePolicy = Literal["send", "drop", "raise"]
 FailedRequestPolicy = Literal["keep", "discard"]
+
+# Called with (dispatcher, items, failed) each time a request scope closes, on the
+# request's thread; items are LogEvents and PendingUserEvents.
+RequestEndListener = Callable[["RequestScopedEventDispatcher", "list[Any]", bool], None]
+# Called with (dispatcher, scope) when a WSGI body is returned with its scope still open.
+UnreadBodyListener = Callable[["RequestScopedEventDispatcher", RequestScope], None]
 
 # The SDK's BatchEventProcessor runs dispatch_event on a thread of this name.
 SDK_EVENT_THREAD_NAME = "EventThread"
@@ -122,24 +131,26 @@ class RequestScopedEventDispatcher:
         self.failed_requests: FailedRequestPolicy = failed_requests
         self.max_events_per_request = max_events_per_request
         self._scope_var = ScopeVar(f"optimizely_middleware.scope.{id(self):x}")
-        self._listeners: tuple[RequestEndListener, ...] = ()
+        #: Told of each request's end (:meth:`add_request_end_listener`).
+        self.request_end_listeners: Listeners[RequestEndListener] = Listeners("request ends")
+        #: Told of each WSGI body returned with its scope still open (the testing kit listens).
+        self.unread_body_listeners: Listeners[UnreadBodyListener] = Listeners("unread bodies")
         self._warned: set[str] = set()
-        self._reset_counters()
-        live_dispatchers.add(self)
+        # The dispatcher's policies say why in their own words (once), not per event.
+        self._lost = DropLedger(log=False)
+        self.after_fork_in_child()
+        hooks.on_fork(self)
+        hooks.live_parts.add(self)
 
-    def _reset_counters(self) -> None:
-        """Zero counters and a new lock: at construction and in a new process
+    def after_fork_in_child(self) -> None:
+        """Zero counters and new locks: at construction and in a new process
         (after a fork the parent's counts are not this process's, and a parent
-        thread may have held the lock)."""
-        self._pid = os.getpid()
+        thread may have held a lock)."""
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
         self._open_scopes = 0
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            self._reset_counters()
+        self.request_end_listeners.after_fork_in_child()
+        self.unread_body_listeners.after_fork_in_child()
 
     # -- the SDK-facing side -------------------------------------------------
 
@@ -155,6 +166,7 @@ class RequestScopedEventDispatcher:
                 return
         # The SDK's ForwardingEventProcessor catches what dispatch_event raises
         # and logs the whole event at ERROR: raising from there reaches nobody.
+        # Its frame is the one way to tell it from any other caller.
         caller = sys._getframe(1).f_code
         self._outside_scope(event, can_raise=caller is not _forwarding_process_code())
 
@@ -172,20 +184,20 @@ class RequestScopedEventDispatcher:
         self._outside_scope(item, can_raise=True)
 
     def _outside_scope(self, item: object, *, can_raise: bool) -> None:
-        self._check_pid()
+        hooks.check_fork()
         self._check_wiring()
         if self.outside_scope == "send":
             self._count("outside_scope_sent", 1)
             self._submit([item])
         elif self.outside_scope == "drop":
-            self._drop("outside_scope", 1)
+            self._lost.record_lost_event(DropReason.OUTSIDE_SCOPE, 1)
             self._warn_once(
                 "outside_scope",
                 "An Optimizely event arrived outside any request scope and was dropped "
                 "(outside_scope='drop'); further drops are counted in stats() only.",
             )
         else:
-            self._drop("outside_scope_raised", 1)
+            self._lost.record_lost_event(DropReason.OUTSIDE_SCOPE_RAISED, 1)
             message = (
                 "An Optimizely event was dispatched outside any request scope "
                 "(outside_scope='raise'). Wrap the code in dispatcher.request_scope() "
@@ -232,7 +244,7 @@ class RequestScopedEventDispatcher:
 
     def open_scope(self) -> RequestScope:
         """Create a scope for a new request. Activate it with :meth:`activate`."""
-        self._check_pid()
+        hooks.check_fork()
         with self._lock:
             self._open_scopes += 1
         return RequestScope(self.max_events_per_request)
@@ -275,25 +287,20 @@ class RequestScopedEventDispatcher:
         if events is None:
             return None
         failed = failed or scope.failed
-        self._check_pid()
+        hooks.check_fork()
         with self._lock:
             self._open_scopes = max(0, self._open_scopes - 1)
             self._counts["requests"] += 1
             if failed:
                 self._counts["failed_requests"] += 1
             self._counts["collected"] += len(events)
-            if scope.overflowed:
-                self._dropped["request_cap"] += scope.overflowed
-            listeners = self._listeners
-        for listener in listeners:
-            try:
-                listener(self, events, failed)
-            except Exception:
-                logger.exception("A request-end listener raised; ignored.")
+        self._lost.record_lost_event(DropReason.REQUEST_CAP, scope.overflowed)
+        if self.request_end_listeners:
+            self.request_end_listeners.notify(self, events, failed)
         if not events:
             return None
         if failed and self.failed_requests == "discard":
-            self._drop("failed_request", len(events))
+            self._lost.record_lost_event(DropReason.FAILED_REQUEST, len(events))
             logger.info("Discarded %d Optimizely events of a failed request.", len(events))
             return None
         return events
@@ -301,14 +308,11 @@ class RequestScopedEventDispatcher:
     def add_request_end_listener(self, listener: RequestEndListener) -> None:
         """Call ``listener(self, items, failed)`` each time a request scope of this
         dispatcher closes, on the request's thread (keep it O(1))."""
-        with self._lock:
-            if listener not in self._listeners:
-                self._listeners = (*self._listeners, listener)
+        self.request_end_listeners.add(listener)
 
     def remove_request_end_listener(self, listener: RequestEndListener) -> None:
         """Undo :meth:`add_request_end_listener` (no error if it was not added)."""
-        with self._lock:
-            self._listeners = tuple(item for item in self._listeners if item != listener)
+        self.request_end_listeners.remove(listener)
 
     def request_scope(self) -> ScopeBlock:
         """A ``with`` / ``async with`` block that is one request.
@@ -329,7 +333,7 @@ class RequestScopedEventDispatcher:
         self._count("handed_over", len(events))
 
     def _sender_raised(self, exc: Exception, events: list[Any]) -> None:
-        self._drop("sender_error", len(events))
+        self._lost.record_lost_event(DropReason.SENDER_ERROR, len(events))
         logger.error(
             "The event sender raised %s while taking %d events; they are dropped.",
             type(exc).__name__,
@@ -352,11 +356,11 @@ class RequestScopedEventDispatcher:
         sender (``queue_full``, ``retries_exhausted``, ...).
         """
         sender_stats = dict(self.sender.stats())
-        self._check_pid()
+        hooks.check_fork()
         with self._lock:
             counts = dict(self._counts)
-            dropped = Counter(self._dropped)
             open_scopes = self._open_scopes
+        dropped = Counter(self._lost.dropped())
         dropped.update(sender_stats.pop("dropped", {}) or {})
         merged: dict[str, Any] = {
             "requests": counts.get("requests", 0),
@@ -375,10 +379,6 @@ class RequestScopedEventDispatcher:
     def _count(self, key: str, n: int) -> None:
         with self._lock:
             self._counts[key] += n
-
-    def _drop(self, reason: str, n: int) -> None:
-        with self._lock:
-            self._dropped[reason] += n
 
     def _warn_once(self, key: str, message: str, *, category: type[Warning] | None = None) -> None:
         """Log ``message`` once per ``key``; with ``category``, also ``warnings.warn`` it."""

@@ -38,7 +38,6 @@ from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException
 from werkzeug.local import LocalProxy
 
-from optimizely_middleware import process_hooks
 from optimizely_middleware.client import Datafile, datafile_text
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.integrations.adapters import (
@@ -47,6 +46,7 @@ from optimizely_middleware.integrations.adapters import (
     owned_by_outer,
 )
 from optimizely_middleware.integrations.wsgi import OptimizelyWSGIMiddleware, ScopedRequest
+from optimizely_middleware.process import hooks
 from optimizely_middleware.scope import request_failed
 from optimizely_middleware.settings.model import (
     DATAFILE_SOURCES,
@@ -160,7 +160,8 @@ class OptimizelyFlask:
         app.wsgi_app = OptimizelyWSGIMiddleware(app.wsgi_app, dispatcher)  # type: ignore[method-assign]
         if settings.close_at_exit:
             at_exit = functools.partial(close_at_exit, weakref.ref(state))
-            process_hooks.on_exit("close_apps", at_exit)
+            gone = weakref.finalize(state, hooks.on_exit("close_apps", at_exit))
+            gone.atexit = False  # removed when the app goes, not before it is closed at exit
 
     def _settings_from(self, config: Mapping[str, Any]) -> OptimizelySettings:
         """``app.config``'s ``OPTIMIZELY_*`` keys and the environment, checked; the

@@ -1,26 +1,22 @@
-"""Request-end listeners for every dispatcher in the process, existing or created later.
+"""A list of listeners that one dispatcher calls: the request-end and unread-body hooks.
 
-Usage::
+Usage (what :class:`~optimizely_middleware.RequestScopedEventDispatcher` does)::
 
-    from optimizely_middleware.dispatcher import (
-        add_request_end_listener,
-        remove_request_end_listener,
-    )
+    listeners: Listeners[Callable[[int], None]] = Listeners("request ends")
+    listeners.add(print)
+    listeners.notify(3)        # print(3); a listener that raises is logged and skipped
+    listeners.remove(print)
 
-    def on_request_end(dispatcher, items, failed):
-        print(len(items), "events; failed:", failed)
+The listeners live on each dispatcher (``dispatcher.request_end_listeners``,
+``dispatcher.unread_body_listeners``). :func:`add_request_end_listener` and
+:func:`add_unread_body_listener` add one to every dispatcher of the process,
+existing or created later (the testing kit's way in, without changes to the
+app): the subscription for those made later is kept in the process's one
+registry of live parts (:data:`optimizely_middleware.process.hooks.live_parts`)::
 
-    add_request_end_listener(on_request_end)
+    add_request_end_listener(on_request_end)   # on_request_end(dispatcher, items, failed)
     ...
     remove_request_end_listener(on_request_end)
-
-The testing kit groups events per request this way, without changes to the
-app. Each :class:`~optimizely_middleware.RequestScopedEventDispatcher`
-registers itself in :data:`live_dispatchers` when it is built.
-
-:data:`unread_body_listeners` hear of each WSGI response returned with its
-scope still open, whose events wait for the server to take the body; the
-testing kit hands those over for a test that never reads the body.
 """
 
 from __future__ import annotations
@@ -28,101 +24,121 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
-from optimizely_middleware.process_hooks import Registry
-
-if TYPE_CHECKING:
-    from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
-    from optimizely_middleware.scope import RequestScope
+from optimizely_middleware.process import hooks
 
 __all__ = [
-    "RequestEndListener",
-    "UnreadBodyListener",
-    "UnreadBodyListeners",
+    "Listeners",
     "add_request_end_listener",
-    "live_dispatchers",
+    "add_unread_body_listener",
     "remove_request_end_listener",
-    "unread_body_listeners",
+    "remove_unread_body_listener",
 ]
 
 logger = logging.getLogger("optimizely_middleware")
 
-# Called with (dispatcher, items, failed) each time a request scope closes;
-# items are LogEvents and PendingUserEvents.
-RequestEndListener = Callable[["RequestScopedEventDispatcher", "list[Any]", bool], None]
-
-# Every live dispatcher, so that a process-wide listener reaches those created later too.
-live_dispatchers: Registry[RequestScopedEventDispatcher] = Registry()
-_process_listeners: dict[RequestEndListener, Callable[[], None]] = {}
-_process_listeners_lock = threading.Lock()
+L = TypeVar("L", bound=Callable[..., object])
 
 
-def add_request_end_listener(listener: RequestEndListener) -> None:
-    """Call ``listener(dispatcher, items, failed)`` whenever a request scope of any
-    dispatcher in the process, existing or created later, closes.
-    Listeners run on the request's thread: keep them O(1)."""
-    with _process_listeners_lock:
-        if listener in _process_listeners:
-            return
-        _process_listeners[listener] = live_dispatchers.subscribe(
-            lambda dispatcher: dispatcher.add_request_end_listener(listener)
-        )
-    for dispatcher in live_dispatchers.live():
-        dispatcher.add_request_end_listener(listener)
+class Listeners(Generic[L]):
+    """Listeners called in the order they were added; each at most once in the list.
 
-
-def remove_request_end_listener(listener: RequestEndListener) -> None:
-    """Undo :func:`add_request_end_listener`."""
-    with _process_listeners_lock:
-        unsubscribe = _process_listeners.pop(listener, None)
-    if unsubscribe is not None:
-        unsubscribe()
-    for dispatcher in live_dispatchers.live():
-        dispatcher.remove_request_end_listener(listener)
-
-
-# Called with (dispatcher, scope) on the request's thread.
-UnreadBodyListener = Callable[["RequestScopedEventDispatcher", "RequestScope"], None]
-
-
-class UnreadBodyListeners:
-    """Who hears of WSGI responses whose events wait for their body to be taken.
-
-    A WSGI adapter calls :meth:`notify` when the app returned a body and the
-    request's scope stays open until the server has taken it. Nobody listens
-    in production (the check costs one truth test); the testing kit does,
-    since a test client takes the body only when the test reads it.
+    ``notify`` reads a tuple without a lock (adding and removing replace it),
+    and an empty list is falsy, so the check on a request's path is one truth test.
 
     Example::
 
-        unread_body_listeners.add(on_unread_body)   # on_unread_body(dispatcher, scope)
-        ...
-        unread_body_listeners.remove(on_unread_body)
+        heard = Listeners[Callable[[str], None]]("unread bodies")
+        if heard:
+            heard.notify("scope")
     """
 
-    def __init__(self) -> None:
-        self._listeners: tuple[UnreadBodyListener, ...] = ()
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._listeners: tuple[L, ...] = ()
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self._listeners)
 
-    def add(self, listener: UnreadBodyListener) -> None:
+    def add(self, listener: L) -> None:
         with self._lock:
             if listener not in self._listeners:
                 self._listeners = (*self._listeners, listener)
 
-    def remove(self, listener: UnreadBodyListener) -> None:
+    def remove(self, listener: L) -> None:
+        """Remove ``listener`` (no error if it was not added)."""
         with self._lock:
             self._listeners = tuple(item for item in self._listeners if item != listener)
 
-    def notify(self, dispatcher: RequestScopedEventDispatcher, scope: RequestScope) -> None:
+    def notify(self, *args: Any) -> None:
         for listener in self._listeners:
             try:
-                listener(dispatcher, scope)
+                listener(*args)
             except Exception:
-                logger.exception("An unread-body listener raised; ignored.")
+                logger.exception("A listener of %s raised; ignored.", self.kind)
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it at fork time
 
 
-unread_body_listeners = UnreadBodyListeners()
+class _OnEveryDispatcher:
+    """A live-parts subscriber that adds ``listener`` to a dispatcher's ``attribute``
+    list; equal for the same list and listener, so removing finds it."""
+
+    __slots__ = ("attribute", "listener")
+
+    def __init__(self, attribute: str, listener: Callable[..., object]) -> None:
+        self.attribute = attribute
+        self.listener = listener
+
+    def __call__(self, part: object) -> None:
+        listeners = getattr(part, self.attribute, None)
+        if isinstance(listeners, Listeners):
+            listeners.add(self.listener)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _OnEveryDispatcher)
+            and other.attribute == self.attribute
+            and other.listener == self.listener
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.attribute, self.listener))
+
+    def add(self) -> None:
+        hooks.live_parts.subscribe(self)
+        for part in hooks.live_parts.live():
+            self(part)
+
+    def remove(self) -> None:
+        hooks.live_parts.unsubscribe(self)
+        for part in hooks.live_parts.live():
+            listeners = getattr(part, self.attribute, None)
+            if isinstance(listeners, Listeners):
+                listeners.remove(self.listener)
+
+
+def add_request_end_listener(listener: Callable[..., object]) -> None:
+    """Call ``listener(dispatcher, items, failed)`` whenever a request scope of any
+    dispatcher in the process, existing or created later, closes (on the request's
+    thread: keep it O(1))."""
+    _OnEveryDispatcher("request_end_listeners", listener).add()
+
+
+def remove_request_end_listener(listener: Callable[..., object]) -> None:
+    """Undo :func:`add_request_end_listener`."""
+    _OnEveryDispatcher("request_end_listeners", listener).remove()
+
+
+def add_unread_body_listener(listener: Callable[..., object]) -> None:
+    """Call ``listener(dispatcher, scope)`` whenever a WSGI response of any dispatcher
+    is returned with its scope still open (its events wait for the body to be taken)."""
+    _OnEveryDispatcher("unread_body_listeners", listener).add()
+
+
+def remove_unread_body_listener(listener: Callable[..., object]) -> None:
+    """Undo :func:`add_unread_body_listener`."""
+    _OnEveryDispatcher("unread_body_listeners", listener).remove()

@@ -3,13 +3,13 @@
 Usage::
 
     log = DropLog(interval=10.0)
-    log.record(QUEUE_FULL, 3, detail="")   # logged at once, or held back and counted
+    log.record(DropReason.QUEUE_FULL, 3)   # logged at once, or held back and counted
     log.flush()                            # logs every held-back count now
     log.totals(delivered_events=97, delivered_posts=2)  # the final line at close()
 
-Every lost event of the engine goes through one place,
-:meth:`~optimizely_middleware.delivery.engine.DeliveryEngine.record_lost_event`, which
-counts it under one of the reasons below and calls :meth:`DropLog.record`.
+Every lost event, the dispatcher's and the sender's, goes through one place,
+:meth:`~optimizely_middleware.delivery.ledger.DropLedger.record_lost_event`, which
+counts it under a :class:`DropReason` and calls :meth:`DropLog.record`.
 Messages name the reason and the error, never a payload, and URLs in them
 have their query string and user info removed (:func:`redact`).
 """
@@ -22,20 +22,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from enum import Enum
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
-    "CLOSED",
-    "PROCESS_CHANGED",
-    "QUEUE_BYTES",
-    "QUEUE_FULL",
-    "REJECTED",
-    "RETRIES_EXHAUSTED",
-    "SENDER_ERROR",
-    "SHUTDOWN",
-    "UNSERIALIZABLE",
     "DropLog",
+    "DropReason",
     "describe_error",
     "redact",
     "safe_url",
@@ -43,27 +36,57 @@ __all__ = [
 
 logger = logging.getLogger("optimizely_middleware.sender")
 
-# Drop reasons: the keys of stats()["dropped"].
-QUEUE_FULL: Final = "queue_full"
-QUEUE_BYTES: Final = "queue_bytes"
-CLOSED: Final = "closed"
-UNSERIALIZABLE: Final = "unserializable"
-REJECTED: Final = "rejected"
-RETRIES_EXHAUSTED: Final = "retries_exhausted"
-SHUTDOWN: Final = "shutdown"
-SENDER_ERROR: Final = "sender_error"
-PROCESS_CHANGED: Final = "process_changed"
+
+class DropReason(str, Enum):
+    """Why events were lost: the keys of ``stats()["dropped"]``, the dispatcher's and the
+    sender's alike, each with the sentence its log line gives.
+
+    Example::
+
+        ledger.record_lost_event(DropReason.QUEUE_FULL, 3)
+        assert sender.stats()["dropped"] == {"queue_full": 3}
+    """
+
+    # The dispatcher's: a request's policy, decided before the hand-off.
+    REQUEST_CAP = "request_cap"
+    FAILED_REQUEST = "failed_request"
+    OUTSIDE_SCOPE = "outside_scope"
+    OUTSIDE_SCOPE_RAISED = "outside_scope_raised"
+    # The sender's (and the dispatcher's when a sender raises at the hand-off).
+    QUEUE_FULL = "queue_full"
+    QUEUE_BYTES = "queue_bytes"
+    CLOSED = "closed"
+    UNSERIALIZABLE = "unserializable"
+    REJECTED = "rejected"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    SHUTDOWN = "shutdown"
+    SENDER_ERROR = "sender_error"
+    PROCESS_CHANGED = "process_changed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def why(self) -> str:
+        """What happened to the events, for the log line."""
+        return _WHY[self]
+
 
 _WHY: Final = {
-    QUEUE_FULL: "the queue is full (max_queue_events)",
-    QUEUE_BYTES: "the queue is full (max_queue_bytes)",
-    CLOSED: "the sender is closed",
-    UNSERIALIZABLE: "the event cannot be encoded to JSON; the rest of its batch is sent",
-    REJECTED: "the POST failed in a way a retry cannot fix; not retried",
-    RETRIES_EXHAUSTED: "every retry failed",
-    SHUTDOWN: "the sender was closed before they could be sent",
-    SENDER_ERROR: "unexpected error in the sender",
-    PROCESS_CHANGED: "their worker thread was left behind by a change of threading library",
+    DropReason.REQUEST_CAP: "the request produced more than max_events_per_request",
+    DropReason.FAILED_REQUEST: "the request failed and failed_requests='discard'",
+    DropReason.OUTSIDE_SCOPE: "dispatched outside any request scope (outside_scope='drop')",
+    DropReason.OUTSIDE_SCOPE_RAISED: "dispatched outside any request scope (outside_scope='raise')",
+    DropReason.QUEUE_FULL: "the queue is full (max_queue_events)",
+    DropReason.QUEUE_BYTES: "the queue is full (max_queue_bytes)",
+    DropReason.CLOSED: "the sender is closed",
+    DropReason.UNSERIALIZABLE: "the event cannot be encoded to JSON; the rest of its batch is sent",
+    DropReason.REJECTED: "the POST failed in a way a retry cannot fix; not retried",
+    DropReason.RETRIES_EXHAUSTED: "every retry failed",
+    DropReason.SHUTDOWN: "the sender was closed before they could be sent",
+    DropReason.SENDER_ERROR: "unexpected error in the sender",
+    DropReason.PROCESS_CHANGED: "their worker thread was left behind by a change of "
+    "threading library",
 }
 
 
@@ -116,18 +139,14 @@ class DropLog:
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
-        self._clock = clock
+        self.clock = clock
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def after_fork_in_child(self) -> None:
-        """A new lock: a parent thread may have held this one at fork time."""
-        self._lock = threading.Lock()
-
     def record(self, reason: str, count: int, detail: str = "") -> None:
         """Log ``count`` events dropped for ``reason`` (or hold the count back)."""
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             last = self._last.get(reason)
             if last is not None and now - last < self.interval:
@@ -136,7 +155,7 @@ class DropLog:
             self._last[reason] = now
             held = self._held.pop(reason, 0)
         message = "Dropped %d Optimizely event(s) [%s]: %s"
-        args: tuple[object, ...] = (count, reason, _WHY.get(reason, reason))
+        args: tuple[object, ...] = (count, reason, _why(reason))
         if detail:
             message += " (%s)"
             args = (*args, redact(detail))
@@ -149,7 +168,7 @@ class DropLog:
         """Log every held-back count now."""
         with self._lock:
             held, self._held = self._held, Counter()
-            now = self._clock()
+            now = self.clock()
             for reason in held:
                 self._last[reason] = now
         for reason, count in sorted(held.items()):
@@ -157,7 +176,7 @@ class DropLog:
                 "Dropped %d more Optimizely event(s) [%s]: %s",
                 count,
                 reason,
-                _WHY.get(reason, reason),
+                _why(reason),
             )
 
     def totals(self, *, delivered_events: int, delivered_posts: int, dropped: Counter[str]) -> None:
@@ -178,3 +197,10 @@ class DropLog:
             lost,
             ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items())),
         )
+
+
+def _why(reason: str) -> str:
+    try:
+        return DropReason(reason).why
+    except ValueError:
+        return reason

@@ -15,7 +15,9 @@ about 1 ms) and files the bytes, whole hand-offs at once, in the bounded
 engine's threads (:mod:`~optimizely_middleware.delivery.worker`) only do
 I/O: take a ready batch (the :class:`LingerOrFull` strategy decides),
 POST it with retries (:mod:`~optimizely_middleware.delivery.posting`),
-wait. Every lost event goes through :meth:`DeliveryEngine.record_lost_event`.
+wait. Every lost event goes through one
+:class:`~optimizely_middleware.delivery.ledger.DropLedger`; a forked child
+is noticed by the package's one fork check (:mod:`optimizely_middleware.process.hooks`).
 """
 
 from __future__ import annotations
@@ -25,42 +27,25 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
-from optimizely_middleware import process_hooks
-from optimizely_middleware.delivery import drops
 from optimizely_middleware.delivery.batch_queue import Batch, BatchQueue, LingerOrFull
 from optimizely_middleware.delivery.clock import Clock, Wait, wait_on
+from optimizely_middleware.delivery.drops import DropReason, describe_error, redact
 from optimizely_middleware.delivery.encoded import ItemEncoder
 from optimizely_middleware.delivery.handoff import SLICE_SECONDS, HandOffEncoding
+from optimizely_middleware.delivery.ledger import DropLedger, ErrorCallback
 from optimizely_middleware.delivery.posting import BatchPoster
 from optimizely_middleware.delivery.retry import RetryPolicy
 from optimizely_middleware.delivery.transport import Transport
-from optimizely_middleware.delivery.worker import ProcessStamp, WorkerPool
+from optimizely_middleware.delivery.worker import ThreadingStamp, WorkerPool
+from optimizely_middleware.process import hooks
 
 __all__ = ["DeliveryEngine", "ErrorCallback"]
 
 logger = logging.getLogger("optimizely_middleware.sender")
-
-# on_error(items, reason): items that will never be sent.
-ErrorCallback = Callable[[list[Any], str], None]
-
-
-class _ReinitLock:
-    """The lock around re-initialisation, itself renewed in a forked child."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        process_hooks.on_fork_in_child("senders", self.renew)
-
-    def renew(self) -> None:
-        self.lock = threading.Lock()  # a parent thread may have held it at fork time
-
-
-_reinit = _ReinitLock()
 
 
 class DeliveryEngine:
@@ -115,7 +100,6 @@ class DeliveryEngine:
         # Built once here so that a batch bigger than the queue fails at construction.
         BatchQueue(max_events=max_queue_events, max_bytes=max_queue_bytes, strategy=self.strategy)
         self.max_in_flight = max_in_flight
-        self.on_error = on_error
         self.slice_seconds = slice_seconds
         self._slice_clock = slice_clock
         self._clock = clock
@@ -127,12 +111,18 @@ class DeliveryEngine:
             clock=clock,
             wait=wait,
         )
-        self._drop_log = drops.DropLog(drop_log_interval, clock)
+        self._ledger = DropLedger(on_error=on_error, log_interval=drop_log_interval, clock=clock)
         self._pool = WorkerPool(
             self._run, max_workers=max_in_flight, scale_up_after=scale_up_after, clock=clock
         )
         self._tokens = itertools.count(1)
+        self._reinit_lock = threading.Lock()
         self._reset(keep=False)
+        hooks.on_fork(self)  # after the ledger and the transport: they start over first
+
+    @property
+    def on_error(self) -> ErrorCallback | None:
+        return self._ledger.on_error
 
     @property
     def endpoint(self) -> str | None:
@@ -144,7 +134,7 @@ class DeliveryEngine:
 
     def _reset(self, *, keep: bool) -> None:
         """New locks, no threads; a clean queue and zero counters unless ``keep``."""
-        self._stamp = ProcessStamp()
+        self._threading = ThreadingStamp()
         self._cond = threading.Condition(threading.Lock())
         self._pool.reset()
         self._jobs: dict[int, tuple[int, int]] = {}  # POST job -> (oldest seq, events)
@@ -164,34 +154,33 @@ class DeliveryEngine:
         self._submitted = 0
         self._delivered_events = 0
         self._delivered_posts = 0
-        self._dropped: Counter[str] = Counter()
 
     # -- process changes -------------------------------------------------------
 
     def check_process(self) -> None:
-        """Re-initialise if the process or the threading library changed (cheap)."""
-        if self._stamp.changed():
-            with _reinit.lock:
-                if self._stamp.changed():
-                    self._reinit()
+        """Start over if the process (the one fork check) or the threading library changed."""
+        hooks.check_fork()
+        if self._threading.changed():
+            with self._reinit_lock:
+                if self._threading.changed():
+                    self._adopt_patched_threading()
 
-    def _reinit(self) -> None:
-        if not self._stamp.same_pid():
-            # A forked child: the parent's threads do not exist here, and its
-            # locks may be held forever. The parent's queue is the parent's to
-            # send; the child starts empty and counts only its own events.
-            self._reset(keep=False)
-            self._drop_log.after_fork_in_child()
-            after_fork = getattr(self.encoder, "after_fork_in_child", None)
-            if after_fork is not None:
-                after_fork()
-            return
+    def after_fork_in_child(self) -> None:
+        """A forked child: the parent's threads do not exist here, and its locks may be
+        held forever. The parent's queue is the parent's to send; the child starts
+        empty and counts only its own events."""
+        self._reinit_lock = threading.Lock()
+        self._reset(keep=False)
+        after_fork = getattr(self.encoder, "after_fork_in_child", None)
+        if after_fork is not None:
+            after_fork()
+
+    def _adopt_patched_threading(self) -> None:
         # Same process, threading monkey-patched since (gevent): keep the
         # queue and the counters; batches on the old threads are unconfirmed.
         lost = self._in_flight
         self._reset(keep=True)
-        if lost:
-            self.record_lost_event(drops.PROCESS_CHANGED, lost)
+        self._lose(DropReason.PROCESS_CHANGED, lost)
         if self._queue.count:
             with self._cond:
                 self._pool.wake(self._cond)
@@ -204,16 +193,6 @@ class DeliveryEngine:
     @transport.setter
     def transport(self, transport: Transport) -> None:
         self._poster.transport = transport
-
-    @contextmanager
-    def use_transport(self, transport: Transport) -> Iterator[Transport]:
-        """``with engine.use_transport(t):`` POSTs go through ``t``, then the previous one."""
-        previous, self._poster.transport = self._poster.transport, transport
-        try:
-            yield transport
-        finally:
-            if self._poster.transport is transport:
-                self._poster.transport = previous
 
     # -- the hand-off (the caller's thread or task) ------------------------------------
 
@@ -256,21 +235,21 @@ class DeliveryEngine:
             if not n:
                 return None
             self.check_process()
-            lost_reason = ""
+            lost_reason: DropReason | None = None
             with self._cond:
                 self._submitted += n
                 if self._closed:
-                    lost_reason, accepted = drops.CLOSED, 0
+                    lost_reason, accepted = DropReason.CLOSED, 0
                 else:
                     first_seq = self._queue.next_seq
                     accepted = self._queue.reserve(n)
                     if accepted < n:
-                        lost_reason = drops.QUEUE_FULL
+                        lost_reason = DropReason.QUEUE_FULL
                     if accepted:
                         token = next(self._tokens)
                         self._handoffs[token] = (first_seq, accepted)
-            if lost_reason:
-                self.record_lost_event(lost_reason, n - accepted, items[accepted:])
+            if lost_reason is not None:
+                self._lose(lost_reason, n - accepted, items[accepted:])
             if not accepted:
                 return None
             return HandOffEncoding(
@@ -300,12 +279,12 @@ class DeliveryEngine:
     def _log_handoff_failure(self, items: Sequence[object]) -> None:
         # Never raise into the request; the loss is still counted and logged.
         with suppress(Exception):
-            self.record_lost_event(drops.SENDER_ERROR, len(items))
+            self._lose(DropReason.SENDER_ERROR, len(items))
         logger.exception("The Optimizely event hand-off failed; the events are dropped.")
 
     def _file(self, encoding: HandOffEncoding) -> None:
         token = encoding.token
-        keep = self.on_error is not None
+        keep = self._ledger.on_error is not None
         with self._cond:
             if token not in self._handoffs:
                 return  # close() gave up on it (and counted it), or a new process
@@ -321,10 +300,10 @@ class DeliveryEngine:
                 self._pool.wake(self._cond)
             self._grow_if_posts_are_slow()
         if over_bytes:
-            self.record_lost_event(drops.QUEUE_BYTES, over_bytes)
+            self._lose(DropReason.QUEUE_BYTES, over_bytes)
         for item, why in encoding.failed:
             logger.debug("Unencodable Optimizely event: %r", getattr(item, "params", item))
-            self.record_lost_event(drops.UNSERIALIZABLE, 1, [item], why)
+            self._lose(DropReason.UNSERIALIZABLE, 1, [item], why)
 
     def retire_workers(self, timeout: float) -> bool:
         """Stop every worker thread once idle (new ones start on demand); True if none is left.
@@ -369,7 +348,7 @@ class DeliveryEngine:
                         done = self._cond.wait_for(lambda: self._oldest_pending() >= target, step)
                 finally:
                     self._flushing -= 1
-        self._drop_log.flush()
+        self._ledger.flush_log()
         return done
 
     def close(self, timeout: float | None = None) -> None:
@@ -409,11 +388,10 @@ class DeliveryEngine:
                 self._in_flight = 0
             self._cond.notify_all()
         if drained or encoding:
-            self.record_lost_event(drops.SHUTDOWN, drained + encoding, kept)
-        self.record_lost_event(drops.SHUTDOWN, unconfirmed)
+            self._lose(DropReason.SHUTDOWN, drained + encoding, kept)
+        self._lose(DropReason.SHUTDOWN, unconfirmed)
         self._pool.join(deadline)
         with self._cond:
-            dropped = Counter(self._dropped)
             delivered_events, delivered_posts = self._delivered_events, self._delivered_posts
         if drained or encoding or unconfirmed:
             logger.warning(
@@ -424,9 +402,9 @@ class DeliveryEngine:
                 encoding,
                 unconfirmed,
             )
-        if not already and (delivered_events or dropped):
-            self._drop_log.totals(
-                delivered_events=delivered_events, delivered_posts=delivered_posts, dropped=dropped
+        if not already:
+            self._ledger.close_report(
+                delivered_events=delivered_events, delivered_posts=delivered_posts
             )
 
     def stats(self) -> dict[str, Any]:
@@ -442,7 +420,7 @@ class DeliveryEngine:
                 "delivered_events": self._delivered_events,
                 "delivered_posts": self._delivered_posts,
                 "retries": self._poster.retries,
-                "dropped": dict(self._dropped),
+                "dropped": self._ledger.dropped(),
                 "queue_depth": queued,
                 "queue_bytes": self._queue.nbytes,
                 "in_flight": self._in_flight,
@@ -451,23 +429,14 @@ class DeliveryEngine:
                 "last_error": self._poster.last_error,
             }
 
-    def record_lost_event(
-        self, reason: str, quantity: int, items: Sequence[object] = (), detail: str = ""
+    def _lose(
+        self, reason: DropReason, quantity: int, items: Sequence[object] = (), detail: str = ""
     ) -> None:
-        """The one place lost events go: counted, logged (rate-limited), passed to on_error."""
-        if quantity <= 0:
-            return
-        with self._cond:
-            self._dropped[reason] += quantity
-            if detail:
-                self._poster.last_error = drops.redact(detail)
-        self._drop_log.record(reason, quantity, detail)
-        kept = [item for item in items if item is not None]
-        if self.on_error is not None and kept:
-            try:
-                self.on_error(kept, reason)
-            except Exception:
-                logger.exception("The on_error callback raised; ignored.")
+        """Lost events go to the ledger; the error behind them is the last one seen."""
+        if detail and quantity > 0:
+            with self._cond:
+                self._poster.last_error = redact(detail)
+        self._ledger.record_lost_event(reason, quantity, items, detail)
 
     # -- the I/O threads ----------------------------------------------------------------
 
@@ -512,19 +481,19 @@ class DeliveryEngine:
             self._pool.idle_wait(self._cond, self._wait, timeout)
 
     def _post(self, job_id: int, batch: Batch, generation: int) -> None:
-        def gave_up() -> str | None:
+        def gave_up() -> DropReason | None:
             if self._aborted or job_id not in self._jobs:
-                return drops.SHUTDOWN
+                return DropReason.SHUTDOWN
             if generation != self._pool.generation:
-                return drops.PROCESS_CHANGED
+                return DropReason.PROCESS_CHANGED
             return None
 
-        reason: str | None = drops.SENDER_ERROR
+        reason: DropReason | None = DropReason.SENDER_ERROR
         detail = "the sender thread died during the POST"
         try:
             reason, detail = self._poster.deliver(batch, self._cond, gave_up)
         except Exception as exc:
-            reason, detail = drops.SENDER_ERROR, drops.describe_error(exc)
+            reason, detail = DropReason.SENDER_ERROR, describe_error(exc)
             logger.exception("Unexpected error while sending Optimizely events.")
         finally:
             # Also when the thread dies (a BaseException): the job settles, once,
@@ -538,7 +507,7 @@ class DeliveryEngine:
                         self._delivered_events += len(batch)
                         self._delivered_posts += 1
             if settled_here and reason is not None:
-                self.record_lost_event(reason, len(batch), batch.events(), detail)
+                self._lose(reason, len(batch), batch.events(), detail)
             with self._cond:
                 self._jobs.pop(job_id, None)
                 self._cond.notify_all()

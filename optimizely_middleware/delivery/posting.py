@@ -4,7 +4,7 @@ Usage (on an I/O thread of the engine, with the engine's condition)::
 
     poster = BatchPoster(transport=PooledTransport(), endpoint=None, retry_policy=RetryPolicy())
     reason, detail = poster.deliver(batch, condition, gave_up=lambda: None)
-    # reason is None when delivered, else a drop reason (drops.REJECTED, ...)
+    # reason is None when delivered, else a drop reason (DropReason.REJECTED, ...)
 
 A ``Retry-After`` pauses every POST of the poster, not only the batch that
 got it (the server speaks for the whole endpoint). Waits go through the
@@ -20,9 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from optimizely_middleware.delivery import drops
 from optimizely_middleware.delivery.batch_queue import Batch
 from optimizely_middleware.delivery.clock import Clock, Wait, wait_on
+from optimizely_middleware.delivery.drops import DropReason, describe_error, safe_url
 from optimizely_middleware.delivery.retry import (
     RetryPolicy,
     is_retryable_status,
@@ -71,8 +71,8 @@ class BatchPoster:
         self.last_error: str | None = None
 
     def deliver(
-        self, batch: Batch, cond: threading.Condition, gave_up: Callable[[], str | None]
-    ) -> tuple[str | None, str]:
+        self, batch: Batch, cond: threading.Condition, gave_up: Callable[[], DropReason | None]
+    ) -> tuple[DropReason | None, str]:
         """POST ``batch`` until delivered (``(None, "")``) or failed for good (a drop reason)."""
         url = self.endpoint or batch.url
         body = batch.body()
@@ -91,16 +91,16 @@ class BatchPoster:
             try:
                 response = self.transport.post(url, body, dict(batch.headers))
             except Exception as exc:
-                detail = drops.describe_error(exc)
+                detail = describe_error(exc)
                 retryable = is_transient_error(exc)
             else:
                 if is_success_status(response.status):
                     return None, ""
-                detail = f"HTTP {response.status} from {drops.safe_url(url)}"
+                detail = f"HTTP {response.status} from {safe_url(url)}"
                 retryable = is_retryable_status(response.status)
                 retry_after = parse_retry_after(_header(response.headers, "Retry-After"))
             if not retryable:
-                return drops.REJECTED, detail
+                return DropReason.REJECTED, detail
             attempt += 1
             with cond:
                 self.last_error = detail
@@ -112,7 +112,7 @@ class BatchPoster:
                 if reason is not None:
                     return reason, detail
                 if attempt > policy.max_retries:
-                    return drops.RETRIES_EXHAUSTED, detail
+                    return DropReason.RETRIES_EXHAUSTED, detail
                 # Logged under the lock: once close() gives up, no retry is announced.
                 logger.warning(
                     "POST of %d Optimizely events failed (%s); retry %d of %d in %.2fs.",
@@ -124,8 +124,8 @@ class BatchPoster:
                 )
 
     def _wait_until(
-        self, when: float, cond: threading.Condition, gave_up: Callable[[], str | None]
-    ) -> str | None:
+        self, when: float, cond: threading.Condition, gave_up: Callable[[], DropReason | None]
+    ) -> DropReason | None:
         """Wait (``cond`` held) until the clock reaches ``when``; a drop reason if given up."""
         while True:
             reason = gave_up()

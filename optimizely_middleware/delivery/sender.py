@@ -20,33 +20,32 @@ into one POST, sends it through a
 transient failures. The engine is
 :class:`~optimizely_middleware.delivery.engine.DeliveryEngine`; this front
 adds the default transport, the exit handler, and what servers need
-(:func:`~optimizely_middleware.integrations.uwsgi.in_uwsgi_master`).
+(:func:`~optimizely_middleware.process.uwsgi.in_uwsgi_master`).
 
 Every event that does not arrive is counted in ``stats()["dropped"]`` under a
 reason and logged (rate-limited, never under-reported), and may be passed to
 ``on_error``.
 
-Seams on the instance: ``sender.transport`` (assign to swap) and
-``with sender.use_transport(t):``. Process-wide, :func:`iter_senders` lists
-every live sender and :func:`on_new_sender` tells you about each new one
-(the testing kit uses both to capture every sender's POSTs).
+The seam on the instance: ``sender.transport`` (read it, or assign to swap
+it). Process-wide, :func:`iter_senders` lists every live sender and
+:func:`on_new_sender` tells you about each new one (the testing kit uses
+both to capture every sender's POSTs).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from optimizely_middleware import process_hooks
 from optimizely_middleware.delivery.clock import Clock, Wait
 from optimizely_middleware.delivery.encoded import ItemEncoder
 from optimizely_middleware.delivery.engine import DeliveryEngine, ErrorCallback
 from optimizely_middleware.delivery.retry import RetryPolicy
 from optimizely_middleware.delivery.transport import PooledTransport, Transport
-from optimizely_middleware.integrations.uwsgi import in_uwsgi_master
+from optimizely_middleware.process import hooks
+from optimizely_middleware.process.uwsgi import in_uwsgi_master
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -54,8 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["ErrorCallback", "EventSender", "SenderOptions", "iter_senders", "on_new_sender"]
 
 logger = logging.getLogger("optimizely_middleware.sender")
-
-_senders: process_hooks.Registry[EventSender] = process_hooks.Registry()
 
 # How long a hand-off in a uWSGI master may wait for its own delivery.
 MASTER_DELIVERY_TIMEOUT = 10.0
@@ -87,12 +84,17 @@ class SenderOptions(TypedDict, total=False):
 
 def iter_senders() -> list[EventSender]:
     """Every live (not garbage-collected) :class:`EventSender` in the process."""
-    return _senders.live()
+    return [part for part in hooks.live_parts.live() if isinstance(part, EventSender)]
 
 
 def on_new_sender(callback: Callable[[EventSender], object]) -> Callable[[], None]:
     """Call ``callback(sender)`` for every sender created from now on; returns the unsubscribe."""
-    return _senders.subscribe(callback)
+
+    def on_new_part(part: object) -> None:
+        if isinstance(part, EventSender):
+            callback(part)
+
+    return hooks.live_parts.subscribe(on_new_part)
 
 
 def default_encoder() -> ItemEncoder:
@@ -133,8 +135,7 @@ class EventSender:
 
         sender = EventSender(max_in_flight=8, flush_interval=0.05)
         dispatcher = RequestScopedEventDispatcher(sender)
-        with sender.use_transport(recording_transport):
-            ...
+        sender.transport = recording_transport   # every POST from now on goes through it
     """
 
     def __init__(
@@ -167,7 +168,7 @@ class EventSender:
             **engine_options,
         )
         self._closed = False
-        _senders.add(self)
+        hooks.live_parts.add(self)
 
     # -- options, read back ----------------------------------------------------------
 
@@ -201,12 +202,6 @@ class EventSender:
     @transport.setter
     def transport(self, transport: Transport) -> None:
         self._engine.transport = transport
-
-    @contextmanager
-    def use_transport(self, transport: Transport) -> Iterator[Transport]:
-        """``with sender.use_transport(t):`` every POST goes through ``t``, then back."""
-        with self._engine.use_transport(transport) as swapped:
-            yield swapped
 
     # -- the EventSink interface -------------------------------------------------------
 
@@ -248,10 +243,6 @@ class EventSender:
         POSTed), pending (queued, being encoded, in flight), workers, last_error."""
         return self._engine.stats()
 
-    def record_lost_event(self, reason: str, quantity: int) -> None:
-        """Count (and log) ``quantity`` events lost for ``reason`` outside the engine."""
-        self._engine.record_lost_event(reason, quantity)
-
     # -- servers -----------------------------------------------------------------------
 
     def _deliver_before_fork(self) -> None:
@@ -286,10 +277,4 @@ def _close_senders_at_exit() -> None:
             logger.exception("Closing an Optimizely event sender at exit failed.")
 
 
-def _reset_senders_in_child() -> None:
-    for sender in iter_senders():
-        sender._engine.check_process()
-
-
-process_hooks.on_exit("close_senders", _close_senders_at_exit)
-process_hooks.on_fork_in_child("senders", _reset_senders_in_child)
+hooks.on_exit("close_senders", _close_senders_at_exit)

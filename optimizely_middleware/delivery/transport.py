@@ -4,7 +4,7 @@ A transport sends one already-serialised body and reports the status code; it
 does not retry, batch or log (the :class:`~optimizely_middleware.EventSender`
 does). The default is :class:`PooledTransport` (``urllib3``, which comes with
 ``requests``). Plug your own by passing ``transport=`` to the sender, or swap
-it later with ``sender.use_transport(t)``::
+it later by assigning ``sender.transport = t``::
 
     class MyTransport:
         def post(self, url: str, body: bytes, headers: dict[str, str]) -> TransportResponse:
@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import threading
 import urllib.request
-import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -36,8 +35,8 @@ import requests.adapters
 import urllib3
 import urllib3.exceptions
 
-from optimizely_middleware import process_hooks
 from optimizely_middleware.delivery.retry import PermanentError
+from optimizely_middleware.process import hooks
 
 __all__ = ["PooledTransport", "RequestsTransport", "Transport", "TransportResponse"]
 
@@ -87,7 +86,7 @@ class RequestsTransport:
         self.timeout = timeout
         self.pool_size = pool_size
         self._session = self._new_session()
-        _live_transports.add(self)
+        hooks.on_fork(self)
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -99,6 +98,7 @@ class RequestsTransport:
         return session
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> TransportResponse:
+        hooks.check_fork()
         response = self._session.post(
             url,
             data=body,
@@ -115,13 +115,10 @@ class RequestsTransport:
     def close(self) -> None:
         self._session.close()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         # The old pool's sockets are shared with the parent: abandon them
         # without closing (closing could disturb the parent's TLS sessions).
         self._session = self._new_session()
-
-
-_live_transports: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class PooledTransport:
@@ -134,7 +131,8 @@ class PooledTransport:
     CPU of a POST. As with the old ``requests`` transport: connect and read
     timeouts are always set, redirects are not followed (a 3xx is reported as
     is), TLS certificates are verified, urllib3's own retries are off, and a
-    forked child gets fresh pools (noticed by pid, so uWSGI's C fork too).
+    forked child gets fresh pools (through the package's one fork check, which
+    also notices uWSGI's C fork by pid).
 
     Example::
 
@@ -158,22 +156,16 @@ class PooledTransport:
             "timeout": urllib3.Timeout(connect=timeout[0], read=timeout[1]),
             **tls,
         }
-        self._lock = threading.Lock()
-        self._reset()
-        _live_transports.add(self)
+        self.after_fork_in_child()
+        hooks.on_fork(self)
 
-    def _reset(self) -> None:
-        # A forked child abandons the parent's pools without closing them
-        # (closing could disturb the parent's TLS sessions).
-        self._pid = os.getpid()
+    def after_fork_in_child(self) -> None:
+        """New pools (also at construction): a forked child abandons the parent's
+        without closing them (closing could disturb the parent's TLS sessions)."""
         self._lock = threading.Lock()
         self._direct = urllib3.PoolManager(num_pools=self.pool_size, **self._pool_kw)
         self._via_proxy: dict[str, urllib3.PoolManager] = {}
         self._route: dict[tuple[str, str], urllib3.PoolManager] = {}
-
-    def _after_fork_in_child(self) -> None:
-        if self._pid != os.getpid():
-            self._reset()
 
     def _manager_for(self, url: str) -> urllib3.PoolManager:
         parts = urlsplit(url)
@@ -204,8 +196,7 @@ class PooledTransport:
         return proxy
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> TransportResponse:
-        if self._pid != os.getpid():
-            self._reset()
+        hooks.check_fork()
         try:
             response = self._manager_for(url).request(
                 "POST", url, body=body, headers=headers, redirect=False, retries=False
@@ -235,11 +226,3 @@ def _proxy_manager(proxy: str, pool_size: int, pool_kw: dict[str, Any]) -> urlli
         proxy_headers = urllib3.make_headers(proxy_basic_auth=auth)
     bare = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
     return urllib3.ProxyManager(bare, num_pools=pool_size, proxy_headers=proxy_headers, **pool_kw)
-
-
-def _reset_transports_in_child() -> None:
-    for transport in list(_live_transports):
-        transport._after_fork_in_child()
-
-
-process_hooks.on_fork_in_child("transports", _reset_transports_in_child)

@@ -1,4 +1,4 @@
-"""Background I/O threads that know nothing about HTTP, and noticing a change of process.
+"""Background I/O threads that know nothing about HTTP, and noticing a patched threading.
 
 Usage (the engine holds ``condition`` around every call but ``join``)::
 
@@ -7,8 +7,8 @@ Usage (the engine holds ``condition`` around every call but ``join``)::
     pool.maybe_grow(work_waiting=True)            # a second worker only when all are slow
     pool.idle_wait(condition, wait, timeout)      # a worker with nothing to do
 
-    stamp = ProcessStamp()
-    if stamp.changed():                           # a fork, or gevent patched threading since
+    stamp = ThreadingStamp()
+    if stamp.changed():                           # gevent patched threading since
         ...                                       # new locks, no threads
 
 ``run_loop(generation)`` is the engine's worker loop; it returns when
@@ -22,49 +22,42 @@ the next :meth:`WorkerPool.wake` starts another.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 
 from optimizely_middleware.delivery.clock import Clock, Wait
 
-__all__ = ["ProcessStamp", "WorkerPool"]
+__all__ = ["ThreadingStamp", "WorkerPool"]
 
 logger = logging.getLogger("optimizely_middleware.sender")
 
 
-class ProcessStamp:
-    """The process and the threading library an engine's locks and threads belong to.
+class ThreadingStamp:
+    """The threading library an engine's locks and threads belong to.
 
-    :meth:`changed` is True in a forked child (the pid differs: uWSGI forks in
-    C, where :func:`os.register_at_fork` handlers do not run) and after
-    gevent's monkey-patching (``threading.Lock`` or ``threading.Condition``
-    is no longer the object seen at creation: a native lock mixed with
-    patched code deadlocks). Cheap enough for every hand-off.
+    :meth:`changed` is True after gevent's monkey-patching (``threading.Lock``
+    or ``threading.Condition`` is no longer the object seen at creation: a
+    native lock mixed with patched code deadlocks). A new process is the
+    package's one fork check's to notice (:mod:`optimizely_middleware.process.hooks`).
 
     Example::
 
-        stamp = ProcessStamp()
-        os.fork() == 0 and stamp.changed()   # True in the child
+        stamp = ThreadingStamp()
+        gevent.monkey.patch_all()
+        assert stamp.changed()
     """
 
-    __slots__ = ("condition_type", "lock_type", "pid")
+    __slots__ = ("condition_type", "lock_type")
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.lock_type: object = threading.Lock
         self.condition_type: object = threading.Condition
 
     def changed(self) -> bool:
         return (
-            os.getpid() != self.pid
-            or threading.Lock is not self.lock_type
-            or threading.Condition is not self.condition_type
+            threading.Lock is not self.lock_type or threading.Condition is not self.condition_type
         )
-
-    def same_pid(self) -> bool:
-        return os.getpid() == self.pid
 
 
 class WorkerPool:

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
-from optimizely_middleware import process_hooks
 from optimizely_middleware.client import create_client
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.django.config import SETTING, OptimizelySettings, load_settings
 from optimizely_middleware.errors import ConfigurationError
+from optimizely_middleware.process import hooks
 from optimizely_middleware.settings import build as configured
 
 if TYPE_CHECKING:
@@ -62,7 +62,20 @@ class DjangoOptimizely:
     pid: int = field(default_factory=os.getpid)
 
 
-_lock = threading.Lock()
+class _BuildLock:
+    """The lock around building the state; a new one in a forked child (a parent
+    thread may have held it at fork time)."""
+
+    def __init__(self) -> None:
+        self.after_fork_in_child()
+        hooks.on_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+
+
+# Django has one settings module per process, so one state built from it.
+_build = _BuildLock()
 _state: DjangoOptimizely | None = None
 
 
@@ -85,10 +98,11 @@ def get_state() -> DjangoOptimizely:
     starts over by itself after a fork).
     """
     global _state
+    hooks.check_fork()  # uWSGI forks in C: the pid comparison renews the lock here
     state = _state
     if state is not None and (state.settings.sdk_key is None or state.pid == os.getpid()):
         return state
-    with _lock:
+    with _build.lock:
         if _state is None:
             _state = build(load_settings())
         elif _state.settings.sdk_key is not None and _state.pid != os.getpid():
@@ -143,14 +157,6 @@ def rebuilt_after_fork(state: DjangoOptimizely) -> DjangoOptimizely:
     return replace(state, client=client, pid=os.getpid())
 
 
-def _new_lock_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # a parent thread may have held it at fork time
-
-
-process_hooks.on_fork_in_child("senders", _new_lock_in_child)
-
-
 def reset(timeout: float = 5.0) -> None:
     """Close the current dispatcher (delivering what it holds) and forget the state.
 
@@ -158,7 +164,7 @@ def reset(timeout: float = 5.0) -> None:
     the settings. Django's ``override_settings(OPTIMIZELY=...)`` calls it.
     """
     global _state
-    with _lock:
+    with _build.lock:
         state, _state = _state, None
     if state is not None:
         state.dispatcher.close(timeout)

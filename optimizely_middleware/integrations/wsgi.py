@@ -24,14 +24,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from optimizely_middleware import process_hooks
 from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.integrations.adapters import (
     RequestInScope,
     checked_dispatcher,
     owned_by_outer,
 )
-from optimizely_middleware.request_listeners import unread_body_listeners
+from optimizely_middleware.process import hooks
 from optimizely_middleware.scope import RequestScope, request_failed
 
 if TYPE_CHECKING:
@@ -189,8 +188,9 @@ class ScopedRequest(RequestInScope):
         """Hand the events over when ``obj`` is collected, unless closed before."""
         self.unwatch()
         self.finalizer = weakref.finalize(obj, _close_uncollected, self.dispatcher, self.scope)
-        if unread_body_listeners:  # the testing kit: a test may never read the body
-            unread_body_listeners.notify(self.dispatcher, self.scope)
+        listeners = self.dispatcher.unread_body_listeners
+        if listeners:  # the testing kit: a test may never read the body
+            listeners.notify(self.dispatcher, self.scope)
 
     def unwatch(self) -> None:
         if self.finalizer is not None:
@@ -257,7 +257,7 @@ def _track_collection(phase: str, info: dict[str, Any]) -> None:
     _collecting = phase == "start"
 
 
-process_hooks.on_gc(_track_collection)
+hooks.on_gc(_track_collection)
 
 
 def hand_over_released_bodies() -> None:
@@ -276,8 +276,8 @@ def hand_over_released_bodies() -> None:
         dispatcher.close_scope(scope)
 
 
-# The "hand_over" exit phase runs before the senders close (see process_hooks).
-process_hooks.on_exit("hand_over", hand_over_released_bodies)
+# The "hand_over" exit phase runs before the senders close (see process.hooks).
+hooks.on_exit("hand_over", hand_over_released_bodies)
 
 
 class ScopedIterator(Generic[T]):

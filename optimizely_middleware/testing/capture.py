@@ -38,6 +38,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from optimizely_middleware.delivery.transport import Transport, TransportResponse
+from optimizely_middleware.request_listeners import (
+    add_request_end_listener,
+    remove_request_end_listener,
+)
 from optimizely_middleware.testing.assertions import EventAssertions
 from optimizely_middleware.testing.captured import CapturedPost, CapturedRequest
 from optimizely_middleware.testing.unread_responses import UnreadResponses
@@ -81,7 +85,8 @@ class CaptureTransport:
         pass
 
 
-# Installed captures, innermost last: the innermost one receives the POSTs.
+# A capture reroutes every sender of the process, so the stack of installed ones is
+# the process's too. Installed captures, innermost last: the innermost gets the POSTs.
 _installed: list[EventCapture] = []
 _installed_lock = threading.Lock()
 # Each captured sender's own transport, restored when the last capture goes.
@@ -134,7 +139,6 @@ class EventCapture(EventAssertions):
     def install(self) -> EventCapture:
         """Route every sender's POSTs here and start grouping events per request."""
         from optimizely_middleware.delivery.sender import iter_senders, on_new_sender
-        from optimizely_middleware.dispatcher import add_request_end_listener
 
         with _installed_lock:
             if self._installed:
@@ -156,7 +160,6 @@ class EventCapture(EventAssertions):
         Idempotent; never raises for invalid payloads (see :meth:`check`).
         """
         from optimizely_middleware.delivery.sender import iter_senders
-        from optimizely_middleware.dispatcher import remove_request_end_listener
 
         if not self._installed:
             return

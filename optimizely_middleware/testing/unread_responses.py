@@ -24,7 +24,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from optimizely_middleware.request_listeners import unread_body_listeners
+from optimizely_middleware.request_listeners import (
+    add_unread_body_listener,
+    remove_unread_body_listener,
+)
 
 if TYPE_CHECKING:
     from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
@@ -59,12 +62,12 @@ class UnreadResponses:
 
     def install(self) -> UnreadResponses:
         """Start recording (on the thread this object was created on)."""
-        unread_body_listeners.add(self._on_unread_body)
+        add_unread_body_listener(self._on_unread_body)
         return self
 
     def uninstall(self) -> None:
         """Stop recording and forget what was recorded (hand it over first)."""
-        unread_body_listeners.remove(self._on_unread_body)
+        remove_unread_body_listener(self._on_unread_body)
         with self._lock:
             self._pending.clear()
 

@@ -1,6 +1,6 @@
 """Flask under real uWSGI (pyuwsgi), preforking without --lazy-apps, with an
 event sent in the master at import, and with --max-requests recycling; plus
-the uWSGI checks of optimizely_middleware.integrations.uwsgi against a stand-in module.
+the uWSGI checks of optimizely_middleware.process.uwsgi against a stand-in module.
 
 uWSGI is stopped gracefully through its master FIFO (``q``): in uWSGI 2.0
 SIGTERM means a brutal reload and SIGINT/SIGQUIT kill the workers at once.
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from optimizely_middleware import WiringWarning
-from optimizely_middleware.integrations.uwsgi import (
+from optimizely_middleware.process.uwsgi import (
     ChainedAtexit,
     ChainedPostFork,
     check_uwsgi,
@@ -183,7 +183,7 @@ def test_max_requests_recycling_delivers_every_event_once(
     )
 
 
-# -- optimizely_middleware.integrations.uwsgi against a stand-in uwsgi module ------------------
+# -- optimizely_middleware.process.uwsgi against a stand-in uwsgi module ------------------
 
 
 def test_threads_disabled_is_read_from_has_threads_or_the_options() -> None:
@@ -210,7 +210,7 @@ def test_uwsgi_atexit_is_chained_once_and_the_previous_hook_still_runs(
 ) -> None:
     order: list[str] = []
     monkeypatch.setattr(
-        "optimizely_middleware.integrations.uwsgi.run_package_exit_hooks",
+        "optimizely_middleware.process.uwsgi.run_package_exit_hooks",
         lambda: order.append("ours"),
     )
     fake = SimpleNamespace(has_threads=1, opt={}, atexit=lambda: order.append("previous"))
@@ -232,7 +232,7 @@ def test_a_worker_forked_while_the_master_ran_threads_is_warned_with_the_fix(
     assert isinstance(fake.post_fork_hook, ChainedPostFork)
     assert not isinstance(fake.post_fork_hook.previous, ChainedPostFork)
     monkeypatch.setattr(
-        "optimizely_middleware.integrations.uwsgi.threads_left_by_fork",
+        "optimizely_middleware.process.uwsgi.threads_left_by_fork",
         lambda: ["optimizely-event-sender-1"],
     )
     with caplog.at_level(logging.WARNING, logger="optimizely_middleware"):

@@ -20,7 +20,7 @@ ROOT = Path(optimizely_middleware.__file__).parent
 
 # Bottom first. A module belongs to the first entry that prefixes its dotted name.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "process", "process_hooks", "sdk_logging", "wire"),
+    ("errors", "process", "sdk_logging", "wire"),
     ("delivery",),
     ("scope", "request_listeners", "processor", "dispatcher", "client", "settings"),
     ("integrations",),

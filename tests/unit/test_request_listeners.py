@@ -1,4 +1,5 @@
-"""Process-wide request-end listeners (``optimizely_middleware.request_listeners``)."""
+"""Listeners on each dispatcher, and adding one to every dispatcher of the process
+(``optimizely_middleware.request_listeners``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from optimizely_middleware import (
 )
 from optimizely_middleware.request_listeners import (
     add_request_end_listener,
+    add_unread_body_listener,
     remove_request_end_listener,
-    unread_body_listeners,
+    remove_unread_body_listener,
 )
 from optimizely_middleware.scope import RequestScope
 from tests.support.fakes import RecordingSink
@@ -52,7 +54,8 @@ def test_unread_body_listeners_hear_of_each_wsgi_body_until_removed(
         start_response("200 OK", [])
         return [b"ok"]
 
-    app = OptimizelyWSGIMiddleware(hello, RequestScopedEventDispatcher(RecordingSink()))
+    dispatcher = RequestScopedEventDispatcher(RecordingSink())
+    app = OptimizelyWSGIMiddleware(hello, dispatcher)
     heard: list[RequestScope] = []
 
     def failing(d: RequestScopedEventDispatcher, scope: RequestScope) -> None:
@@ -61,18 +64,18 @@ def test_unread_body_listeners_hear_of_each_wsgi_body_until_removed(
     def hear(d: RequestScopedEventDispatcher, scope: RequestScope) -> None:
         heard.append(scope)
 
-    assert not unread_body_listeners
-    unread_body_listeners.add(failing)
-    unread_body_listeners.add(hear)
+    assert not dispatcher.unread_body_listeners
+    add_unread_body_listener(failing)
+    add_unread_body_listener(hear)
     try:
         body = app({}, lambda status, headers, exc_info=None: lambda data: None)
         assert len(heard) == 1 and not heard[0].closed  # the body is still to be taken
         assert list(body) == [b"ok"]
         assert heard[0].closed
     finally:
-        unread_body_listeners.remove(failing)
-        unread_body_listeners.remove(hear)
-    assert not unread_body_listeners
-    assert "An unread-body listener raised; ignored." in caplog.text
+        remove_unread_body_listener(failing)
+        remove_unread_body_listener(hear)
+    assert not dispatcher.unread_body_listeners
+    assert "A listener of unread bodies raised; ignored." in caplog.text
     app({}, lambda status, headers, exc_info=None: lambda data: None)
     assert len(heard) == 1

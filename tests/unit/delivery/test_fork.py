@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from optimizely.event.log_event import LogEvent
 
-from optimizely_middleware import EventSender, process_hooks
+from optimizely_middleware import EventSender
 from optimizely_middleware.delivery.encoding import PendingUserEvent
+from optimizely_middleware.process import hooks
 from tests.support.child import wait_child
 from tests.support.endpoint import EventEndpoint
 from tests.support.events import impression, project_config, three_events
@@ -129,20 +130,17 @@ def test_child_does_not_deadlock_on_a_lock_held_by_a_parent_thread(
     assert len(event_endpoint.all_visitors()) == 3
 
 
-@pytest.mark.parametrize("lock", ["drop log"])
-def test_child_does_not_deadlock_on_an_encoder_or_drop_log_lock_held_at_fork(
-    lock: str,
+def test_child_does_not_deadlock_on_a_drop_log_lock_held_at_fork(
     datafile: str,
     event_endpoint: EventEndpoint,
 ) -> None:
-    """Under gunicorn --preload an event sent at import is encoded by the
-    master's worker thread about when the workers are forked: the encoder's
-    first encode runs its guard under a lock, which the child inherits held."""
+    """A parent thread writing a drop's log line when the process forks (gunicorn
+    --preload) leaves the drop log's lock held in the child: the child renews it."""
     sender = EventSender(endpoint=event_endpoint.url)
-    held = sender._engine._drop_log._lock
+    held = sender._engine._ledger._log._lock
     config = project_config(datafile)
     events = [PendingUserEvent(impression(config, f"user-{i}"), None) for i in range(3)]
-    held.acquire()  # as a parent thread inside the guard (or a drop's log line) would
+    held.acquire()  # as a parent thread inside a drop's log line would
     try:
 
         def child(signal: Any) -> bool:
@@ -166,7 +164,7 @@ def test_without_fork_hooks_the_child_notices_the_new_pid_on_its_first_hand_off(
     event_endpoint.hold()
     sender.submit(sdk_events[:1])  # the parent's worker is now stuck in a POST
     event_endpoint.wait_for_arrivals(1)
-    monkeypatch.setattr(process_hooks, "_fork_hooks", {p: [] for p in process_hooks.FORK_PHASES})
+    monkeypatch.setattr(hooks, "_after_fork_in_child", lambda: None)
     try:
 
         def child(signal: Any) -> bool:

@@ -20,6 +20,7 @@ from optimizely_middleware.delivery.transport import (
     RequestsTransport,
     Transport,
 )
+from optimizely_middleware.process import hooks
 from tests.support.endpoint import EventEndpoint
 from tests.support.events import free_port
 
@@ -158,13 +159,27 @@ def test_proxy_settings_are_read_once_at_construction(
     assert PooledTransport().post(event_endpoint.url, b"{}", {}).status == 200  # bypassed
 
 
-def test_a_forked_child_gets_fresh_pools_by_pid(event_endpoint: EventEndpoint) -> None:
-    transport = PooledTransport()
+def _pools_of(transport: Any) -> object:
+    return transport._direct if isinstance(transport, PooledTransport) else transport._session
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("cls", TRANSPORTS, ids=lambda t: t.__name__)
+def test_a_forked_child_gets_fresh_pools_by_pid_without_fork_hooks(
+    cls: Any, event_endpoint: EventEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = cls()
     assert transport.post(event_endpoint.url, b"{}", {}).status == 200
-    parent_pools = transport._direct
-    transport._pid = os.getpid() + 1  # as if this were a child that no fork hook reached
-    assert transport.post(event_endpoint.url, b"{}", {}).status == 200
-    assert transport._direct is not parent_pools
+    parent_pools = _pools_of(transport)
+    monkeypatch.setattr(hooks, "_after_fork_in_child", lambda: None)  # as uWSGI's C fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        inherited = _pools_of(transport) is parent_pools
+        ok = transport.post(event_endpoint.url, b"{}", {}).status == 200
+        os._exit(0 if inherited and ok and _pools_of(transport) is not parent_pools else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _pools_of(transport) is parent_pools
 
 
 @pytest.mark.parametrize("timeout", [(0.0, 1.0), (1.0, -1.0)])

@@ -1,4 +1,4 @@
-"""What the package checks about the server it runs in: uWSGI.
+"""What the package knows about uWSGI, the one server with its own fork and exit path.
 
 uWSGI embeds Python and has its own exit path and thread switch:
 
@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from optimizely_middleware.errors import WiringWarning
+from optimizely_middleware.process import hooks
 
 __all__ = [
     "UWSGI_FORK_HINT",
@@ -94,9 +95,7 @@ class ChainedAtexit:
 
 
 def run_package_exit_hooks() -> None:
-    from optimizely_middleware import process_hooks
-
-    process_hooks.run_exit_hooks()
+    hooks.run_exit_hooks()
 
 
 def threads_left_by_fork() -> list[str]:
