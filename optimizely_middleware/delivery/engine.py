@@ -8,34 +8,33 @@ Usage (:class:`~optimizely_middleware.EventSender` is the thin public front)::
     engine.flush(timeout=5.0)     # True when everything handed over so far has settled
     engine.close(timeout=5.0)
 
-The producer pays: the thread or task that hands a request's events over
-encodes them (:mod:`~optimizely_middleware.delivery.handoff`, slices of
-about 1 ms) and files the bytes, whole hand-offs at once, in the bounded
-:class:`~optimizely_middleware.delivery.batch_queue.BatchQueue`. The
-engine's threads (:mod:`~optimizely_middleware.delivery.worker`) only do
-I/O: take a ready batch (the :class:`LingerOrFull` strategy decides),
-POST it with retries (:mod:`~optimizely_middleware.delivery.posting`),
-wait. Every lost event goes through one
+The producer pays: the hand-off (reserving room, encoding in slices,
+filing whole hand-offs in the bounded
+:class:`~optimizely_middleware.delivery.batch_queue.BatchQueue`) runs on
+the caller's thread or task, in the engine's
+:class:`~optimizely_middleware.delivery.intake.Intake`. The engine's
+threads (:mod:`~optimizely_middleware.delivery.worker`) only do I/O: take
+a ready batch (the :class:`LingerOrFull` strategy decides), POST it with
+retries (:mod:`~optimizely_middleware.delivery.posting`), wait. Every lost event goes through one
 :class:`~optimizely_middleware.delivery.ledger.DropLedger`; a forked child
 is noticed by the package's one fork check (:mod:`optimizely_middleware.process.hooks`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import suppress
 from typing import Any
 
 from optimizely_middleware.delivery.batch_queue import Batch, BatchQueue, LingerOrFull
 from optimizely_middleware.delivery.clock import Clock, Wait, wait_on
 from optimizely_middleware.delivery.drops import DropReason, describe_error, redact
 from optimizely_middleware.delivery.encoded import ItemEncoder
-from optimizely_middleware.delivery.handoff import SLICE_SECONDS, HandOffEncoding
+from optimizely_middleware.delivery.handoff import SLICE_SECONDS
+from optimizely_middleware.delivery.intake import Intake
 from optimizely_middleware.delivery.ledger import DropLedger, ErrorCallback
 from optimizely_middleware.delivery.posting import BatchPoster
 from optimizely_middleware.delivery.retry import RetryPolicy
@@ -115,7 +114,8 @@ class DeliveryEngine:
         self._pool = WorkerPool(
             self._run, max_workers=max_in_flight, scale_up_after=scale_up_after, clock=clock
         )
-        self._tokens = itertools.count(1)
+        self._tokens = itertools.count(1)  # hand-off tokens and POST job ids
+        self._intake = Intake(self)
         self._reinit_lock = threading.Lock()
         self._reset(keep=False)
         hooks.on_fork(self)  # after the ledger and the transport: they start over first
@@ -143,8 +143,7 @@ class DeliveryEngine:
         self._aborted = False
         if keep:
             return
-        # hand-off token -> (first seq, events reserved) while its events are encoded
-        self._handoffs: dict[int, tuple[int, int]] = {}
+        self._intake.reset()
         self._closed = False
         self._stopping = False
         self._queue = BatchQueue(
@@ -194,116 +193,16 @@ class DeliveryEngine:
     def transport(self, transport: Transport) -> None:
         self._poster.transport = transport
 
-    # -- the hand-off (the caller's thread or task) ------------------------------------
+    # -- the hand-off (the caller's thread or task: the intake) ---------------------------
 
     def submit(self, items: Sequence[object]) -> None:
         """Encode ``items`` here, in slices of about 1 ms, and queue the bytes. Never raises."""
-        encoding = self._begin(items)
-        if encoding is None:
-            return
-        try:
-            for _ in encoding.slices(self.slice_seconds, self._slice_clock):
-                time.sleep(0)  # let other threads (and gevent's hub) run between slices
-        except BaseException:
-            self._end(encoding, interrupted=True)
-            raise
-        self._end(encoding)
+        self._intake.submit(items)
 
     async def asubmit(self, items: Sequence[object]) -> None:
         """:meth:`submit` for a task: between slices the event loop runs. Never raises
         (but a cancellation is passed on once the hand-off is filed)."""
-        encoding = self._begin(items)
-        if encoding is None:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio): no way to yield, so no slices
-            self._end(encoding, interrupted=True)
-            return
-        try:
-            for _ in encoding.slices(self.slice_seconds, self._slice_clock):
-                await asyncio.sleep(0)
-        except BaseException:
-            self._end(encoding, interrupted=True)  # cancelled: finish here, nothing lost
-            raise
-        self._end(encoding)
-
-    def _begin(self, items: Sequence[object]) -> HandOffEncoding | None:
-        """Reserve room for ``items`` (count bound); what does not fit is dropped and counted."""
-        try:
-            n = len(items)
-            if not n:
-                return None
-            self.check_process()
-            lost_reason: DropReason | None = None
-            with self._cond:
-                self._submitted += n
-                if self._closed:
-                    lost_reason, accepted = DropReason.CLOSED, 0
-                else:
-                    first_seq = self._queue.next_seq
-                    accepted = self._queue.reserve(n)
-                    if accepted < n:
-                        lost_reason = DropReason.QUEUE_FULL
-                    if accepted:
-                        token = next(self._tokens)
-                        self._handoffs[token] = (first_seq, accepted)
-            if lost_reason is not None:
-                self._lose(lost_reason, n - accepted, items[accepted:])
-            if not accepted:
-                return None
-            return HandOffEncoding(
-                self.encoder,
-                items if accepted == n else items[:accepted],
-                first_seq=first_seq,
-                queued_at=self._clock(),
-                token=token,
-            )
-        except Exception:
-            self._log_handoff_failure(items)
-            return None
-
-    def _end(self, encoding: HandOffEncoding, *, interrupted: bool = False) -> None:
-        """Encode what is left (``interrupted``) and file the whole hand-off at once."""
-        try:
-            if interrupted:
-                encoding.finish()
-            self._file(encoding)
-        except Exception:
-            with suppress(Exception), self._cond:  # no reservation left behind for flush()
-                reserved = self._handoffs.pop(encoding.token, None)
-                if reserved is not None:
-                    self._queue.release(reserved[1])
-            self._log_handoff_failure(encoding.items)
-
-    def _log_handoff_failure(self, items: Sequence[object]) -> None:
-        # Never raise into the request; the loss is still counted and logged.
-        with suppress(Exception):
-            self._lose(DropReason.SENDER_ERROR, len(items))
-        logger.exception("The Optimizely event hand-off failed; the events are dropped.")
-
-    def _file(self, encoding: HandOffEncoding) -> None:
-        token = encoding.token
-        keep = self._ledger.on_error is not None
-        with self._cond:
-            if token not in self._handoffs:
-                return  # close() gave up on it (and counted it), or a new process
-            queue = self._queue
-            was_empty = not queue.has_encoded
-            over_bytes = queue.add_all(encoding.encoded, keep)
-            queue.release(len(encoding.failed))
-            del self._handoffs[token]  # filed: flush() no longer waits for it
-            became_full, queue.became_full = queue.became_full, False
-            if encoding.encoded and (was_empty or self._flushing or became_full):
-                # Wake-ups per batch, not per request: an idle worker waits for the
-                # first event; a lingering one is woken early only by a full POST.
-                self._pool.wake(self._cond)
-            self._grow_if_posts_are_slow()
-        if over_bytes:
-            self._lose(DropReason.QUEUE_BYTES, over_bytes)
-        for item, why in encoding.failed:
-            logger.debug("Unencodable Optimizely event: %r", getattr(item, "params", item))
-            self._lose(DropReason.UNSERIALIZABLE, 1, [item], why)
+        await self._intake.asubmit(items)
 
     def retire_workers(self, timeout: float) -> bool:
         """Stop every worker thread once idle (new ones start on demand); True if none is left.
@@ -378,10 +277,7 @@ class DeliveryEngine:
             if not delivered:
                 self._aborted = True  # waits end, no more retries, late results ignored
                 kept, drained = self._queue.drain()
-                for _, reserved in self._handoffs.values():
-                    encoding += reserved
-                    self._queue.release(reserved)
-                self._handoffs.clear()
+                encoding = self._intake.abandon()
                 for _, events in self._jobs.values():
                     unconfirmed += events
                 self._jobs.clear()
@@ -414,7 +310,7 @@ class DeliveryEngine:
         self.check_process()
         with self._cond:
             queued = self._queue.queued
-            encoding = sum(reserved for _, reserved in self._handoffs.values())
+            encoding = self._intake.reserved()
             return {
                 "submitted": self._submitted,
                 "delivered_events": self._delivered_events,
@@ -523,7 +419,7 @@ class DeliveryEngine:
         oldest = self._queue.oldest_seq()
         if oldest is None:
             oldest = self._queue.next_seq
-        for seq, _ in self._handoffs.values():
+        for seq in self._intake.oldest_seqs():
             oldest = min(oldest, seq)
         for seq, _ in self._jobs.values():
             oldest = min(oldest, seq)

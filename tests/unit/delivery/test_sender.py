@@ -344,8 +344,12 @@ def test_encoded_events_are_left_alone_by_the_garbage_collector_unless_on_error_
 
 def wait_encoded(sender: EventSender, n: int) -> list[Any]:
     engine = sender._engine
+
+    def filed() -> bool:
+        return bool(engine._queue.nbytes) and not engine._intake.pending
+
     with engine._cond:
-        assert engine._cond.wait_for(lambda: engine._queue.nbytes and not engine._handoffs, 10)
+        assert engine._cond.wait_for(filed, 10)
         groups = engine._queue._groups.values()
         items = [item for group in groups for item in group.items]
     assert len(items) == n
