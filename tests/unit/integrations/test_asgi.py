@@ -45,6 +45,23 @@ def response(status: int = 200, body: bytes = b"ok") -> list[Message]:
     ]
 
 
+def responding_app(client: Optimizely | None = None, *, then_fire: str | None = None) -> Any:
+    """An ASGI app that fires two events with ``client`` (if given), then answers 200 "ok".
+
+    ``then_fire`` fires two more for that user after the body, as a background task would.
+    """
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if client is not None:
+            fire(client)
+        for message in response():
+            await send(message)
+        if client is not None and then_fire is not None:
+            fire(client, then_fire)
+
+    return app
+
+
 async def call_http(
     app: Any,
     scope: dict[str, Any] | None = None,
@@ -76,12 +93,7 @@ def quiet(middleware: OptimizelyASGIMiddleware) -> OptimizelyASGIMiddleware:
 def test_events_are_handed_over_once_after_the_app_returns(
     dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response():
-            await send(message)
-        fire(client, "user-2")  # after the body, as a background task would
-
+    app = responding_app(client, then_fire="user-2")  # the second pair after the body
     handed_over_at_send: list[int] = []
     middleware = quiet(OptimizelyASGIMiddleware(app, dispatcher))
     sent = asyncio.run(
@@ -100,11 +112,7 @@ def test_events_are_handed_over_once_after_the_app_returns(
 def test_dispatcher_can_be_passed_by_keyword(
     dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response():
-            await send(message)
-
+    app = responding_app(client)
     asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher=dispatcher))))
     assert len(sink.batches) == 1
 
@@ -232,11 +240,7 @@ def test_a_cancelled_request_is_not_a_failure(datafile: str) -> None:
 def test_nested_middleware_of_one_dispatcher_hands_over_once(
     dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response():
-            await send(message)
-
+    app = responding_app(client)
     inner = quiet(OptimizelyASGIMiddleware(app, dispatcher))
     outer = quiet(OptimizelyASGIMiddleware(inner, dispatcher))
     asyncio.run(call_http(outer))
@@ -281,10 +285,7 @@ def test_options_are_checked(dispatcher: RequestScopedEventDispatcher) -> None:
 def test_http_without_lifespan_warns_once_with_the_fix(
     dispatcher: RequestScopedEventDispatcher,
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        for message in response():
-            await send(message)
-
+    app = responding_app()
     middleware = OptimizelyASGIMiddleware(app, dispatcher)
     with pytest.warns(WiringWarning, match="lifespan") as record:
         asyncio.run(call_http(middleware))
