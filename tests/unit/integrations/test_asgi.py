@@ -45,8 +45,19 @@ def response(status: int = 200, body: bytes = b"ok") -> list[Message]:
     ]
 
 
-def responding_app(client: Optimizely | None = None, *, then_fire: str | None = None) -> Any:
-    """An ASGI app that fires two events with ``client`` (if given), then answers 200 "ok".
+def discarding_failures(
+    datafile: str,
+) -> tuple[RecordingSink, RequestScopedEventDispatcher, Optimizely]:
+    """A sink, a dispatcher that discards failed requests' events, and a client on it."""
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    return sink, dispatcher, create_client(dispatcher, datafile=datafile)
+
+
+def responding_app(
+    client: Optimizely | None = None, *, status: int = 200, then_fire: str | None = None
+) -> Any:
+    """An ASGI app that fires two events with ``client`` (if given), then answers ``status``.
 
     ``then_fire`` fires two more for that user after the body, as a background task would.
     """
@@ -54,7 +65,7 @@ def responding_app(client: Optimizely | None = None, *, then_fire: str | None = 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if client is not None:
             fire(client)
-        for message in response():
+        for message in response(status):
             await send(message)
         if client is not None and then_fire is not None:
             fire(client, then_fire)
@@ -135,15 +146,8 @@ def test_other_scope_types_pass_through_untouched(dispatcher: RequestScopedEvent
 
 
 def test_a_5xx_response_is_a_failed_request(datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response(503):
-            await send(message)
-
+    sink, dispatcher, client = discarding_failures(datafile)
+    app = responding_app(client, status=503)
     asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher))))
     stats = dispatcher.stats()
     assert sink.batches == []
@@ -170,9 +174,7 @@ def test_an_exception_propagates_unchanged_and_fails_the_request(
 
 @pytest.mark.parametrize("how", ["send_raises", "receive_disconnect"])
 def test_a_client_disconnect_loses_nothing(how: str, datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         fire(client)
@@ -199,9 +201,7 @@ def test_a_client_disconnect_loses_nothing(how: str, datafile: str) -> None:
 
 def test_an_oserror_the_app_raises_itself_is_a_failure(datafile: str) -> None:
     """Only an OSError from the server's send means the client went away."""
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         fire(client)
@@ -215,9 +215,7 @@ def test_an_oserror_the_app_raises_itself_is_a_failure(datafile: str) -> None:
 
 
 def test_a_cancelled_request_is_not_a_failure(datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
     started = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -360,9 +358,7 @@ def test_websocket_events_are_handed_over_at_each_step(datafile: str) -> None:
 
 
 def test_websocket_error_fails_the_last_step_only(datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
@@ -388,9 +384,7 @@ def test_websocket_error_fails_the_last_step_only(datafile: str) -> None:
 def test_a_websocket_client_that_goes_away_is_not_a_failure(how: str, datafile: str) -> None:
     """The HTTP rule: what the app raises once the client is gone (Starlette's
     WebSocketDisconnect, an OSError from send) does not fail the connection."""
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
     incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1006}]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
