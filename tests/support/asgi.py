@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from optimizely_middleware import EventSender, create_client
 from optimizely_middleware.dispatcher import (
@@ -119,6 +119,9 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
+WiredT = TypeVar("WiredT", bound="Wired")
+
+
 class Wired:
     """A dispatcher sending to the test endpoint, a client wired to it, and a timeline."""
 
@@ -128,6 +131,20 @@ class Wired:
         )
         self.client = create_client(self.dispatcher, datafile=datafile)
         self.timeline = Timeline(self.dispatcher)
+
+    @contextmanager
+    def running(self: WiredT) -> Iterator[WiredT]:
+        """Record the timeline while in use; close the dispatcher, then the client, after.
+
+        Example::
+
+            with Wired(endpoint, datafile).running() as wired:
+                ...
+        """
+        with self.timeline.listening():
+            yield self
+        self.dispatcher.close(5)
+        self.client.close()
 
 
 def arrivals_by_visitor(posts: list[ReceivedPost]) -> dict[str, list[float]]:

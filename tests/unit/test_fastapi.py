@@ -77,11 +77,8 @@ class Api(Wired):
 
 @pytest.fixture
 def api(event_endpoint: EventEndpoint, datafile: str) -> Iterator[Api]:
-    api = Api(event_endpoint, datafile)
-    with api.timeline.listening():
+    with Api(event_endpoint, datafile).running() as api:
         yield api
-    api.dispatcher.close(5)
-    api.client.close()
 
 
 @pytest.mark.parametrize("path", ["/async", "/sync"])

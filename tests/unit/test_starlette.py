@@ -64,11 +64,8 @@ class Shop(Wired):
 
 @pytest.fixture
 def shop(event_endpoint: EventEndpoint, datafile: str) -> Iterator[Shop]:
-    shop = Shop(event_endpoint, datafile)
-    with shop.timeline.listening():
+    with Shop(event_endpoint, datafile).running() as shop:
         yield shop
-    shop.dispatcher.close(5)
-    shop.client.close()
 
 
 def user_of(request: Request) -> str:

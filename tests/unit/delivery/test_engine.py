@@ -25,6 +25,7 @@ from optimizely_middleware.delivery.encoding import EventEncoder
 from optimizely_middleware.delivery.engine import DeliveryEngine
 from optimizely_middleware.delivery.retry import RetryPolicy
 from optimizely_middleware.delivery.transport import TransportResponse
+from tests.support.clocks import TickingClock
 from tests.support.endpoint import EventEndpoint
 from tests.support.events import (
     LogWatcher,
@@ -562,23 +563,9 @@ def test_close_returns_within_its_timeout_and_counts_a_post_held_and_a_hand_off_
 # -- the hand-off: bounded slices, whole hand-offs, yielding to the event loop ------------
 
 
-class TickingClock:
-    """A slice clock that moves ``step`` seconds each time it is read."""
-
-    def __init__(self, step: float) -> None:
-        self.step = step
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
-def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
-    engines: list[Any], monkeypatch: pytest.MonkeyPatch, datafile: str
-) -> None:
-    # 0.3 ms per read of the slice clock, slices of 1 ms: 4 events per slice.
-    engine = make_engine(
+def make_sliced_engine(engines: list[Any]) -> DeliveryEngine:
+    """A real-time engine whose hand-offs take 1 ms slices of 4 events (0.3 ms per read)."""
+    return make_engine(
         engines,
         None,
         flush_interval=3600,
@@ -586,6 +573,13 @@ def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
         slice_seconds=0.001,
         slice_clock=TickingClock(0.0003),
     )
+
+
+def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch, datafile: str
+) -> None:
+    # 0.3 ms per read of the slice clock, slices of 1 ms: 4 events per slice.
+    engine = make_sliced_engine(engines)
     gaps: list[int] = []
     real_sleep = time.sleep
 
@@ -605,14 +599,7 @@ def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
 def test_an_async_hand_off_lets_the_event_loop_run_between_slices(
     engines: list[Any], datafile: str
 ) -> None:
-    engine = make_engine(
-        engines,
-        None,
-        flush_interval=3600,
-        max_events_per_post=1000,
-        slice_seconds=0.001,
-        slice_clock=TickingClock(0.0003),
-    )
+    engine = make_sliced_engine(engines)
     ticks = 0
     seen_by_encoder: list[int] = []
     real_encode = engine.encoder.encode
@@ -646,14 +633,7 @@ def test_an_async_hand_off_lets_the_event_loop_run_between_slices(
 def test_a_cancelled_async_hand_off_still_files_every_event(
     engines: list[Any], datafile: str
 ) -> None:
-    engine = make_engine(
-        engines,
-        None,
-        flush_interval=3600,
-        max_events_per_post=1000,
-        slice_seconds=0.001,
-        slice_clock=TickingClock(0.0003),
-    )
+    engine = make_sliced_engine(engines)
 
     async def main() -> None:
         task = asyncio.create_task(engine.asubmit(three_events(datafile) * 100))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from optimizely_middleware.delivery.encoded import EncodedEvent, UnserializableEvent
 from optimizely_middleware.delivery.handoff import HandOffEncoding
+from tests.support.clocks import TickingClock
 
 
 class FakeEncoder:
@@ -22,16 +23,6 @@ class FakeEncoder:
         return EncodedEvent(
             key="k", url="u", headers={}, prefix=b"[", visitors=b"%d" % item, suffix=b"]"
         )
-
-
-class TickingClock:
-    def __init__(self, step: float) -> None:
-        self.step = step
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 def test_slices_end_when_the_budget_is_spent_and_the_last_one_does_not_yield() -> None:

@@ -45,6 +45,34 @@ def response(status: int = 200, body: bytes = b"ok") -> list[Message]:
     ]
 
 
+def discarding_failures(
+    datafile: str,
+) -> tuple[RecordingSink, RequestScopedEventDispatcher, Optimizely]:
+    """A sink, a dispatcher that discards failed requests' events, and a client on it."""
+    sink = RecordingSink()
+    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
+    return sink, dispatcher, create_client(dispatcher, datafile=datafile)
+
+
+def responding_app(
+    client: Optimizely | None = None, *, status: int = 200, then_fire: str | None = None
+) -> Any:
+    """An ASGI app that fires two events with ``client`` (if given), then answers ``status``.
+
+    ``then_fire`` fires two more for that user after the body, as a background task would.
+    """
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if client is not None:
+            fire(client)
+        for message in response(status):
+            await send(message)
+        if client is not None and then_fire is not None:
+            fire(client, then_fire)
+
+    return app
+
+
 async def call_http(
     app: Any,
     scope: dict[str, Any] | None = None,
@@ -76,12 +104,7 @@ def quiet(middleware: OptimizelyASGIMiddleware) -> OptimizelyASGIMiddleware:
 def test_events_are_handed_over_once_after_the_app_returns(
     dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response():
-            await send(message)
-        fire(client, "user-2")  # after the body, as a background task would
-
+    app = responding_app(client, then_fire="user-2")  # the second pair after the body
     handed_over_at_send: list[int] = []
     middleware = quiet(OptimizelyASGIMiddleware(app, dispatcher))
     sent = asyncio.run(
@@ -100,11 +123,7 @@ def test_events_are_handed_over_once_after_the_app_returns(
 def test_dispatcher_can_be_passed_by_keyword(
     dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response():
-            await send(message)
-
+    app = responding_app(client)
     asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher=dispatcher))))
     assert len(sink.batches) == 1
 
@@ -127,15 +146,8 @@ def test_other_scope_types_pass_through_untouched(dispatcher: RequestScopedEvent
 
 
 def test_a_5xx_response_is_a_failed_request(datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response(503):
-            await send(message)
-
+    sink, dispatcher, client = discarding_failures(datafile)
+    app = responding_app(client, status=503)
     asyncio.run(call_http(quiet(OptimizelyASGIMiddleware(app, dispatcher))))
     stats = dispatcher.stats()
     assert sink.batches == []
@@ -162,9 +174,7 @@ def test_an_exception_propagates_unchanged_and_fails_the_request(
 
 @pytest.mark.parametrize("how", ["send_raises", "receive_disconnect"])
 def test_a_client_disconnect_loses_nothing(how: str, datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         fire(client)
@@ -191,9 +201,7 @@ def test_a_client_disconnect_loses_nothing(how: str, datafile: str) -> None:
 
 def test_an_oserror_the_app_raises_itself_is_a_failure(datafile: str) -> None:
     """Only an OSError from the server's send means the client went away."""
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         fire(client)
@@ -207,9 +215,7 @@ def test_an_oserror_the_app_raises_itself_is_a_failure(datafile: str) -> None:
 
 
 def test_a_cancelled_request_is_not_a_failure(datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
     started = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -232,11 +238,7 @@ def test_a_cancelled_request_is_not_a_failure(datafile: str) -> None:
 def test_nested_middleware_of_one_dispatcher_hands_over_once(
     dispatcher: RequestScopedEventDispatcher, sink: ShutdownSink, client: Optimizely
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        fire(client)
-        for message in response():
-            await send(message)
-
+    app = responding_app(client)
     inner = quiet(OptimizelyASGIMiddleware(app, dispatcher))
     outer = quiet(OptimizelyASGIMiddleware(inner, dispatcher))
     asyncio.run(call_http(outer))
@@ -281,10 +283,7 @@ def test_options_are_checked(dispatcher: RequestScopedEventDispatcher) -> None:
 def test_http_without_lifespan_warns_once_with_the_fix(
     dispatcher: RequestScopedEventDispatcher,
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        for message in response():
-            await send(message)
-
+    app = responding_app()
     middleware = OptimizelyASGIMiddleware(app, dispatcher)
     with pytest.warns(WiringWarning, match="lifespan") as record:
         asyncio.run(call_http(middleware))
@@ -359,9 +358,7 @@ def test_websocket_events_are_handed_over_at_each_step(datafile: str) -> None:
 
 
 def test_websocket_error_fails_the_last_step_only(datafile: str) -> None:
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
@@ -387,9 +384,7 @@ def test_websocket_error_fails_the_last_step_only(datafile: str) -> None:
 def test_a_websocket_client_that_goes_away_is_not_a_failure(how: str, datafile: str) -> None:
     """The HTTP rule: what the app raises once the client is gone (Starlette's
     WebSocketDisconnect, an OSError from send) does not fail the connection."""
-    sink = RecordingSink()
-    dispatcher = RequestScopedEventDispatcher(sink, failed_requests="discard")
-    client = create_client(dispatcher, datafile=datafile)
+    sink, dispatcher, client = discarding_failures(datafile)
     incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1006}]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

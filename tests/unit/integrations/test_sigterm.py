@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from optimizely import optimizely
 
 from optimizely_middleware import (
     EventSender,
@@ -43,19 +44,32 @@ def restore_sigterm() -> Iterator[None]:
     signal.signal(signal.SIGTERM, original)
 
 
-def test_sigterm_delivers_the_queue_before_the_previous_handler_runs(
+def slow_dispatcher_and_client(
     event_endpoint: EventEndpoint, datafile: str
-) -> None:
+) -> tuple[RequestScopedEventDispatcher, optimizely.Optimizely]:
+    """A dispatcher posting to ``event_endpoint`` that sends nothing on its own (60 s)."""
     dispatcher = RequestScopedEventDispatcher(
         EventSender(endpoint=event_endpoint.url, flush_interval=60.0)
     )
-    client = create_client(dispatcher, datafile=datafile)
+    return dispatcher, create_client(dispatcher, datafile=datafile)
+
+
+def count_delivered_when_chained(event_endpoint: EventEndpoint) -> list[int]:
+    """Install a previous SIGTERM handler that records how many visitors had arrived."""
     delivered_when_chained: list[int] = []
 
     def previous(signum: int, frame: FrameType | None) -> None:
         delivered_when_chained.append(len(event_endpoint.all_visitors()))
 
     signal.signal(signal.SIGTERM, previous)
+    return delivered_when_chained
+
+
+def test_sigterm_delivers_the_queue_before_the_previous_handler_runs(
+    event_endpoint: EventEndpoint, datafile: str
+) -> None:
+    dispatcher, client = slow_dispatcher_and_client(event_endpoint, datafile)
+    delivered_when_chained = count_delivered_when_chained(event_endpoint)
     try:
         handler = install_sigterm_flush(dispatcher, timeout=10.0)
         assert isinstance(handler, SignalFlush)
@@ -143,15 +157,8 @@ def test_a_negative_timeout_is_refused() -> None:
 def test_without_a_dispatcher_every_live_sender_is_flushed(
     event_endpoint: EventEndpoint, datafile: str
 ) -> None:
-    dispatcher = RequestScopedEventDispatcher(
-        EventSender(endpoint=event_endpoint.url, flush_interval=60.0)
-    )
-    client = create_client(dispatcher, datafile=datafile)
-    delivered_when_chained: list[int] = []
-    signal.signal(
-        signal.SIGTERM,
-        lambda signum, frame: delivered_when_chained.append(len(event_endpoint.all_visitors())),
-    )
+    dispatcher, client = slow_dispatcher_and_client(event_endpoint, datafile)
+    delivered_when_chained = count_delivered_when_chained(event_endpoint)
     try:
         install_sigterm_flush(timeout=10.0)  # e.g. from Django's settings.py
         with dispatcher.request_scope():

@@ -15,6 +15,7 @@ import pytest
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 from tests.support.endpoint import EventEndpoint
+from tests.support.generated_apps import app_preamble, write_user_file
 
 pytest_plugins = ["pytester"]
 
@@ -26,28 +27,14 @@ def user_project(pytester: pytest.Pytester, datafile: str, event_endpoint: Event
     return event_endpoint.url
 
 
-def write_test_file(pytester: pytest.Pytester, name: str, source: str, endpoint: str) -> None:
-    pytester.makepyfile(**{name: textwrap.dedent(source).replace("ENDPOINT", repr(endpoint))})
-
-
-FLASK_APP = """
-    from pathlib import Path
-
-    import pytest
-    from flask import Flask, jsonify
-
-    from optimizely_middleware import (
-        EventSender,
-        OptimizelyWSGIMiddleware,
-        RequestScopedEventDispatcher,
-        create_client,
-    )
-
-    DATAFILE = (Path(__file__).parent / "datafile.json").read_text()
+FLASK_APP = app_preamble(
+    "from flask import Flask, jsonify", "OptimizelyWSGIMiddleware"
+) + textwrap.dedent(
+    """
 
 
     def create_app():
-        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=ENDPOINT))
+        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=EVENTS_URL))
         optimizely = create_client(dispatcher, DATAFILE)
         app = Flask(__name__)
 
@@ -73,6 +60,7 @@ FLASK_APP = """
         yield app.test_client()
         app.config["OPTIMIZELY_DISPATCHER"].close(10)
 """
+)
 
 FLASK_TESTS = """
     def test_checkout_records_one_impression_and_one_purchase(client, optimizely_events):
@@ -109,35 +97,27 @@ FLASK_TESTS = """
 def test_a_flask_users_tests_pass(
     pytester: pytest.Pytester, user_project: str, event_endpoint: EventEndpoint
 ) -> None:
-    write_test_file(pytester, "test_flask_checkout", FLASK_APP + FLASK_TESTS, user_project)
+    write_user_file(pytester, "test_flask_checkout", user_project, FLASK_APP, FLASK_TESTS)
     result = pytester.runpytest("-W", "error::optimizely_middleware.WiringWarning")
     result.assert_outcomes(passed=3)
     assert event_endpoint.arrived == 0
 
 
-STARLETTE_APP = """
-    from pathlib import Path
-
-    import pytest
+STARLETTE_IMPORTS = """
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
     from starlette.middleware import Middleware
     from starlette.responses import JSONResponse
     from starlette.routing import Route
     from starlette.testclient import TestClient
+"""
 
-    from optimizely_middleware import (
-        EventSender,
-        OptimizelyASGIMiddleware,
-        RequestScopedEventDispatcher,
-        create_client,
-    )
-
-    DATAFILE = (Path(__file__).parent / "datafile.json").read_text()
+STARLETTE_APP = app_preamble(STARLETTE_IMPORTS, "OptimizelyASGIMiddleware") + textwrap.dedent(
+    """
 
 
     def create_app():
-        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=ENDPOINT))
+        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=EVENTS_URL))
         optimizely = create_client(dispatcher, DATAFILE)
 
         async def checkout(request):
@@ -168,6 +148,7 @@ STARLETTE_APP = """
         with TestClient(create_app()) as client:
             yield client
 """
+)
 
 STARLETTE_TESTS = """
     def test_checkout_records_one_impression_and_one_purchase(client, optimizely_events):
@@ -191,34 +172,26 @@ STARLETTE_TESTS = """
 def test_a_starlette_users_tests_pass(
     pytester: pytest.Pytester, user_project: str, event_endpoint: EventEndpoint
 ) -> None:
-    write_test_file(
-        pytester, "test_starlette_checkout", STARLETTE_APP + STARLETTE_TESTS, user_project
+    write_user_file(
+        pytester, "test_starlette_checkout", user_project, STARLETTE_APP, STARLETTE_TESTS
     )
     result = pytester.runpytest("-W", "error::optimizely_middleware.WiringWarning")
     result.assert_outcomes(passed=2)
     assert event_endpoint.arrived == 0
 
 
-FASTAPI_TESTS = """
-    from pathlib import Path
-
-    import pytest
+FASTAPI_IMPORTS = """
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
+"""
 
-    from optimizely_middleware import (
-        EventSender,
-        OptimizelyASGIMiddleware,
-        RequestScopedEventDispatcher,
-        create_client,
-    )
-
-    DATAFILE = (Path(__file__).parent / "datafile.json").read_text()
+FASTAPI_TESTS = app_preamble(FASTAPI_IMPORTS, "OptimizelyASGIMiddleware") + textwrap.dedent(
+    """
 
 
     @pytest.fixture
     def client():
-        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=ENDPOINT))
+        dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=EVENTS_URL))
         optimizely = create_client(dispatcher, DATAFILE)
         app = FastAPI()
         app.add_middleware(OptimizelyASGIMiddleware, dispatcher=dispatcher, client=optimizely)
@@ -239,12 +212,13 @@ FASTAPI_TESTS = """
         optimizely_events.assert_impression(flag_key="new_checkout", variation_key="off")
         optimizely_events.assert_conversion(event_key="purchase", revenue=500, value=2)
 """
+)
 
 
 def test_a_fastapi_users_tests_pass(
     pytester: pytest.Pytester, user_project: str, event_endpoint: EventEndpoint
 ) -> None:
-    write_test_file(pytester, "test_fastapi_checkout", FASTAPI_TESTS, user_project)
+    write_user_file(pytester, "test_fastapi_checkout", user_project, FASTAPI_TESTS)
     result = pytester.runpytest("-W", "error::optimizely_middleware.WiringWarning")
     result.assert_outcomes(passed=1)
     assert event_endpoint.arrived == 0
@@ -260,7 +234,7 @@ WRONG_VARIATION = """
 def test_asserting_a_wrong_variation_fails_with_a_readable_message(
     pytester: pytest.Pytester, user_project: str, event_endpoint: EventEndpoint
 ) -> None:
-    write_test_file(pytester, "test_wrong", FLASK_APP + WRONG_VARIATION, user_project)
+    write_user_file(pytester, "test_wrong", user_project, FLASK_APP, WRONG_VARIATION)
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -302,7 +276,7 @@ MALFORMED_EVENT = """
 def test_a_malformed_event_fails_the_users_test(
     pytester: pytest.Pytester, user_project: str, event_endpoint: EventEndpoint
 ) -> None:
-    write_test_file(pytester, "test_malformed", FLASK_APP + MALFORMED_EVENT, user_project)
+    write_user_file(pytester, "test_malformed", user_project, FLASK_APP, MALFORMED_EVENT)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
@@ -337,7 +311,7 @@ CLEANUP = """
 def test_the_fixture_cleans_up_after_a_failing_test_and_leaves_other_tests_alone(
     pytester: pytest.Pytester, user_project: str, event_endpoint: EventEndpoint
 ) -> None:
-    write_test_file(pytester, "test_cleanup", FLASK_APP + CLEANUP, user_project)
+    write_user_file(pytester, "test_cleanup", user_project, FLASK_APP, CLEANUP)
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, failed=1)
     # Only the test without the fixture reached the real endpoint: user-2's two events.

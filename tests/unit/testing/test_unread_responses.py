@@ -10,7 +10,6 @@ an event that escaped the capture would arrive there; none may.
 
 from __future__ import annotations
 
-import textwrap
 import threading
 from typing import Any
 
@@ -24,6 +23,7 @@ from optimizely_middleware import (
 from optimizely_middleware.testing.unread_responses import UnreadResponses
 from tests.support.endpoint import EventEndpoint
 from tests.support.fakes import RecordingSink, visitor_id_of
+from tests.support.generated_apps import app_preamble, write_user_file
 
 pytest_plugins = ["pytester"]
 
@@ -75,20 +75,9 @@ def test_the_next_test_sees_only_its_own_events(client, optimizely_events):
     assert len(optimizely_events.requests) == 1
 """
 
-FLASK_APP = """
-from pathlib import Path
-
-import pytest
-from flask import Flask, request
-
-from optimizely_middleware import (
-    EventSender,
-    OptimizelyWSGIMiddleware,
-    RequestScopedEventDispatcher,
-    create_client,
-)
-
-DATAFILE = (Path(__file__).parent / "datafile.json").read_text()
+FLASK_APP = (
+    app_preamble("from flask import Flask, request", "OptimizelyWSGIMiddleware")
+    + """
 dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=EVENTS_URL))
 optimizely = create_client(dispatcher, DATAFILE)
 app = Flask(__name__)
@@ -115,25 +104,19 @@ def client():
 def body(response):
     return response.data
 """
+)
 
-STARLETTE_APP = """
-from pathlib import Path
-
-import pytest
+STARLETTE_IMPORTS = """
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
+"""
 
-from optimizely_middleware import (
-    EventSender,
-    OptimizelyASGIMiddleware,
-    RequestScopedEventDispatcher,
-    create_client,
-)
-
-DATAFILE = (Path(__file__).parent / "datafile.json").read_text()
+STARLETTE_APP = (
+    app_preamble(STARLETTE_IMPORTS, "OptimizelyASGIMiddleware")
+    + """
 dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=EVENTS_URL))
 optimizely = create_client(dispatcher, DATAFILE)
 
@@ -168,6 +151,7 @@ def client():
 def body(response):
     return response.content
 """
+)
 
 DJANGO_CONFTEST = """
 from pathlib import Path
@@ -230,9 +214,8 @@ def user_project(pytester: pytest.Pytester, datafile: str) -> pytest.Pytester:
     return pytester
 
 
-def write(pytester: pytest.Pytester, name: str, source: str, endpoint: EventEndpoint) -> None:
-    text = textwrap.dedent(source).replace("EVENTS_URL", repr(endpoint.url))
-    pytester.makepyfile(**{name: text})
+def write(pytester: pytest.Pytester, name: str, endpoint: EventEndpoint, *parts: str) -> None:
+    write_user_file(pytester, name, endpoint.url, *parts)
 
 
 def run_in_subprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -254,7 +237,7 @@ def assert_only_the_failing_test_failed(result: pytest.RunResult) -> None:
 def test_a_flask_test_that_never_reads_the_body(
     user_project: pytest.Pytester, event_endpoint: EventEndpoint
 ) -> None:
-    write(user_project, "test_flask_unread", FLASK_APP + USER_TESTS, event_endpoint)
+    write(user_project, "test_flask_unread", event_endpoint, FLASK_APP, USER_TESTS)
     result = run_in_subprocess(user_project)
     assert_only_the_failing_test_failed(result)
     assert event_endpoint.arrived == 0
@@ -263,7 +246,7 @@ def test_a_flask_test_that_never_reads_the_body(
 def test_a_starlette_test_that_never_reads_the_body(
     user_project: pytest.Pytester, event_endpoint: EventEndpoint
 ) -> None:
-    write(user_project, "test_starlette_unread", STARLETTE_APP + USER_TESTS, event_endpoint)
+    write(user_project, "test_starlette_unread", event_endpoint, STARLETTE_APP, USER_TESTS)
     result = run_in_subprocess(
         user_project, "-W", "ignore:Using `httpx` with `starlette.testclient` is deprecated"
     )
@@ -274,8 +257,8 @@ def test_a_starlette_test_that_never_reads_the_body(
 def test_a_django_test_that_never_reads_the_body(
     user_project: pytest.Pytester, event_endpoint: EventEndpoint
 ) -> None:
-    write(user_project, "conftest", DJANGO_CONFTEST, event_endpoint)
-    write(user_project, "test_django_unread", DJANGO_APP + USER_TESTS, event_endpoint)
+    write(user_project, "conftest", event_endpoint, DJANGO_CONFTEST)
+    write(user_project, "test_django_unread", event_endpoint, DJANGO_APP, USER_TESTS)
     result = run_in_subprocess(user_project)
     assert_only_the_failing_test_failed(result)
     assert event_endpoint.arrived == 0
