@@ -67,7 +67,7 @@ class DeliveryEngine:
         endpoint: str | None = None,
         max_queue_events: int = 10_000,
         max_queue_bytes: int = 16 * 1024 * 1024,
-        max_events_per_post: int = 500,
+        max_events_per_post: int = 2000,
         max_bytes_per_post: int = 1_000_000,
         flush_interval: float = 0.1,
         max_in_flight: int = 4,
@@ -135,7 +135,9 @@ class DeliveryEngine:
     def _reset(self, *, keep: bool) -> None:
         """New locks, no threads; a clean queue and zero counters unless ``keep``."""
         self._threading = ThreadingStamp()
-        self._cond = threading.Condition(threading.Lock())
+        # The intake takes the plain lock (cheaper); waits and wake-ups use the condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._pool.reset()
         self._jobs: dict[int, tuple[int, int]] = {}  # POST job -> (oldest seq, events)
         self._in_flight = 0  # events in batches being POSTed or waiting to retry

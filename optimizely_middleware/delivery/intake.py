@@ -46,6 +46,7 @@ class IntakeOwner(Protocol):
     slice_seconds: float
     _slice_clock: Clock
     _clock: Clock
+    _lock: threading.Lock
     _cond: threading.Condition
     _queue: BatchQueue
     _closed: bool
@@ -111,6 +112,10 @@ class Intake:
         encoding = self._begin(items)
         if encoding is None:
             return
+        if encoding.small:
+            encoding.finish()
+            self._end(encoding)
+            return
         engine = self._engine
         try:
             for _ in encoding.slices(engine.slice_seconds, engine._slice_clock):
@@ -125,6 +130,10 @@ class Intake:
         (but a cancellation is passed on once the hand-off is filed)."""
         encoding = self._begin(items)
         if encoding is None:
+            return
+        if encoding.small:
+            encoding.finish()
+            self._end(encoding)
             return
         try:
             asyncio.get_running_loop()
@@ -149,7 +158,7 @@ class Intake:
                 return None
             engine.check_process()
             lost_reason: DropReason | None = None
-            with engine._cond:
+            with engine._lock:
                 engine._submitted += n
                 if engine._closed:
                     lost_reason, accepted = DropReason.CLOSED, 0
@@ -183,7 +192,7 @@ class Intake:
                 encoding.finish()
             self._file(encoding)
         except Exception:
-            with suppress(Exception), self._engine._cond:  # no reservation left for flush()
+            with suppress(Exception), self._engine._lock:  # no reservation left for flush()
                 reserved = self.pending.pop(encoding.token, None)
                 if reserved is not None:
                     self._engine._queue.release(reserved[1])
@@ -199,13 +208,15 @@ class Intake:
         engine = self._engine
         token = encoding.token
         keep = engine._ledger.on_error is not None
-        with engine._cond:
+        failed = encoding.failed
+        with engine._lock:
             if token not in self.pending:
                 return  # close() gave up on it (and counted it), or a new process
             queue = engine._queue
             was_empty = not queue.has_encoded
             over_bytes = queue.add_all(encoding.encoded, keep)
-            queue.release(len(encoding.failed))
+            if failed:
+                queue.release(len(failed))
             del self.pending[token]  # filed: flush() no longer waits for it
             became_full, queue.became_full = queue.became_full, False
             if encoding.encoded and (was_empty or engine._flushing or became_full):
@@ -215,6 +226,6 @@ class Intake:
             engine._grow_if_posts_are_slow()
         if over_bytes:
             engine._lose(DropReason.QUEUE_BYTES, over_bytes)
-        for item, why in encoding.failed:
+        for item, why in failed:
             logger.debug("Unencodable Optimizely event: %r", getattr(item, "params", item))
             engine._lose(DropReason.UNSERIALIZABLE, 1, [item], why)

@@ -23,6 +23,7 @@ from optimizely_middleware.delivery.clock import ManualClock
 from optimizely_middleware.delivery.encoded import EncodedEvent
 from optimizely_middleware.delivery.encoding import EventEncoder
 from optimizely_middleware.delivery.engine import DeliveryEngine
+from optimizely_middleware.delivery.handoff import SMALL_HANDOFF
 from optimizely_middleware.delivery.retry import RetryPolicy
 from optimizely_middleware.delivery.transport import TransportResponse
 from tests.support.clocks import TickingClock
@@ -594,6 +595,22 @@ def test_a_long_hand_off_is_encoded_in_bounded_slices_and_filed_whole(
     assert engine.stats()["queue_depth"] == 1000
     assert engine.flush(10)
     assert engine.stats()["delivered_events"] == 1000
+
+
+def test_a_page_sized_hand_off_is_encoded_in_one_go_without_reading_the_slice_clock(
+    engines: list[Any], monkeypatch: pytest.MonkeyPatch, datafile: str
+) -> None:
+    engine = make_sliced_engine(engines)
+    reads: list[float] = []
+    slice_clock = engine._slice_clock
+    engine._slice_clock = lambda: reads.append(slice_clock()) or reads[-1]
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
+    engine.submit((three_events(datafile) * 3)[:SMALL_HANDOFF])  # a page's events
+    assert (reads, pauses) == ([], [])
+    engine.submit(three_events(datafile) * 3)  # one more than that: sliced
+    assert (len(reads), len(pauses)) == (5 + 5 + 2, 2)  # 4 events a slice: 3 slices
+    assert engine.flush(10) and engine.stats()["delivered_events"] == SMALL_HANDOFF + 9
 
 
 def test_an_async_hand_off_lets_the_event_loop_run_between_slices(

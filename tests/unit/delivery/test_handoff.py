@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optimizely_middleware.delivery.encoded import EncodedEvent, UnserializableEvent
-from optimizely_middleware.delivery.handoff import HandOffEncoding
+from optimizely_middleware.delivery.handoff import SMALL_HANDOFF, HandOffEncoding
 from tests.support.clocks import TickingClock
 
 
@@ -63,3 +63,12 @@ def test_finish_encodes_what_the_slices_left() -> None:
     assert encoding.done == 4
     encoding.finish()
     assert (encoding.done, encoder.calls) == (20, 20)  # nothing encoded twice
+
+
+def test_a_page_sized_hand_off_is_small_and_finish_encodes_it_in_order() -> None:
+    small = HandOffEncoding(FakeEncoder(), list(range(SMALL_HANDOFF)), first_seq=3, queued_at=0.0)
+    assert small.small
+    small.finish()
+    assert [seq for seq, _, _ in small.encoded] == list(range(3, 3 + SMALL_HANDOFF))
+    larger = list(range(SMALL_HANDOFF + 1))
+    assert not HandOffEncoding(FakeEncoder(), larger, first_seq=0, queued_at=0.0).small
