@@ -31,7 +31,7 @@ from optimizely import entities
 from optimizely.event.event_factory import EventFactory
 from optimizely.event.event_id_normalizer import normalize_campaign_id, normalize_variation_id
 from optimizely.event.user_event import ConversionEvent, ImpressionEvent
-from optimizely.helpers.event_tag_utils import get_numeric_value, get_revenue_value
+from optimizely.helpers.event_tag_utils import get_numeric_value
 
 try:
     import orjson
@@ -177,8 +177,10 @@ def visitor_json(event: Any, logger: Any) -> bytes | None:
         if tags is not None:
             if not _plain_tags(tags):
                 return None
-            revenue = get_revenue_value(tags)
-            if revenue is not None:
+            # get_revenue_value's rule (an Integral that is not a bool): in plain tags,
+            # exactly an int, checked here without its slow ABC isinstance.
+            revenue = tags.get("revenue") if tags.__class__ is dict else None
+            if revenue.__class__ is int:
                 snapshot_event["revenue"] = revenue
             value = get_numeric_value(tags, logger)
             if value is not None:
