@@ -114,7 +114,7 @@ class EventSender:
 
     * ``max_queue_events`` [10000] and ``max_queue_bytes`` [16 MiB]: the
       queue's bounds; newer events past them are dropped and counted.
-    * ``max_events_per_post`` [500] and ``max_bytes_per_post`` [1 MB]: caps on
+    * ``max_events_per_post`` [2000] and ``max_bytes_per_post`` [1 MB]: caps on
       one POST (the event API accepts up to 3.5 MB); not above the queue's bounds.
     * ``flush_interval`` [0.1 s]: how long a lone event may wait for company.
     * ``max_in_flight`` [4]: I/O threads at most, so POSTs in flight at once.
