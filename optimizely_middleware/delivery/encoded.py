@@ -53,14 +53,15 @@ class UnserializableEvent(ValueError):
     """The event's payload cannot be turned into JSON. The message never contains the payload."""
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class EncodedEvent:
     """One event, serialised: ``prefix + visitors + suffix`` is its own POST body.
 
     ``key`` is equal for two events exactly when they may share a POST, as
     ``prefix + b",".join(visitors) + suffix``. ``event`` is the item it was
     made from (passed to ``on_error``), or None. ``headers`` may be shared by
-    every event of one envelope: treat it as read-only.
+    every event of one envelope: treat it as read-only. Build it with keywords;
+    the encoder passes them in order, as positional arguments cost far less.
     """
 
     key: Hashable

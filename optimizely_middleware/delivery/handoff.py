@@ -64,7 +64,6 @@ class HandOffEncoding:
         self,
         encoder: ItemEncoder,
         items: Sequence[object],
-        *,
         first_seq: int,
         queued_at: float,
         token: int = 0,

@@ -174,12 +174,12 @@ class Intake:
                 engine._lose(lost_reason, n - accepted, items[accepted:])
             if not accepted:
                 return None
-            return HandOffEncoding(
+            return HandOffEncoding(  # positional: cheaper, once per request
                 engine.encoder,
                 items if accepted == n else items[:accepted],
-                first_seq=first_seq,
-                queued_at=engine._clock(),
-                token=token,
+                first_seq,
+                engine._clock(),
+                token,
             )
         except Exception:
             self._log_handoff_failure(items)

@@ -164,12 +164,12 @@ def test_an_item_that_is_not_a_log_event_is_unserialisable() -> None:
         EventEncoder().encode(object())
 
 
-def test_encoded_events_are_built_with_keywords_and_carry_their_item() -> None:
+def test_encoded_events_carry_their_item_and_their_fields_in_order() -> None:
     event = LogEvent(URL, {"visitors": [{"v": 1}]})
     encoded = EventEncoder().encode(event)
     assert encoded.event is event
-    with pytest.raises(TypeError):
-        EncodedEvent("k", "u", {}, b"", b"", b"")  # type: ignore[call-arg]
+    fields = ("key", "url", "headers", "prefix", "visitors", "suffix", "event")
+    assert EncodedEvent(*(getattr(encoded, name) for name in fields)) == encoded
     assert encoded.nbytes == len(merged_body([encoded]))
 
 
