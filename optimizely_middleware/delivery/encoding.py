@@ -35,7 +35,8 @@ everything.
 
 One encoder serves every thread that ends a request: ``encode`` takes no
 lock. Its caches are dicts of immutable values, bounded in size, whose
-``get`` and item assignment are atomic; two threads that miss at once both
+``get`` and item assignment are atomic, and the last event context's
+envelope, replaced by one assignment; two threads that miss at once both
 build the same value, and either may be kept.
 """
 
@@ -86,6 +87,10 @@ class _Envelope(NamedTuple):
     headers: dict[str, str]
     prefix: bytes
     suffix: bytes
+
+
+_NOTHING: Final = object()  # no event context value is this object
+_NO_ENVELOPE: Final = _Envelope(None, "", {}, b"", b"")
 
 
 class PendingUserEvent(NamedTuple):
@@ -174,6 +179,7 @@ class EventEncoder:
         self._sdk_logger: Logger = sdk_logger or SDKLogger()
         self._contexts: dict[tuple[Any, ...], _Envelope] = {}
         self._params_envelopes: dict[tuple[Any, ...], _Envelope] = {}
+        self._last_context: tuple[tuple[Any, ...], _Envelope] = ((_NOTHING,) * 7, _NO_ENVELOPE)
         self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
@@ -206,13 +212,13 @@ class EventEncoder:
         except Exception:
             return None  # the SDK's own path decides (and names the error)
         return EncodedEvent(
-            key=envelope.key,
-            url=envelope.url,
-            headers=envelope.headers,
-            prefix=envelope.prefix,
-            visitors=visitors,
-            suffix=envelope.suffix,
-            event=item,
+            envelope.key,
+            envelope.url,
+            envelope.headers,
+            envelope.prefix,
+            visitors,
+            envelope.suffix,
+            item,
         )
 
     # -- user events -------------------------------------------------------------
@@ -236,6 +242,19 @@ class EventEncoder:
         return self._encode_log_event(log_event, item, kind)
 
     def _context_envelope(self, context: Any) -> _Envelope:
+        # Events from one ProjectConfig carry the very same value objects: the same
+        # objects are the same serialisation, checked without building a key.
+        seen, last = self._last_context
+        if (
+            context.revision is seen[2]
+            and context.account_id is seen[0]
+            and context.project_id is seen[1]
+            and context.anonymize_ip is seen[5]
+            and context.region is seen[6]
+            and context.client_name is seen[3]
+            and context.client_version is seen[4]
+        ):
+            return last
         values = (
             context.account_id,
             context.project_id,
@@ -256,6 +275,7 @@ class EventEncoder:
             key = merge_key(url, headers, prefix, suffix)
             envelope = _Envelope(key, url, headers, prefix, suffix)
             _bounded_set(self._contexts, cache_key, envelope)
+        self._last_context = (values, envelope)  # one atomic assignment
         return envelope
 
     # -- LogEvents ----------------------------------------------------------------
@@ -298,13 +318,7 @@ class EventEncoder:
                 f"the payload of this {kind} has no JSON form ({type(exc).__name__})"
             ) from None
         return EncodedEvent(
-            key=envelope.key,
-            url=url,
-            headers=envelope.headers,
-            prefix=envelope.prefix,
-            visitors=encoded,
-            suffix=envelope.suffix,
-            event=item,
+            envelope.key, url, envelope.headers, envelope.prefix, encoded, envelope.suffix, item
         )
 
     def _params_envelope(

@@ -8,6 +8,7 @@ real datafile (and variants of it), wired with the request-scoped processor.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -324,6 +325,28 @@ def test_revisions_are_never_merged() -> None:
     encoded = [EventEncoder().encode(item) for item in items]
     assert encoded[0].key == encoded[2].key != encoded[1].key
     assert_encodes_like_the_sdk(EventEncoder(), items)
+
+
+def test_one_encoder_follows_each_event_context_exactly() -> None:
+    items = []
+    revisions = ("42", "43", "42")
+    for revision in revisions:
+        capture = Capture(variant(revision=revision))
+        with capture.dispatcher.request_scope():
+            capture.client.track("purchase", "user-3")
+        items.extend(capture.items())
+    encoder = EventEncoder()  # one encoder: the context it saw last does not stick
+    encoded = [encoder.encode(item) for item in items]
+    assert encoded[0].key == encoded[2].key != encoded[1].key
+    for revision, each in zip(revisions, encoded, strict=True):
+        assert f'"revision":"{revision}"'.encode() in each.prefix
+    # An equal value of another type is another envelope: anonymize_ip 1 is not True.
+    twin = copy.copy(items[0].user_event)  # type: ignore[attr-defined]
+    twin.event_context = copy.copy(twin.event_context)
+    twin.event_context.anonymize_ip = 1
+    assert b'"anonymize_ip":true' in encoder.encode(items[0]).prefix
+    assert b'"anonymize_ip":1' in encoder.encode(PendingUserEvent(twin, None)).prefix
+    assert_encodes_like_the_sdk(EventEncoder(), [*items, PendingUserEvent(twin, None)])
 
 
 def test_a_log_event_and_the_same_user_event_share_a_key(datafile: str) -> None:
