@@ -157,22 +157,32 @@ class BatchQueue:
         (those are released). Sets :attr:`became_full` when a group now holds a full POST."""
         refused = 0
         groups = self._groups
-        strategy = self.strategy
+        max_bytes = self.max_bytes
+        nbytes = self.nbytes
+        key: Hashable = None
+        group: _Group | None = None
+        filled: list[_Group] = []
         for seq, queued_at, event in encoded:
             visitors = event.visitors
             size = len(event.prefix) + len(visitors) + len(event.suffix)
-            if self.nbytes + size > self.max_bytes:
+            if nbytes + size > max_bytes:
                 self.count -= 1
                 refused += 1
                 continue
-            group = groups.get(event.key)
-            if group is None:
-                group = groups[event.key] = _Group(event)
+            if group is None or event.key is not key:
+                # A hand-off's events usually share one envelope, and so its key object.
+                key = event.key
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group(event)
+                filled.append(group)
             group.items.append((seq, queued_at, visitors, event.event if keep_events else None))
             group.nbytes += size
-            self.nbytes += size
-            if not self.became_full and strategy.is_full(group):
-                self.became_full = True
+            nbytes += size
+        self.nbytes = nbytes
+        if not self.became_full:
+            is_full = self.strategy.is_full
+            self.became_full = any(is_full(group) for group in filled)
         return refused
 
     def next_batch(self, now: float, urgent: bool) -> tuple[Batch | None, float | None]:
