@@ -70,7 +70,7 @@ class DeliveryEngine:
         max_events_per_post: int = 2000,
         max_bytes_per_post: int = 1_000_000,
         flush_interval: float = 0.1,
-        max_in_flight: int = 4,
+        max_in_flight: int = 8,
         scale_up_after: float = 0.1,
         retry_policy: RetryPolicy | None = None,
         on_error: ErrorCallback | None = None,

@@ -4,7 +4,7 @@ Usage::
 
     from optimizely_middleware import EventSender, RequestScopedEventDispatcher
 
-    sender = EventSender(max_in_flight=4, on_error=lambda events, reason: ...)
+    sender = EventSender(max_in_flight=8, on_error=lambda events, reason: ...)
     dispatcher = RequestScopedEventDispatcher(sender)
     ...
     sender.flush(timeout=5.0)   # True when everything handed over so far has settled
@@ -117,7 +117,7 @@ class EventSender:
     * ``max_events_per_post`` [2000] and ``max_bytes_per_post`` [1 MB]: caps on
       one POST (the event API accepts up to 3.5 MB); not above the queue's bounds.
     * ``flush_interval`` [0.1 s]: how long a lone event may wait for company.
-    * ``max_in_flight`` [4]: I/O threads at most, so POSTs in flight at once.
+    * ``max_in_flight`` [8]: I/O threads at most, so POSTs in flight at once.
       A second thread starts only when a batch waits while every thread has
       been in a POST for ``scale_up_after`` [0.1 s] (a slow endpoint).
     * ``max_retries`` [5], ``backoff_base`` [0.5 s], ``backoff_cap`` [30 s],
