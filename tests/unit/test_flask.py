@@ -4,7 +4,6 @@ EventSender and a real local event endpoint, driven by Flask's test client
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -12,7 +11,6 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -38,6 +36,7 @@ from optimizely_middleware.flask import (
 )
 from tests.apps.flask_views import create_app, create_decorated_app
 from tests.support.endpoint import EventEndpoint
+from tests.support.examples import load_example
 from tests.support.servers import get, gunicorn, werkzeug_in_a_thread
 from tests.support.wsgi import (
     DATAFILE_PATH,
@@ -509,18 +508,8 @@ def test_the_same_client_disconnect_is_never_a_failed_request_under_gunicorn(
 # -- the example ----------------------------------------------------------------
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "flask_app_example", ROOT / "examples" / "flask_app.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_example_app(event_endpoint: EventEndpoint) -> None:
-    example = load_example()
+    example = load_example("flask_app")
     app = example.create_app(event_endpoint=event_endpoint.url)
     try:
         client = app.test_client()
