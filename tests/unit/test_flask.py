@@ -188,16 +188,25 @@ def serve(app: Flask, path: str) -> tuple[list[str], Any]:
     return status, body
 
 
-def test_send_file_keeps_the_servers_file_wrapper(app: Flask) -> None:
-    with hand_offs(state(app).dispatcher) as ended:
-        status, body = serve(app, "/file/gina")
+def assert_the_file_wrapper_reaches_the_server_and_closing_it_hands_over(
+    app: Flask, dispatcher: RequestScopedEventDispatcher, path: str, user: str
+) -> None:
+    """``path`` is a send_file view that decides for ``user``."""
+    with hand_offs(dispatcher) as ended:
+        status, body = serve(app, path)
         assert status == ["200 OK"]
         # What gunicorn checks before it uses sendfile():
         assert isinstance(body, GunicornFileWrapper)
         assert b"".join(body) == DATAFILE_PATH.read_bytes()
         assert ended == []
         body.close()
-        assert ended == [(["gina"], False)]
+        assert ended == [([user], False)]
+
+
+def test_send_file_keeps_the_servers_file_wrapper(app: Flask) -> None:
+    assert_the_file_wrapper_reaches_the_server_and_closing_it_hands_over(
+        app, state(app).dispatcher, "/file/gina", "gina"
+    )
 
 
 def test_an_async_view_adds_to_the_request(client: FlaskClient, app: Flask) -> None:
@@ -358,14 +367,9 @@ def test_a_decorated_send_file_view_hands_over_when_the_file_is_closed(
     decorated: Decorated,
 ) -> None:
     # werkzeug returns the file wrapper itself: call_on_close hooks never run.
-    with hand_offs(decorated.dispatcher) as ended:
-        status, body = serve(decorated.app, "/deferred-file/mia")
-        assert status == ["200 OK"]
-        assert isinstance(body, GunicornFileWrapper)
-        assert b"".join(body) == DATAFILE_PATH.read_bytes()
-        assert ended == []
-        body.close()
-        assert ended == [(["mia"], False)]
+    assert_the_file_wrapper_reaches_the_server_and_closing_it_hands_over(
+        decorated.app, decorated.dispatcher, "/deferred-file/mia", "mia"
+    )
 
 
 def test_a_decorated_send_file_view_without_a_server_file_wrapper(decorated: Decorated) -> None:
