@@ -22,11 +22,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from optimizely_middleware.testing.capture import (
-        CapturedPost,
-        CapturedRequest,
+    from optimizely_middleware.testing.capture import EventCapture
+    from optimizely_middleware.testing.captured import CapturedPost, CapturedRequest
+    from optimizely_middleware.wire.payloads import (
         Conversion,
-        EventCapture,
         Impression,
         conversions_in,
         impressions_in,
@@ -45,7 +44,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: the pytest plugin's entry point imports this package in
-    # every pytest run, which must not pay for the Optimizely SDK.
+    # every pytest run, which must not pay for the Optimizely SDK. The capture module
+    # holds every exported name (it uses them all).
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module("optimizely_middleware.testing.capture"), name)

@@ -58,15 +58,7 @@ if TYPE_CHECKING:
     from optimizely_middleware.delivery.sink import EventSink
     from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 
-__all__ = [
-    "CapturedPost",
-    "CapturedRequest",
-    "Conversion",
-    "EventCapture",
-    "Impression",
-    "conversions_in",
-    "impressions_in",
-]
+__all__ = ["EventCapture"]
 
 logger = logging.getLogger("optimizely_middleware.testing")
 

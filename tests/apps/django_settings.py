@@ -17,6 +17,8 @@ import os
 from mysite.settings import *  # noqa: F403
 from mysite.settings import OPTIMIZELY
 
+from tests.support.django import SERVER_LOGGING
+
 ROOT_URLCONF = "tests.apps.django_e2e_urls"
 
 OPTIMIZELY = {
@@ -33,9 +35,4 @@ if "OPTIMIZELY_TEST_SDK_KEY" in os.environ:
         "update_interval": 0.2,
     }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
-    "loggers": {"optimizely_middleware": {"handlers": ["stderr"], "level": "INFO"}},
-}
+LOGGING = SERVER_LOGGING

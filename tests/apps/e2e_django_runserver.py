@@ -16,6 +16,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
 from optimizely_middleware import install_sigterm_flush
+from tests.support.django import SERVER_LOGGING
 
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
@@ -30,12 +31,7 @@ OPTIMIZELY = {
     "EVENT_ENDPOINT": os.environ.get("OPTIMIZELY_TEST_EVENT_ENDPOINT"),
     "SHUTDOWN_TIMEOUT": 20.0,
 }
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"optimizely_middleware": {"handlers": ["console"], "level": "INFO"}},
-}
+LOGGING = SERVER_LOGGING
 
 if os.environ.get("OPTIMIZELY_TEST_SIGTERM_FLUSH"):
     install_sigterm_flush(timeout=20.0)

@@ -64,12 +64,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/stream/<user_id>")
     def stream(user_id: str) -> Response:
-        def body() -> Iterator[str]:
-            yield "first chunk\n"
-            decide(user_id)
-            yield "second chunk\n"
-
-        return Response(stream_with_context(body()), mimetype="text/plain")
+        body = deciding_between_chunks(decide, user_id)
+        return Response(stream_with_context(body), mimetype="text/plain")
 
     @app.get("/raise/<user_id>")
     def raise_view(user_id: str) -> Any:
@@ -112,6 +108,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def deciding_between_chunks(decide: Any, user_id: str) -> Iterator[str]:
+    """A streamed body that decides for ``user_id`` between its two chunks."""
+    yield "first chunk\n"
+    decide(user_id)
+    yield "second chunk\n"
+
+
 def endless_body(decide: Any, user_id: str) -> Iterator[bytes]:
     """Chunks until the server stops (the client went away); then one more event."""
     try:
@@ -149,12 +152,8 @@ def create_decorated_app(dispatcher: RequestScopedEventDispatcher, client: Any) 
     @app.get("/deferred-stream/<user_id>")
     @defer_events(dispatcher)
     def deferred_stream(user_id: str) -> Response:
-        def body() -> Iterator[str]:
-            yield "first chunk\n"
-            decide(user_id)
-            yield "second chunk\n"
-
-        return Response(stream_with_context(body()), mimetype="text/plain")
+        body = deciding_between_chunks(decide, user_id)
+        return Response(stream_with_context(body), mimetype="text/plain")
 
     @app.get("/deferred-file/<user_id>")
     @defer_events(dispatcher)

@@ -11,7 +11,6 @@ Run only these: ``.venv/bin/python -m pytest -m browser``.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import requests
 
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher
 from optimizely_middleware.devserver import DevServer
+from tests.support.examples import load_example
 from tests.support.servers import werkzeug_in_a_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,10 +53,7 @@ class Shop:
     """The devserver plus the WSGI example app whose events it receives."""
 
     def __init__(self, datafile: str, max_posts: int = 1000) -> None:
-        spec = importlib.util.spec_from_file_location("wsgi_app", ROOT / "examples" / "wsgi_app.py")
-        assert spec is not None and spec.loader is not None
-        example = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(example)
+        example = load_example("wsgi_app")
         self.devserver = DevServer(port=0, output=io.StringIO(), max_posts=max_posts).start()
         self.dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=self.devserver.url))
         app = example.create_app(self.dispatcher, datafile)

@@ -16,13 +16,13 @@ import pytest
 import websocket
 
 from tests.support.asgi import (
-    EXAMPLES,
     arrivals_by_visitor,
     event_keys,
     posts_per_visitor,
     visitor_ids,
 )
 from tests.support.endpoint import EventEndpoint
+from tests.support.examples import EXAMPLES
 from tests.support.load import sigterm_then_release_at
 from tests.support.servers import ROOT, ServerProcess
 from tests.support.servers import uvicorn as start_uvicorn

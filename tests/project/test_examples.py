@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import queue
 import signal
@@ -10,7 +9,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,23 +19,15 @@ from optimizely_middleware import EventSender, RequestScopedEventDispatcher
 from optimizely_middleware.devserver import DevServer
 from optimizely_middleware.dispatcher import add_request_end_listener, remove_request_end_listener
 from tests.support.endpoint import EventEndpoint
+from tests.support.examples import EXAMPLES, load_example
 from tests.support.servers import werkzeug_in_a_thread
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 WAIT = 20.0
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("wsgi_app", EXAMPLES / "wsgi_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def wsgi_app() -> ModuleType:
-    return load_example()
+    return load_example("wsgi_app")
 
 
 @pytest.fixture

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
+
+import pytest
+from httpx import Response
+from starlette.testclient import TestClient
 
 from optimizely_middleware import EventSender, create_client
 from optimizely_middleware.dispatcher import (
@@ -18,8 +18,7 @@ from optimizely_middleware.dispatcher import (
     remove_request_end_listener,
 )
 from tests.support.endpoint import EventEndpoint, ReceivedPost
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.support.examples import load_example
 
 Message = dict[str, Any]
 
@@ -108,15 +107,25 @@ def posts_per_visitor(posts: list[ReceivedPost]) -> dict[str, int]:
     return counts
 
 
-def load_example(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` afresh (it reads its settings at import)."""
-    module_name = f"example_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+def visit_the_example(
+    name: str, endpoint: EventEndpoint, monkeypatch: pytest.MonkeyPatch, user: str
+) -> tuple[Response, Response]:
+    """``examples/<name>.py`` (the Starlette or FastAPI shop) sending to ``endpoint``,
+    run through its lifespan: ``user`` opens ``/`` and ``/buy``. Both answer 200 and
+    the user's two impressions and one purchase arrive; returns the two responses."""
+    monkeypatch.setenv("OPTIMIZELY_EVENT_ENDPOINT", endpoint.url)
+    example = load_example(name)
+    try:
+        with TestClient(example.app) as http:
+            home = http.get("/", params={"user": user})
+            buy = http.get("/buy", params={"user": user})
+            assert home.status_code == buy.status_code == 200
+            endpoint.wait_for_visitors(3)
+        assert visitor_ids(endpoint.all_visitors()) == [user] * 3
+        assert event_keys(endpoint.posts) == ["campaign_activated"] * 2 + ["purchase"]
+    finally:
+        example.optimizely.client.close()
+    return home, buy
 
 
 WiredT = TypeVar("WiredT", bound="Wired")

@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DATAFILE_PATH = ROOT / "tests" / "data" / "datafile.json"
 EXAMPLE_PROJECT = ROOT / "examples" / "django_project"
 
+# settings.LOGGING of the served test projects: the package's INFO lines (start-up,
+# shutdown flush, drops) on stderr, where the tests read the server's log.
+SERVER_LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {"optimizely_middleware": {"handlers": ["stderr"], "level": "INFO"}},
+}
+
 
 def configure_django() -> None:
     """Configure Django in this process once, for the in-process tests.

@@ -24,9 +24,8 @@ from optimizely_middleware.starlette import defer_events, optimizely_client
 from tests.support.asgi import (
     Wired,
     arrivals_by_visitor,
-    event_keys,
-    load_example,
     posts_per_visitor,
+    visit_the_example,
     visitor_ids,
 )
 from tests.support.endpoint import EventEndpoint
@@ -139,17 +138,8 @@ def test_the_app_lifespan_runs_and_its_events_are_delivered_at_shutdown(
 def test_the_fastapi_example(
     event_endpoint: EventEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OPTIMIZELY_EVENT_ENDPOINT", event_endpoint.url)
-    example = load_example("fastapi_app")
-    with TestClient(example.app) as http:
-        home = http.get("/", params={"user": "bob"})
-        buy = http.get("/buy", params={"user": "bob"})
-        assert home.status_code == buy.status_code == 200
-        assert buy.json()["bought"] is True
-        event_endpoint.wait_for_visitors(3)
-    assert visitor_ids(event_endpoint.all_visitors()) == ["bob"] * 3
-    assert event_keys(event_endpoint.posts) == ["campaign_activated"] * 2 + ["purchase"]
-    example.optimizely.client.close()
+    _, buy = visit_the_example("fastapi_app", event_endpoint, monkeypatch, user="bob")
+    assert buy.json()["bought"] is True
 
 
 # -- the one-line setup, and defer_events refused on path operations ------------------

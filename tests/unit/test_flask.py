@@ -4,7 +4,6 @@ EventSender and a real local event endpoint, driven by Flask's test client
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -12,7 +11,6 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -38,6 +36,7 @@ from optimizely_middleware.flask import (
 )
 from tests.apps.flask_views import create_app, create_decorated_app
 from tests.support.endpoint import EventEndpoint
+from tests.support.examples import load_example
 from tests.support.servers import get, gunicorn, werkzeug_in_a_thread
 from tests.support.wsgi import (
     DATAFILE_PATH,
@@ -189,16 +188,25 @@ def serve(app: Flask, path: str) -> tuple[list[str], Any]:
     return status, body
 
 
-def test_send_file_keeps_the_servers_file_wrapper(app: Flask) -> None:
-    with hand_offs(state(app).dispatcher) as ended:
-        status, body = serve(app, "/file/gina")
+def assert_the_file_wrapper_reaches_the_server_and_closing_it_hands_over(
+    app: Flask, dispatcher: RequestScopedEventDispatcher, path: str, user: str
+) -> None:
+    """``path`` is a send_file view that decides for ``user``."""
+    with hand_offs(dispatcher) as ended:
+        status, body = serve(app, path)
         assert status == ["200 OK"]
         # What gunicorn checks before it uses sendfile():
         assert isinstance(body, GunicornFileWrapper)
         assert b"".join(body) == DATAFILE_PATH.read_bytes()
         assert ended == []
         body.close()
-        assert ended == [(["gina"], False)]
+        assert ended == [([user], False)]
+
+
+def test_send_file_keeps_the_servers_file_wrapper(app: Flask) -> None:
+    assert_the_file_wrapper_reaches_the_server_and_closing_it_hands_over(
+        app, state(app).dispatcher, "/file/gina", "gina"
+    )
 
 
 def test_an_async_view_adds_to_the_request(client: FlaskClient, app: Flask) -> None:
@@ -359,14 +367,9 @@ def test_a_decorated_send_file_view_hands_over_when_the_file_is_closed(
     decorated: Decorated,
 ) -> None:
     # werkzeug returns the file wrapper itself: call_on_close hooks never run.
-    with hand_offs(decorated.dispatcher) as ended:
-        status, body = serve(decorated.app, "/deferred-file/mia")
-        assert status == ["200 OK"]
-        assert isinstance(body, GunicornFileWrapper)
-        assert b"".join(body) == DATAFILE_PATH.read_bytes()
-        assert ended == []
-        body.close()
-        assert ended == [(["mia"], False)]
+    assert_the_file_wrapper_reaches_the_server_and_closing_it_hands_over(
+        decorated.app, decorated.dispatcher, "/deferred-file/mia", "mia"
+    )
 
 
 def test_a_decorated_send_file_view_without_a_server_file_wrapper(decorated: Decorated) -> None:
@@ -509,18 +512,8 @@ def test_the_same_client_disconnect_is_never_a_failed_request_under_gunicorn(
 # -- the example ----------------------------------------------------------------
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "flask_app_example", ROOT / "examples" / "flask_app.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_example_app(event_endpoint: EventEndpoint) -> None:
-    example = load_example()
+    example = load_example("flask_app")
     app = example.create_app(event_endpoint=event_endpoint.url)
     try:
         client = app.test_client()

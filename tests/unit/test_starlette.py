@@ -34,8 +34,8 @@ from tests.support.asgi import (
     Wired,
     arrivals_by_visitor,
     event_keys,
-    load_example,
     posts_per_visitor,
+    visit_the_example,
     visitor_ids,
 )
 from tests.support.endpoint import EventEndpoint
@@ -508,17 +508,8 @@ def test_the_decorated_response_reads_through_to_the_response(shop: Shop) -> Non
 def test_the_starlette_example(
     event_endpoint: EventEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OPTIMIZELY_EVENT_ENDPOINT", event_endpoint.url)
-    example = load_example("starlette_app")
-    with TestClient(example.app) as http:
-        home = http.get("/", params={"user": "alice"})
-        buy = http.get("/buy", params={"user": "alice"})
-        assert home.status_code == buy.status_code == 200
-        assert home.json()["user"] == "alice"
-        event_endpoint.wait_for_visitors(3)
-    assert visitor_ids(event_endpoint.all_visitors()) == ["alice"] * 3
-    assert event_keys(event_endpoint.posts) == ["campaign_activated"] * 2 + ["purchase"]
-    example.optimizely.client.close()
+    home, _ = visit_the_example("starlette_app", event_endpoint, monkeypatch, user="alice")
+    assert home.json()["user"] == "alice"
 
 
 # -- decorator mistakes fail when decorating ---------------------------------------

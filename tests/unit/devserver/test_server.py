@@ -22,6 +22,7 @@ import optimizely_middleware
 from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 from optimizely_middleware.devserver import (
     DevServer,
+    OutputFormat,
     ReceivedPost,
     describe_conversion,
     describe_decision,
@@ -149,27 +150,28 @@ def test_get_explains_where_to_post(devserver: DevServer) -> None:
     assert devserver.url in response.text
 
 
-def test_json_output_is_one_parsable_line_per_post(datafile: str) -> None:
+def printed_lines(output_format: OutputFormat, datafile: str) -> list[str]:
+    """What a server printing in ``output_format`` prints for one request's events:
+    one line per POST."""
     out = io.StringIO()
-    with DevServer(port=0, output=out, output_format="json") as server:
+    with DevServer(port=0, output=out, output_format=output_format) as server:
         send_request_events(server, datafile).close(WAIT)
         assert server.wait_for_visitors(3, WAIT)
     lines = out.getvalue().splitlines()
     assert len(lines) == len(server.posts)
-    records = [json.loads(line) for line in lines]
+    return lines
+
+
+def test_json_output_is_one_parsable_line_per_post(datafile: str) -> None:
+    records = [json.loads(line) for line in printed_lines("json", datafile)]
     assert {r["status"] for r in records} == {204}
     visitors = [v["visitor_id"] for r in records for v in r["payload"]["visitors"]]
     assert visitors == ["user-1", "user-2", "user-1"]
 
 
 def test_quiet_output_has_no_user_data(datafile: str) -> None:
-    out = io.StringIO()
-    with DevServer(port=0, output=out, output_format="quiet") as server:
-        send_request_events(server, datafile).close(WAIT)
-        assert server.wait_for_visitors(3, WAIT)
-    lines = out.getvalue().splitlines()
-    assert len(lines) == len(server.posts)
-    assert "user-" not in out.getvalue()
+    lines = printed_lines("quiet", datafile)
+    assert not any("user-" in line for line in lines)
     assert sum(int(line.split(" visitor(s)")[0].rsplit(" ", 1)[1]) for line in lines) == 3
 
 

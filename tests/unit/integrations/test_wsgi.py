@@ -53,6 +53,16 @@ class Setup:
     def users(self, batch: int) -> list[str]:
         return [visitor_id_of(e) for e in self.sink.batches[batch]]
 
+    def path_app(self) -> App:
+        """An app that decides for the user its path names and writes ``b"done"``."""
+
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
+            start_response("200 OK", [])
+            self.decide(environ["PATH_INFO"].strip("/"))
+            yield b"done"
+
+        return app
+
 
 @pytest.fixture
 def setup(datafile: str) -> Setup:
@@ -67,8 +77,8 @@ def discarding(datafile: str) -> Setup:
 class Server:
     """Calls a WSGI app the way gunicorn's sync/gthread workers do."""
 
-    def __init__(self, environ: dict[str, Any] | None = None) -> None:
-        self.environ = environ if environ is not None else EnvironBuilder("/").get_environ()
+    def __init__(self, environ: dict[str, Any] | None = None, path: str = "/") -> None:
+        self.environ = environ if environ is not None else EnvironBuilder(path).get_environ()
         self.status: str | None = None
         self.exc_info: Any = None
 
@@ -79,6 +89,12 @@ class Server:
 
     def call(self, app: App) -> Iterable[bytes]:
         return app(self.environ, self.start_response)
+
+    def serve(self, app: App) -> None:
+        """One whole request: the body written to the end, then closed."""
+        body = self.call(app)
+        list(body)
+        body.close()  # type: ignore[attr-defined]
 
 
 HandOffs = Callable[[RequestScopedEventDispatcher], list[tuple[int, bool]]]
@@ -291,9 +307,7 @@ def test_a_5xx_status_or_exc_info_in_start_response_marks_the_request_failed(
     ends = hand_offs(setup.dispatcher)
     for app in (lazy_500, with_exc_info):
         server = Server()
-        body = server.call(OptimizelyWSGIMiddleware(app, setup.dispatcher))
-        list(body)
-        body.close()  # type: ignore[attr-defined]
+        server.serve(OptimizelyWSGIMiddleware(app, setup.dispatcher))
         assert server.status is not None
     assert ends == [(1, True), (1, True)]
 
@@ -364,13 +378,8 @@ def test_a_file_wrapper_of_another_class_is_iterated_in_scope(setup: Setup) -> N
 
 
 def test_a_body_the_server_never_closes_is_handed_over_when_released(setup: Setup) -> None:
-    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
-        start_response("200 OK", [])
-        setup.decide(environ["PATH_INFO"].strip("/"))
-        yield b"done"
-
-    middleware = OptimizelyWSGIMiddleware(app, setup.dispatcher)
-    body = Server(EnvironBuilder("/first").get_environ()).call(middleware)
+    middleware = OptimizelyWSGIMiddleware(setup.path_app(), setup.dispatcher)
+    body = Server(path="/first").call(middleware)
     assert next(iter(body)) == b"done"  # e.g. it stops once Content-Length bytes are out
     assert setup.sink.batches == []
     del body  # a server that forgets close() drops its reference after writing
@@ -378,9 +387,7 @@ def test_a_body_the_server_never_closes_is_handed_over_when_released(setup: Setu
     assert setup.users(0) == ["first"]
 
     # The next request on the same thread is a request of its own.
-    second = Server(EnvironBuilder("/second").get_environ()).call(middleware)
-    list(second)
-    second.close()  # type: ignore[attr-defined]
+    Server(path="/second").serve(middleware)
     assert setup.users(1) == ["second"]
     assert setup.dispatcher.stats()["open_scopes"] == 0
 
@@ -461,9 +468,7 @@ def test_concurrent_requests_on_threads_keep_their_events_apart(setup: Setup) ->
     middleware = OptimizelyWSGIMiddleware(app, setup.dispatcher)
 
     def serve(n: int) -> None:
-        body = Server(EnvironBuilder(f"/user-{n}").get_environ()).call(middleware)
-        list(body)
-        body.close()  # type: ignore[attr-defined]
+        Server(path=f"/user-{n}").serve(middleware)
 
     threads = [threading.Thread(target=serve, args=(n,)) for n in range(8)]
     for t in threads:
@@ -508,13 +513,8 @@ def test_it_needs_a_request_scoped_dispatcher() -> None:
 def test_a_body_collected_while_the_dispatcher_is_locked_does_not_deadlock(setup: Setup) -> None:
     # The cyclic collector can run inside any allocation, on a thread that holds
     # the dispatcher's lock; handing over from there would wait on that lock forever.
-    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
-        start_response("200 OK", [])
-        setup.decide(environ["PATH_INFO"].strip("/"))
-        yield b"done"
-
-    middleware = OptimizelyWSGIMiddleware(app, setup.dispatcher)
-    body = Server(EnvironBuilder("/cyclic").get_environ()).call(middleware)
+    middleware = OptimizelyWSGIMiddleware(setup.path_app(), setup.dispatcher)
+    body = Server(path="/cyclic").call(middleware)
     assert next(iter(body)) == b"done"
     cycle: list[Any] = [body]
     cycle.append(cycle)
@@ -531,9 +531,7 @@ def test_a_body_collected_while_the_dispatcher_is_locked_does_not_deadlock(setup
     assert finished.wait(10), "gc.collect() deadlocked on the dispatcher's lock"
     assert setup.sink.batches == []  # not lost: handed over by the next request
 
-    second = Server(EnvironBuilder("/next").get_environ()).call(middleware)
-    list(second)
-    second.close()  # type: ignore[attr-defined]
+    Server(path="/next").serve(middleware)
     assert setup.users(0) == ["cyclic"]
     assert setup.users(1) == ["next"]
     assert setup.dispatcher.stats()["open_scopes"] == 0

@@ -112,34 +112,26 @@ def _expected(words: list[str], spell: Callable[[str], str]) -> list[str]:
     return [word.format(**{key: spell(key) for key in keys}) for word in words]
 
 
+@pytest.mark.parametrize("source", ["settings", "environment"])
 @pytest.mark.parametrize(("values", "words"), MISTAKES)
 def test_each_mistake_is_an_error_at_start_up_naming_the_key(
     framework: tuple[Start, Callable[[str], str]],
     values: dict[str, Any],
     words: list[str],
-    empty_file: Path,
-) -> None:
-    start, spell = framework
-    with pytest.raises(ConfigurationError) as raised:
-        start(_spelled(values, empty_file))
-    for word in _expected(words, spell):
-        assert word in str(raised.value)
-
-
-@pytest.mark.parametrize(("values", "words"), MISTAKES)
-def test_each_mistake_in_the_environment_is_an_error_at_start_up(
-    framework: tuple[Start, Callable[[str], str]],
-    values: dict[str, Any],
-    words: list[str],
+    source: str,
     empty_file: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    start, _ = framework
-    for key, value in _spelled(values, empty_file).items():
-        monkeypatch.setenv(f"OPTIMIZELY_{key}", value)
+    """The same mistake, made in the app's own settings or in OPTIMIZELY_* variables."""
+    start, spell = framework
+    settings = _spelled(values, empty_file)
+    if source == "environment":
+        for key, value in settings.items():
+            monkeypatch.setenv(f"OPTIMIZELY_{key}", value)
+        settings, spell = {}, lambda key: f"OPTIMIZELY_{key}"
     with pytest.raises(ConfigurationError) as raised:
-        start({})
-    for word in _expected(words, lambda key: f"OPTIMIZELY_{key}"):
+        start(settings)
+    for word in _expected(words, spell):
         assert word in str(raised.value)
 
 
