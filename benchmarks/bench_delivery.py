@@ -217,18 +217,16 @@ def offer(url: str, pool: list[Any], seconds: float, rate: float) -> dict[str, A
     ``seconds``, then flush; what arrived, what was dropped, how long it took to drain."""
     from page_procs import tree_cpu_seconds
 
+    # The hand-offs, 3 events each, as the dispatcher has them: built before the clock starts.
+    handoffs = [pool[i : i + 3] for i in range(0, len(pool) - 2, 3)]
+    count = len(handoffs)
     sender = EventSender(endpoint=url)
     before = endpoint_counts(url)
     endpoint_pid = ENDPOINT_PIDS.get(url)
     endpoint_cpu = tree_cpu_seconds(endpoint_pid) if endpoint_pid else 0.0
     cpu_start = time.process_time()
     start = time.monotonic()
-    size = len(pool)
-    requests = paced(
-        seconds,
-        rate,
-        lambda i: sender.submit([pool[(i * 3 + k) % size] for k in range(3)]),
-    )
+    requests = paced(seconds, rate, lambda i: sender.submit(handoffs[i % count]))
     offer_end = time.monotonic()
     in_window = endpoint_counts(url)
     flushed = sender.flush(60)
