@@ -269,10 +269,16 @@ def test_bench_delivery_finds_a_ceiling_and_counts_what_arrived(tmp_path: Path) 
         for step in ceiling["steps"] + ceiling["confirmed"] + ceiling["overloaded"]:
             assert step["produced"] > 0
             assert step["delivered"] + step["dropped"] == step["produced"], step
-            assert step["endpoint_cpu_share"] > 0, step
+            assert step["endpoint_cpu_share"] >= 0, step  # measured (it counts, parses nothing)
         assert ceiling["clean_confirmations"] == len(ceiling["confirmed"]) == 1
         assert f"| {kind} | >= 2250 (never overloaded up to --max-rate) | 1/1 |" in stdout
         assert f"MISS  ceiling, {kind}: 2250 events/s with no drops" in stdout
+    endpoint_cpu = [
+        step["endpoint_cpu_share"]
+        for ceiling in data["ceiling"].values()
+        for step in ceiling["steps"] + ceiling["confirmed"] + ceiling["overloaded"]
+    ]
+    assert sum(endpoint_cpu) > 0  # the endpoint's process is the one measured
     for runs in data["throughput"].values():
         (ours,) = runs["EventSender (defaults)"]
         assert ours["delivered"] == ours["produced"] > 0 and ours["dropped"] == 0, ours
