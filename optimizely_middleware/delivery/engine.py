@@ -15,7 +15,10 @@ the caller's thread or task, in the engine's
 :class:`~optimizely_middleware.delivery.intake.Intake`. The engine's
 threads (:mod:`~optimizely_middleware.delivery.worker`) only do I/O: take
 a ready batch (the :class:`LingerOrFull` strategy decides), POST it with
-retries (:mod:`~optimizely_middleware.delivery.posting`), wait. Every lost event goes through one
+retries (:mod:`~optimizely_middleware.delivery.posting`), wait; the POSTs
+under way are listed in
+:class:`~optimizely_middleware.delivery.in_flight.PostsInFlight`. Every
+lost event goes through one
 :class:`~optimizely_middleware.delivery.ledger.DropLedger`; a forked child
 is noticed by the package's one fork check (:mod:`optimizely_middleware.process.hooks`).
 """
@@ -34,6 +37,7 @@ from optimizely_middleware.delivery.clock import Clock, Wait, wait_on
 from optimizely_middleware.delivery.drops import DropReason, describe_error, redact
 from optimizely_middleware.delivery.encoded import ItemEncoder
 from optimizely_middleware.delivery.handoff import SLICE_SECONDS
+from optimizely_middleware.delivery.in_flight import PostsInFlight
 from optimizely_middleware.delivery.intake import Intake
 from optimizely_middleware.delivery.ledger import DropLedger, ErrorCallback
 from optimizely_middleware.delivery.posting import BatchPoster
@@ -114,7 +118,7 @@ class DeliveryEngine:
         self._pool = WorkerPool(
             self._run, max_workers=max_in_flight, scale_up_after=scale_up_after, clock=clock
         )
-        self._tokens = itertools.count(1)  # hand-off tokens and POST job ids
+        self._tokens = itertools.count(1)  # hand-off tokens
         self._intake = Intake(self)
         self._reinit_lock = threading.Lock()
         self._reset(keep=False)
@@ -139,8 +143,7 @@ class DeliveryEngine:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._pool.reset()
-        self._jobs: dict[int, tuple[int, int]] = {}  # POST job -> (oldest seq, events)
-        self._in_flight = 0  # events in batches being POSTed or waiting to retry
+        self._posts = PostsInFlight()  # batches being POSTed or waiting to retry
         self._flushing = 0
         self._aborted = False
         if keep:
@@ -179,7 +182,7 @@ class DeliveryEngine:
     def _adopt_patched_threading(self) -> None:
         # Same process, threading monkey-patched since (gevent): keep the
         # queue and the counters; batches on the old threads are unconfirmed.
-        lost = self._in_flight
+        lost = self._posts.events
         self._reset(keep=True)
         self._lose(DropReason.PROCESS_CHANGED, lost)
         if self._queue.count:
@@ -212,7 +215,7 @@ class DeliveryEngine:
         For a process about to be forked by code that runs no fork handlers.
         """
         with self._cond:
-            if self._jobs:
+            if self._posts:
                 return False
             threads = self._pool.retire()
             self._cond.notify_all()
@@ -280,10 +283,7 @@ class DeliveryEngine:
                 self._aborted = True  # waits end, no more retries, late results ignored
                 kept, drained = self._queue.drain()
                 encoding = self._intake.abandon()
-                for _, events in self._jobs.values():
-                    unconfirmed += events
-                self._jobs.clear()
-                self._in_flight = 0
+                unconfirmed = self._posts.abandon()
             self._cond.notify_all()
         if drained or encoding:
             self._lose(DropReason.SHUTDOWN, drained + encoding, kept)
@@ -321,8 +321,8 @@ class DeliveryEngine:
                 "dropped": self._ledger.dropped(),
                 "queue_depth": queued,
                 "queue_bytes": self._queue.nbytes,
-                "in_flight": self._in_flight,
-                "pending": queued + encoding + self._in_flight,
+                "in_flight": self._posts.events,
+                "pending": queued + encoding + self._posts.events,
                 "workers": len(self._pool.threads),
                 "last_error": self._poster.last_error,
             }
@@ -368,9 +368,7 @@ class DeliveryEngine:
             else:
                 batch, ready = queue.next_batch(now, urgent)
             if batch is not None:
-                self._in_flight += len(batch)
-                job_id = next(self._tokens)
-                self._jobs[job_id] = (batch.first_seq, len(batch))
+                job_id = self._posts.start(batch.first_seq, len(batch))
                 self._grow_if_posts_are_slow()
                 return job_id, batch
             if self._stopping and not queue.has_encoded:
@@ -380,7 +378,7 @@ class DeliveryEngine:
 
     def _post(self, job_id: int, batch: Batch, generation: int) -> None:
         def gave_up() -> DropReason | None:
-            if self._aborted or job_id not in self._jobs:
+            if self._aborted or not self._posts.is_open(job_id):
                 return DropReason.SHUTDOWN
             if generation != self._pool.generation:
                 return DropReason.PROCESS_CHANGED
@@ -397,17 +395,14 @@ class DeliveryEngine:
             # Also when the thread dies (a BaseException): the job settles, once,
             # and a flush returns only after on_error has seen a failed batch.
             with self._cond:
-                settled_here = job_id in self._jobs
-                if settled_here:
-                    self._jobs[job_id] = (batch.first_seq, 0)  # close() counts it no more
-                    self._in_flight -= len(batch)
-                    if reason is None:
-                        self._delivered_events += len(batch)
-                        self._delivered_posts += 1
+                settled_here = self._posts.settle(job_id)  # close() counts it no more
+                if settled_here and reason is None:
+                    self._delivered_events += len(batch)
+                    self._delivered_posts += 1
             if settled_here and reason is not None:
                 self._lose(reason, len(batch), batch.events(), detail)
             with self._cond:
-                self._jobs.pop(job_id, None)
+                self._posts.end(job_id)
                 self._cond.notify_all()
 
     # -- bookkeeping (with self._cond held) ----------------------------------------
@@ -423,6 +418,6 @@ class DeliveryEngine:
             oldest = self._queue.next_seq
         for seq in self._intake.oldest_seqs():
             oldest = min(oldest, seq)
-        for seq, _ in self._jobs.values():
+        for seq in self._posts.oldest_seqs():
             oldest = min(oldest, seq)
         return oldest

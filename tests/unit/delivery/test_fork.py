@@ -168,7 +168,7 @@ def test_without_fork_hooks_the_child_notices_the_new_pid_on_its_first_hand_off(
     try:
 
         def child(signal: Any) -> bool:
-            inherited = sender._engine._in_flight  # no hook ran: the parent's state is here
+            inherited = sender._engine._posts.events  # no hook ran: the parent's state is here
             sender.submit(sdk_events[1:])  # the first hand-off re-initialises by pid
             stats = sender.stats()
             signal()
