@@ -25,7 +25,6 @@ is noticed by the package's one fork check (:mod:`optimizely_middleware.process.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -118,7 +117,6 @@ class DeliveryEngine:
         self._pool = WorkerPool(
             self._run, max_workers=max_in_flight, scale_up_after=scale_up_after, clock=clock
         )
-        self._tokens = itertools.count(1)  # hand-off tokens
         self._intake = Intake(self)
         self._reinit_lock = threading.Lock()
         self._reset(keep=False)

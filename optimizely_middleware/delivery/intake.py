@@ -52,7 +52,6 @@ class IntakeOwner(Protocol):
     _closed: bool
     _submitted: int
     _flushing: int
-    _tokens: itertools.count[int]
     _pool: WorkerPool
     _ledger: DropLedger
 
@@ -80,6 +79,7 @@ class Intake:
 
     def __init__(self, engine: IntakeOwner) -> None:
         self._engine = engine
+        self._tokens = itertools.count(1)  # a name for each hand-off in progress
         self.pending: dict[int, tuple[int, int]] = {}
 
     def reset(self) -> None:
@@ -168,7 +168,7 @@ class Intake:
                     if accepted < n:
                         lost_reason = DropReason.QUEUE_FULL
                     if accepted:
-                        token = next(engine._tokens)
+                        token = next(self._tokens)
                         self.pending[token] = (first_seq, accepted)
             if lost_reason is not None:
                 engine._lose(lost_reason, n - accepted, items[accepted:])
