@@ -156,14 +156,8 @@ class RequestScopedEventDispatcher:
 
     def dispatch_event(self, event: Event) -> None:
         """Collect ``event`` into the current request's scope (called by the SDK)."""
-        scope = self._scope_var.get()
-        if scope is not None:
-            added = scope.add(event)
-            if added:
-                return
-            if added is False:
-                self._note_overflow(scope)
-                return
+        if self._kept_in_scope(event):
+            return
         # The SDK's ForwardingEventProcessor catches what dispatch_event raises
         # and logs the whole event at ERROR: raising from there reaches nobody.
         # Its frame is the one way to tell it from any other caller.
@@ -173,15 +167,21 @@ class RequestScopedEventDispatcher:
     def collect(self, item: object) -> None:
         """Keep ``item`` (a ``PendingUserEvent`` or ``LogEvent``) for the current request;
         O(1). Outside any request the ``outside_scope`` policy applies."""
+        if not self._kept_in_scope(item):
+            self._outside_scope(item, can_raise=True)
+
+    def _kept_in_scope(self, item: object) -> bool:
+        """True when the current request's scope took ``item``, or counted it over its
+        cap; False outside any open scope."""
         scope = self._scope_var.get()
-        if scope is not None:
-            added = scope.add(item)
-            if added:
-                return
-            if added is False:
-                self._note_overflow(scope)
-                return
-        self._outside_scope(item, can_raise=True)
+        if scope is None:
+            return False
+        added = scope.add(item)
+        if added is None:  # closed meanwhile
+            return False
+        if not added:
+            self._note_overflow(scope)
+        return True
 
     def _outside_scope(self, item: object, *, can_raise: bool) -> None:
         hooks.check_fork()

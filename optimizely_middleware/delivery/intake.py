@@ -110,11 +110,7 @@ class Intake:
     def submit(self, items: Sequence[object]) -> None:
         """Encode ``items`` here, in slices of about 1 ms, and queue the bytes. Never raises."""
         encoding = self._begin(items)
-        if encoding is None:
-            return
-        if encoding.small:
-            encoding.finish()
-            self._end(encoding)
+        if encoding is None or self._filed_at_once(encoding):
             return
         engine = self._engine
         try:
@@ -129,11 +125,7 @@ class Intake:
         """:meth:`submit` for a task: between slices the event loop runs. Never raises
         (but a cancellation is passed on once the hand-off is filed)."""
         encoding = self._begin(items)
-        if encoding is None:
-            return
-        if encoding.small:
-            encoding.finish()
-            self._end(encoding)
+        if encoding is None or self._filed_at_once(encoding):
             return
         try:
             asyncio.get_running_loop()
@@ -148,6 +140,14 @@ class Intake:
             self._end(encoding, interrupted=True)  # cancelled: finish here, nothing lost
             raise
         self._end(encoding)
+
+    def _filed_at_once(self, encoding: HandOffEncoding) -> bool:
+        """A page's few events: encoded in one go and filed (True); False for a longer one."""
+        if not encoding.small:
+            return False
+        encoding.finish()
+        self._end(encoding)
+        return True
 
     def _begin(self, items: Sequence[object]) -> HandOffEncoding | None:
         """Reserve room for ``items`` (count bound); what does not fit is dropped and counted."""
