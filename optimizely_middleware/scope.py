@@ -159,10 +159,9 @@ class ScopeBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._scope is None or self._activation is None:
-            return
-        self._activation.__exit__(exc_type, exc, tb)
-        self._dispatcher.close_scope(self._scope, failed=request_failed(exc=exc))
+        scope = self._leave(exc_type, exc, tb)
+        if scope is not None:
+            self._dispatcher.close_scope(scope, failed=request_failed(exc=exc))
 
     async def __aenter__(self) -> RequestScope:
         return self.__enter__()
@@ -173,10 +172,21 @@ class ScopeBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        scope = self._leave(exc_type, exc, tb)
+        if scope is not None:
+            await self._dispatcher.aclose_scope(scope, failed=request_failed(exc=exc))
+
+    def _leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> RequestScope | None:
+        """Deactivate the scope this block opened; it, to be closed (None if it joined one)."""
         if self._scope is None or self._activation is None:
-            return
+            return None
         self._activation.__exit__(exc_type, exc, tb)
-        await self._dispatcher.aclose_scope(self._scope, failed=request_failed(exc=exc))
+        return self._scope
 
 
 def request_failed(
