@@ -80,6 +80,13 @@ class Batch:
         return [item[_EVENT] for item in self.items]
 
 
+def at_least_one(**values: int) -> None:
+    """Refuse a bound below 1, naming the option (``ValueError``)."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value!r}")
+
+
 class LingerOrFull:
     """The batching decision: a group goes when it holds a full POST (``max_events``
     events or ``max_bytes`` bytes), when its oldest event has waited ``linger``
@@ -91,8 +98,7 @@ class LingerOrFull:
     """
 
     def __init__(self, *, max_events: int, max_bytes: int, linger: float) -> None:
-        if max_events < 1 or max_bytes < 1:
-            raise ValueError("a POST must hold at least one event and one byte")
+        at_least_one(max_events_per_post=max_events, max_bytes_per_post=max_bytes)
         if linger < 0:
             raise ValueError("flush_interval must be >= 0")
         self.max_events = max_events
@@ -113,6 +119,7 @@ class BatchQueue:
     """Encoded events grouped by POST, bounded by count and bytes; see the module docstring."""
 
     def __init__(self, *, max_events: int, max_bytes: int, strategy: LingerOrFull) -> None:
+        at_least_one(max_queue_events=max_events, max_queue_bytes=max_bytes)
         if strategy.max_events > max_events:
             raise ValueError(
                 f"max_events_per_post ({strategy.max_events}) is larger than "

@@ -42,7 +42,7 @@ from optimizely_middleware.delivery.ledger import DropLedger, ErrorCallback
 from optimizely_middleware.delivery.posting import BatchPoster
 from optimizely_middleware.delivery.retry import RetryPolicy
 from optimizely_middleware.delivery.transport import Transport
-from optimizely_middleware.delivery.worker import ThreadingStamp, WorkerPool
+from optimizely_middleware.delivery.worker import ThreadingStamp, WorkerPool, join_all
 from optimizely_middleware.process import hooks
 
 __all__ = ["DeliveryEngine", "ErrorCallback"]
@@ -83,14 +83,6 @@ class DeliveryEngine:
         slice_seconds: float = SLICE_SECONDS,
         slice_clock: Clock = time.perf_counter,
     ) -> None:
-        for name, value in (
-            ("max_queue_events", max_queue_events),
-            ("max_queue_bytes", max_queue_bytes),
-            ("max_events_per_post", max_events_per_post),
-            ("max_bytes_per_post", max_bytes_per_post),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value!r}")
         if slice_seconds <= 0:
             raise ValueError("slice_seconds must be > 0")
         self.encoder = encoder
@@ -99,8 +91,6 @@ class DeliveryEngine:
         self.strategy = LingerOrFull(
             max_events=max_events_per_post, max_bytes=max_bytes_per_post, linger=flush_interval
         )
-        # Built once here so that a batch bigger than the queue fails at construction.
-        BatchQueue(max_events=max_queue_events, max_bytes=max_queue_bytes, strategy=self.strategy)
         self.max_in_flight = max_in_flight
         self.slice_seconds = slice_seconds
         self._slice_clock = slice_clock
@@ -217,10 +207,7 @@ class DeliveryEngine:
                 return False
             threads = self._pool.retire()
             self._cond.notify_all()
-        for thread in threads:
-            if thread.ident is not None:
-                thread.join(timeout)
-        return not any(thread.is_alive() for thread in threads)
+        return join_all(threads, timeout)
 
     # -- flush, close, stats -------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from optimizely_middleware.delivery.clock import Clock, Wait
 
-__all__ = ["ThreadingStamp", "WorkerPool"]
+__all__ = ["ThreadingStamp", "WorkerPool", "join_all"]
 
 logger = logging.getLogger("optimizely_middleware.sender")
 
@@ -187,3 +187,11 @@ class WorkerPool:
 
     def alive(self) -> int:
         return sum(1 for thread in self.threads if thread.is_alive())
+
+
+def join_all(threads: list[threading.Thread], timeout: float) -> bool:
+    """Join each started thread for up to ``timeout``; True if none is still alive."""
+    for thread in threads:
+        if thread.ident is not None:
+            thread.join(timeout)
+    return not any(thread.is_alive() for thread in threads)

@@ -352,6 +352,14 @@ def test_inconsistent_settings_are_refused_at_construction(options: dict[str, An
         EventSender(transport=RecordingTransport(), **options)
 
 
+@pytest.mark.parametrize(
+    "name", ["max_queue_events", "max_queue_bytes", "max_events_per_post", "max_bytes_per_post"]
+)
+def test_a_bound_below_one_is_refused_by_its_name(name: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name} must be at least 1, not 0$"):
+        EventSender(transport=RecordingTransport(), **{name: 0})
+
+
 # -- a change of process ---------------------------------------------------------------
 
 
