@@ -69,6 +69,9 @@ from optimizely.project_config import ProjectConfig
 
 from optimizely_middleware import EventSender
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from page_variants import DiscardingSink
+
 ROOT = Path(__file__).resolve().parent.parent
 DATAFILE = (ROOT / "tests" / "data" / "datafile.json").read_text()
 ENDPOINT_SCRIPT = ROOT / "benchmarks" / "page_endpoint.py"
@@ -166,7 +169,7 @@ def log_event_pool(n: int = 600) -> list[Any]:
     return [e for e in built if e is not None]
 
 
-class KeepingSink:
+class KeepingSink(DiscardingSink):
     """An ``EventSink`` that keeps every item handed to it."""
 
     def __init__(self) -> None:
@@ -174,15 +177,6 @@ class KeepingSink:
 
     def submit(self, items: Sequence[Any]) -> None:
         self.items.extend(items)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"dropped": {}}
 
 
 def handed_off_pool(items: str, pages: int = 200) -> list[Any] | None:
@@ -549,7 +543,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write every run here")
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)  # the SDK logs every dropped event and failed POST
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from page_procs import describe_machine
 
     load_before = os.getloadavg()

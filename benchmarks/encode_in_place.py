@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from page_variants import render_page
+from page_variants import DiscardingSink, render_page
 
 from optimizely_middleware import RequestScopedEventDispatcher, create_client
 from optimizely_middleware.delivery.encoding import EventEncoder
@@ -37,7 +37,7 @@ POOL = 600
 clock = time.thread_time_ns
 
 
-class EncodingSink:
+class EncodingSink(DiscardingSink):
     """Takes each hand-off; encodes its events at once when ``encoder`` is set."""
 
     def __init__(self) -> None:
@@ -55,15 +55,6 @@ class EncodingSink:
             self.ns_per_event.append((clock() - start) / len(items))
         elif len(self.kept) < POOL:
             self.kept.extend(items)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"dropped": {}}
 
 
 def one_run(blocks: int, pages: int) -> dict[str, float]:

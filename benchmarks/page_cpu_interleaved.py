@@ -52,13 +52,13 @@ import resource
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from page_cpu import DEFAULT_DATAFILE, the_page
 from page_procs import Endpoint, describe_machine
-from page_variants import build_variant, guard_loopback, point_sdk_at
+from page_variants import DiscardingSink, build_variant, guard_loopback, point_sdk_at
 
 VARIANTS = ("baseline", "scope-only", "package", "dispatcher")
 # The issue's targets, against the baseline: (variant, figure, at most).
@@ -72,22 +72,6 @@ FIGURES = {
     "thread": "request thread",
     "process": "whole process",
 }
-
-
-class DiscardingSink:
-    """An ``EventSink`` that throws every hand-off away."""
-
-    def submit(self, items: Sequence[Any]) -> None:
-        pass
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"dropped": {}}
 
 
 class WorkerClock:

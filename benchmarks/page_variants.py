@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,23 @@ def _loopback_guard(event: str, args: tuple[Any, ...]) -> None:
 def guard_loopback() -> None:
     """Refuse every socket connection and name lookup off 127.0.0.1 / ::1."""
     sys.addaudithook(_loopback_guard)
+
+
+class DiscardingSink:
+    """An ``EventSink`` that throws every hand-off away; the benchmarks' other sinks
+    override ``submit`` only."""
+
+    def submit(self, items: Sequence[Any]) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"dropped": {}}
 
 
 class DroppingDispatcher:
