@@ -43,7 +43,8 @@ build the same value, and either may be kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from optimizely.event.event_factory import EventFactory
@@ -91,6 +92,35 @@ class _Envelope(NamedTuple):
 
 _NOTHING: Final = object()  # no event context value is this object
 _NO_ENVELOPE: Final = _Envelope(None, "", {}, b"", b"")
+
+
+class _LastParams(NamedTuple):
+    """The last cacheable ``LogEvent`` envelope, and what its params held besides visitors."""
+
+    url: str
+    names: tuple[str, ...]
+    values_of: Callable[[dict[str, Any]], tuple[Any, ...]]
+    types: tuple[type, ...]
+    values: tuple[Any, ...]
+    envelope: _Envelope
+
+    @classmethod
+    def of(cls, url: str, params: dict[str, Any], envelope: _Envelope) -> _LastParams:
+        others = [name for name in params if name != "visitors"]
+        if len(others) > 1:
+            values_of: Callable[[dict[str, Any]], tuple[Any, ...]] = itemgetter(*others)
+        else:
+            values_of = _values_getter(others)
+        values = values_of(params)
+        return cls(url, tuple(params), values_of, tuple(map(type, values)), values, envelope)
+
+
+def _values_getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """``itemgetter(*names)``, but a tuple for any number of names (0 or 1 included)."""
+    return lambda params: tuple(params[name] for name in names)
+
+
+_NO_PARAMS: Final = _LastParams("", (), _values_getter([]), (), (), _NO_ENVELOPE)
 
 
 class PendingUserEvent(NamedTuple):
@@ -180,6 +210,7 @@ class EventEncoder:
         self._contexts: dict[tuple[Any, ...], _Envelope] = {}
         self._params_envelopes: dict[tuple[Any, ...], _Envelope] = {}
         self._last_context: tuple[tuple[Any, ...], _Envelope] = ((_NOTHING,) * 7, _NO_ENVELOPE)
+        self._last_params = _NO_PARAMS
         self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
@@ -292,23 +323,23 @@ class EventEncoder:
         else:
             headers = post_headers(event)
         try:
-            visitors = params.get("visitors") if isinstance(params, dict) else None
-            if (
-                not isinstance(visitors, list)
-                or not visitors
-                or not all(name.__class__ is str for name in params)
-            ):
+            visitors: Any = params.get("visitors") if isinstance(params, dict) else None
+            envelope = (
+                self._params_envelope(url, headers, params)
+                if isinstance(visitors, list) and visitors
+                else None
+            )
+            if envelope is None:
                 # Not a mergeable payload: send it as it is, on its own.
                 return EncodedEvent(
-                    key=unmergeable_key(),
-                    url=url,
-                    headers=headers if headers is not None else dict(JSON_HEADERS),
-                    prefix=b"",
-                    visitors=compact_json(params),
-                    suffix=b"",
-                    event=item,
+                    unmergeable_key(),
+                    url,
+                    headers if headers is not None else dict(JSON_HEADERS),
+                    b"",
+                    compact_json(params),
+                    b"",
+                    item,
                 )
-            envelope = self._params_envelope(url, headers, params)
             if len(visitors) == 1:
                 encoded = compact_json(visitors[0])
             else:
@@ -322,24 +353,40 @@ class EventEncoder:
         )
 
     def _params_envelope(
-        self, url: str, headers: dict[str, str] | None, params: dict[str, Any]
-    ) -> _Envelope:
-        """The envelope of ``params`` (str keys, a non-empty visitors list); cached when
-        the headers are the default JSON ones and the values are exact (see
+        self, url: str, headers: dict[str, str] | None, params: dict[Any, Any]
+    ) -> _Envelope | None:
+        """The envelope of ``params`` (a non-empty visitors list), or None when a
+        top-level name is not a str (the payload is then sent alone). Cached when the
+        headers are the default JSON ones and the values exact (see
         :func:`~optimizely_middleware.delivery.encoded.envelope_cache_key`)."""
+        if headers is None:
+            # The SDK's LogEvents come from json.loads, so each has new value objects:
+            # the last envelope is matched by names, then value types, then values.
+            last = self._last_params
+            names = tuple(params)
+            if names == last.names and url == last.url:
+                values = last.values_of(params)
+                if tuple(map(type, values)) == last.types and values == last.values:
+                    return last.envelope
+        if not all(name.__class__ is str for name in params):
+            return None
         cache_key = envelope_cache_key(params) if headers is None else None
         if cache_key is not None:
             cache_key = (url, *cache_key)
-            cached = self._params_envelopes.get(cache_key)
-            if cached is not None:
-                return cached
-        if headers is None:
-            headers = dict(JSON_HEADERS)
+            envelope = self._params_envelopes.get(cache_key)
+            if envelope is None:
+                envelope = self._new_params_envelope(url, dict(JSON_HEADERS), params)
+                _bounded_set(self._params_envelopes, cache_key, envelope)
+            self._last_params = _LastParams.of(url, params, envelope)  # one atomic assignment
+            return envelope
+        return self._new_params_envelope(url, headers or dict(JSON_HEADERS), params)
+
+    @staticmethod
+    def _new_params_envelope(
+        url: str, headers: dict[str, str], params: dict[str, Any]
+    ) -> _Envelope:
         prefix, suffix = envelope_parts(params, strict_json)
-        envelope = _Envelope(merge_key(url, headers, prefix, suffix), url, headers, prefix, suffix)
-        if cache_key is not None:
-            _bounded_set(self._params_envelopes, cache_key, envelope)
-        return envelope
+        return _Envelope(merge_key(url, headers, prefix, suffix), url, headers, prefix, suffix)
 
     # -- the guard ---------------------------------------------------------------
 

@@ -73,11 +73,18 @@ if orjson is not None:
     def _dumps_payload(obj: Any) -> bytes:
         return orjson.dumps(obj, default=_payload_dict, option=_OPTIONS)
 
-    def _dumps_plain(obj: Any) -> bytes:
-        # orjson writes NaN and infinities as null: a null needs the strict check.
-        data = orjson.dumps(obj, default=_refuse, option=_OPTIONS)
+    def compact_json(value: Any) -> bytes:
+        """Compact JSON of a plain value (a ``LogEvent``'s visitor, or its whole params), as
+        the stdlib writes it; ValueError/TypeError/RecursionError when it has no JSON form
+        (NaN, sets, ...)."""
+        try:
+            data: bytes = orjson.dumps(value, default=_refuse, option=_OPTIONS)
+        except TypeError:
+            # What orjson refuses but the stdlib writes: integers past 64 bits,
+            # non-str keys, more than 254 levels.
+            return strict_json(value).encode()
         if b"null" in data:
-            strict_json(obj)
+            strict_json(value)  # orjson writes NaN and infinities as null: this refuses them
         return data
 
 else:  # pragma: no cover
@@ -85,19 +92,8 @@ else:  # pragma: no cover
     def _dumps_payload(obj: Any) -> bytes:
         return strict_json(obj).encode()  # the caller checks the input is plain
 
-    def _dumps_plain(obj: Any) -> bytes:
-        return strict_json(obj).encode()
-
-
-def compact_json(value: Any) -> bytes:
-    """Compact JSON of a plain value (a ``LogEvent``'s visitor, or its whole params), as
-    the stdlib writes it; ValueError/TypeError/RecursionError when it has no JSON form
-    (NaN, sets, ...)."""
-    try:
-        return _dumps_plain(value)
-    except TypeError:
-        # What orjson refuses but the stdlib writes: integers past 64 bits,
-        # non-str keys, more than 254 levels.
+    def compact_json(value: Any) -> bytes:
+        """Compact JSON of a plain value, as the stdlib writes it (see above)."""
         return strict_json(value).encode()
 
 
