@@ -5,7 +5,7 @@ Usage (the engine holds its lock around every call; the queue has none)::
     queue = BatchQueue(max_events=10_000, max_bytes=16 << 20,
                        strategy=LingerOrFull(max_events=500, max_bytes=1_000_000, linger=0.1))
     first_seq = queue.reserve(3)                  # room for a hand-off being encoded
-    queue.add_all([(seq, queued_at, encoded)], keep_events=False)  # filed by group
+    queue.add_all([encoded], first_seq, queued_at, keep_events=False)  # filed by group
     queue.release(n)                              # reserved events that will not be filed
     batch, wait = queue.next_batch(now, urgent=False)
 
@@ -24,7 +24,7 @@ collections pause every thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Final
 
 from optimizely_middleware.delivery.encoded import EncodedEvent, body_of
@@ -159,9 +159,16 @@ class BatchQueue:
 
     # -- encoded side ------------------------------------------------------------
 
-    def add_all(self, encoded: list[tuple[int, float, EncodedEvent]], keep_events: bool) -> int:
-        """File reserved, encoded events in order; returns how many the byte bound refused
-        (those are released). Sets :attr:`became_full` when a group now holds a full POST."""
+    def add_all(
+        self,
+        events: Sequence[EncodedEvent],
+        first_seq: int,
+        queued_at: float,
+        keep_events: bool,
+    ) -> int:
+        """File reserved, encoded events in order, numbered from ``first_seq``; returns how
+        many the byte bound refused (those are released). Sets :attr:`became_full` when a
+        group now holds a full POST."""
         refused = 0
         groups = self._groups
         max_bytes = self.max_bytes
@@ -169,7 +176,9 @@ class BatchQueue:
         key: Hashable = None
         group: _Group | None = None
         filled: list[_Group] = []
-        for seq, queued_at, event in encoded:
+        seq = first_seq - 1
+        for event in events:
+            seq += 1
             visitors = event.visitors
             size = len(event.prefix) + len(visitors) + len(event.suffix)
             if nbytes + size > max_bytes:
@@ -189,7 +198,10 @@ class BatchQueue:
         self.nbytes = nbytes
         if not self.became_full:
             is_full = self.strategy.is_full
-            self.became_full = any(is_full(group) for group in filled)
+            for group in filled:
+                if is_full(group):
+                    self.became_full = True
+                    break
         return refused
 
     def next_batch(self, now: float, urgent: bool) -> tuple[Batch | None, float | None]:

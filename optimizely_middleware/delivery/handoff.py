@@ -39,8 +39,9 @@ SMALL_HANDOFF: Final = 8
 class HandOffEncoding:
     """The events of one hand-off, encoded in slices: ``encoded`` and ``failed``.
 
-    ``encoded`` holds ``(seq, queued_at, EncodedEvent)`` for the queue;
-    ``failed`` holds ``(item, why)`` for each event that has no JSON form
+    ``encoded`` holds the ``EncodedEvent`` of each event that has a JSON
+    form, in order (the queue numbers them from ``first_seq``); ``failed``
+    holds ``(item, why)`` for each event that has no JSON form
     (``why`` never contains the payload).
 
     Example::
@@ -73,7 +74,7 @@ class HandOffEncoding:
         self.items = items
         self.first_seq = first_seq
         self.queued_at = queued_at
-        self.encoded: list[tuple[int, float, EncodedEvent]] = []
+        self.encoded: list[EncodedEvent] = []
         self.failed: list[tuple[object, str]] = []
         self.slice_count = 0
 
@@ -108,14 +109,11 @@ class HandOffEncoding:
         items = self.items
         encode = self.encoder.encode
         encoded, failed = self.encoded, self.failed
-        first_seq, queued_at = self.first_seq, self.queued_at
-        for position in range(self.done, stop):
+        for position in range(len(encoded) + len(failed), stop):
             item = items[position]
             try:
-                event = encode(item)
+                encoded.append(encode(item))
             except UnserializableEvent as exc:
                 failed.append((item, str(exc)))
             except Exception as exc:
                 failed.append((item, f"{type(exc).__name__} while encoding the event"))
-            else:
-                encoded.append((first_seq + len(encoded), queued_at, event))

@@ -214,7 +214,9 @@ class Intake:
                 return  # close() gave up on it (and counted it), or a new process
             queue = engine._queue
             was_empty = not queue.has_encoded
-            over_bytes = queue.add_all(encoding.encoded, keep)
+            over_bytes = queue.add_all(
+                encoding.encoded, encoding.first_seq, encoding.queued_at, keep
+            )
             if failed:
                 queue.release(len(failed))
             del self.pending[token]  # filed: flush() no longer waits for it

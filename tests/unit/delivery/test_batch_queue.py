@@ -22,8 +22,7 @@ def queue(max_events: int = 10, max_bytes: int = 1000, linger: float = 1.0) -> B
 def fill(q: BatchQueue, visitors: list[bytes], key: str = "k") -> None:
     first = q.next_seq
     assert q.reserve(len(visitors)) == len(visitors)
-    events = [(first + offset, 0.0, encoded(v, key)) for offset, v in enumerate(visitors)]
-    assert q.add_all(events, False) == 0
+    assert q.add_all([encoded(v, key) for v in visitors], first, 0.0, False) == 0
 
 
 def test_the_count_bound_takes_what_fits_and_refuses_the_rest() -> None:
@@ -93,7 +92,7 @@ def test_the_byte_bound_refuses_encoded_events_past_it() -> None:
     q = BatchQueue(max_events=10, max_bytes=40, strategy=strategy)
     q.reserve(3)
     # 27 bytes each with its envelope: the second is refused
-    assert q.add_all([(0, 0.0, encoded(b"x" * 10)), (1, 0.0, encoded(b"x" * 10))], False) == 1
+    assert q.add_all([encoded(b"x" * 10), encoded(b"x" * 10)], 0, 0.0, False) == 1
     assert q.count == 2  # the refused one is released; one still reserved
 
 
@@ -110,3 +109,18 @@ def test_a_group_becomes_full_by_count() -> None:
     assert not q.became_full
     fill(q, [b"{}"])
     assert q.became_full
+
+
+def test_a_hand_off_is_numbered_from_its_first_seq_and_a_refused_event_keeps_its_number() -> None:
+    strategy = LingerOrFull(max_events=10, max_bytes=60, linger=1.0)
+    q = BatchQueue(max_events=10, max_bytes=60, strategy=strategy)
+    q.reserve(5)
+    # 25 bytes with its envelope, then 36 (past the queue's 60: refused), then 25.
+    events = [encoded(b"x" * 10), encoded(b"y" * 21), encoded(b"z" * 10)]
+    assert q.add_all(events, 2, 4.5, keep_events=False) == 1
+    batch, _ = q.next_batch(now=0.0, urgent=True)
+    assert batch is not None
+    assert [(seq, at, visitors) for seq, at, visitors, _ in batch.items] == [
+        (2, 4.5, b"x" * 10),
+        (4, 4.5, b"z" * 10),
+    ]
