@@ -299,9 +299,9 @@ def ceiling(url: str, pool: list[Any], args: argparse.Namespace) -> dict[str, An
             first_bad = rate
             break
         last_ok = rate
-        rate *= args.factor
+        rate = round(rate * args.factor)  # whole events/s: the rate printed is the one compared
     for _ in range(args.bisect if last_ok and first_bad else 0):
-        middle = (last_ok * first_bad) ** 0.5
+        middle = round((last_ok * first_bad) ** 0.5)
         if step(middle):
             last_ok = middle
         else:
@@ -320,7 +320,7 @@ def ceiling(url: str, pool: list[Any], args: argparse.Namespace) -> dict[str, An
         if not last_ok or 2 * sum(clean(s, args.drain_limit) for s in confirmed) > len(confirmed):
             break
         stepped_down.append((last_ok, sum(clean(s, args.drain_limit) for s in confirmed)))
-        last_ok /= args.factor**0.5
+        last_ok = round(last_ok / args.factor**0.5)
         confirmed = []
         for _ in range(args.runs):
             confirmed.append(offer(url, pool, args.seconds, last_ok))
