@@ -9,6 +9,12 @@ most of a core, and the endpoint shares the machine with what it measures. ``GET
 returns the counters as JSON. It listens on 127.0.0.1 only, handles HTTP/1.1
 keep-alive, and uses asyncio so a slow answer costs no thread.
 
+``--defer-parse`` keeps each body as it arrives and parses them all when
+the counts are asked for: the real event API parses on its own machines,
+so a benchmark whose server takes every core (gunicorn with 2 workers on
+2 cores) should not lose CPU to the stand-in's parsing while it measures.
+The counts are the same (what arrived before the ``GET /_counts``).
+
 ``--count-only`` counts visitors and events by their keys in the raw body
 (``"visitor_id":`` and ``"uuid":``) without parsing it and without uuids:
 for the ceiling benchmark, which resends one pool of events (so uuids
@@ -71,10 +77,14 @@ class Counters:
 
 
 class EndpointServer:
-    def __init__(self, delay: float, status: int, count_only: bool = False) -> None:
+    def __init__(
+        self, delay: float, status: int, count_only: bool = False, defer_parse: bool = False
+    ) -> None:
         self.delay = delay
         self.status = status
         self.count_only = count_only
+        self.defer_parse = defer_parse
+        self.unparsed: list[bytes] = []  # bodies that arrived, to count (--defer-parse)
         self.counters = Counters()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -91,6 +101,7 @@ class EndpointServer:
                         headers[name.strip().lower()] = value.strip()
                 body = await self._read_body(reader, headers)
                 if method == "GET" and target.startswith("/_counts"):
+                    self._count_unparsed()
                     await self._answer(writer, 200, json.dumps(self.counters.as_dict()).encode())
                 elif method == "POST":
                     await self._post(writer, body)
@@ -121,8 +132,23 @@ class EndpointServer:
         return await reader.readexactly(length) if length else b""
 
     async def _post(self, writer: asyncio.StreamWriter, body: bytes) -> None:
+        self.counters.posts += 1
+        if self.defer_parse:
+            self.unparsed.append(body)
+        else:
+            self._count(body)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        await self._answer(writer, self.status, b"")
+
+    def _count_unparsed(self) -> None:
+        bodies, self.unparsed = self.unparsed, []
+        for body in bodies:
+            self._count(body)
+
+    def _count(self, body: bytes) -> None:
+        # Counted as arrived, as the real event API records what it receives.
         counters = self.counters
-        counters.posts += 1
         visitor_list: list[Any] = []
         if self.count_only:
             visitors = body.count(b'"visitor_id":')
@@ -133,7 +159,6 @@ class EndpointServer:
             except (ValueError, AttributeError):
                 counters.bad_bodies += 1
                 visitors = 0
-        # Counted on arrival, as the real event API records what it receives.
         if 200 <= self.status < 300:
             counters.accepted_posts += 1
             counters.visitors += visitors
@@ -145,9 +170,6 @@ class EndpointServer:
                 counters.bad_bodies += 1
         else:
             counters.rejected_visitors += visitors
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        await self._answer(writer, self.status, b"")
 
     @staticmethod
     async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
@@ -162,8 +184,10 @@ class EndpointServer:
         await writer.drain()
 
 
-async def serve(port: int, delay: float, status: int, count_only: bool = False) -> None:
-    endpoint = EndpointServer(delay, status, count_only)
+async def serve(
+    port: int, delay: float, status: int, count_only: bool = False, defer_parse: bool = False
+) -> None:
+    endpoint = EndpointServer(delay, status, count_only, defer_parse)
     server = await asyncio.start_server(endpoint.handle, "127.0.0.1", port, backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,8 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--count-only", action="store_true", help="count by keys in the raw body, parse nothing"
     )
+    parser.add_argument(
+        "--defer-parse", action="store_true", help="keep the bodies, parse them for the counts"
+    )
     args: Any = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.delay, args.status, args.count_only))
+    asyncio.run(serve(args.port, args.delay, args.status, args.count_only, args.defer_parse))
 
 
 if __name__ == "__main__":

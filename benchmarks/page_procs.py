@@ -173,6 +173,7 @@ class Endpoint:
                 sys.executable,
                 str(HERE / "page_endpoint.py"),
                 *("--delay", str(self.delay), "--status", status),
+                "--defer-parse",  # the server measured gets every core while it runs
             ],
             stdout=subprocess.PIPE,
             start_new_session=True,
