@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from optimizely.event_builder import Event
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JSON_HEADERS",
+    "NO_ENVELOPE_VALUES",
     "EncodedEvent",
+    "EnvelopeValues",
     "ItemEncoder",
     "UnserializableEvent",
     "body_of",
@@ -154,6 +157,46 @@ def envelope_cache_key(params: dict[Any, Any]) -> tuple[Any, ...] | None:
             return None
         parts.append((name, value.__class__, value))
     return tuple(parts)
+
+
+class EnvelopeValues(NamedTuple):
+    """The names and values of a cacheable ``params`` (see :func:`envelope_cache_key`)
+    beside ``visitors``: :meth:`matches` tells whether other params have the same
+    envelope, names in the same order, then the same value types, then equal values,
+    without building a key.
+
+    Example::
+
+        kept = EnvelopeValues.of(log_event.params)
+        kept.matches(next_log_event.params)   # True: the same envelope
+    """
+
+    names: tuple[str, ...]
+    values_of: Callable[[dict[str, Any]], tuple[Any, ...]]
+    types: tuple[type, ...]
+    values: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> EnvelopeValues:
+        others = [name for name in params if name != "visitors"]
+        values_of: Callable[[dict[str, Any]], tuple[Any, ...]]
+        if len(others) > 1:
+            values_of = itemgetter(*others)
+        else:  # itemgetter returns a bare value for one name, and needs at least one
+            values_of = lambda params: tuple(params[name] for name in others)  # noqa: E731
+        values = values_of(params)
+        return cls(tuple(params), values_of, tuple(map(type, values)), values)
+
+    def matches(self, params: dict[Any, Any]) -> bool:
+        if tuple(params) != self.names:
+            return False
+        values = self.values_of(params)
+        # Types first: they compare without calling anyone's __eq__ (and True == 1).
+        return tuple(map(type, values)) == self.types and values == self.values
+
+
+# Matches no params that has a visitors list (it holds no names at all).
+NO_ENVELOPE_VALUES: Final = EnvelopeValues.of({})
 
 
 def merged_body(items: Sequence[EncodedEvent]) -> bytes:

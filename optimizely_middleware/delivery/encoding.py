@@ -43,8 +43,7 @@ build the same value, and either may be kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
-from operator import itemgetter
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from optimizely.event.event_factory import EventFactory
@@ -54,7 +53,9 @@ from optimizely.helpers.enums import NotificationTypes
 
 from optimizely_middleware.delivery.encoded import (
     JSON_HEADERS,
+    NO_ENVELOPE_VALUES,
     EncodedEvent,
+    EnvelopeValues,
     UnserializableEvent,
     envelope_cache_key,
     envelope_parts,
@@ -92,35 +93,6 @@ class _Envelope(NamedTuple):
 
 _NOTHING: Final = object()  # no event context value is this object
 _NO_ENVELOPE: Final = _Envelope(None, "", {}, b"", b"")
-
-
-class _LastParams(NamedTuple):
-    """The last cacheable ``LogEvent`` envelope, and what its params held besides visitors."""
-
-    url: str
-    names: tuple[str, ...]
-    values_of: Callable[[dict[str, Any]], tuple[Any, ...]]
-    types: tuple[type, ...]
-    values: tuple[Any, ...]
-    envelope: _Envelope
-
-    @classmethod
-    def of(cls, url: str, params: dict[str, Any], envelope: _Envelope) -> _LastParams:
-        others = [name for name in params if name != "visitors"]
-        if len(others) > 1:
-            values_of: Callable[[dict[str, Any]], tuple[Any, ...]] = itemgetter(*others)
-        else:
-            values_of = _values_getter(others)
-        values = values_of(params)
-        return cls(url, tuple(params), values_of, tuple(map(type, values)), values, envelope)
-
-
-def _values_getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """``itemgetter(*names)``, but a tuple for any number of names (0 or 1 included)."""
-    return lambda params: tuple(params[name] for name in names)
-
-
-_NO_PARAMS: Final = _LastParams("", (), _values_getter([]), (), (), _NO_ENVELOPE)
 
 
 class PendingUserEvent(NamedTuple):
@@ -210,7 +182,8 @@ class EventEncoder:
         self._contexts: dict[tuple[Any, ...], _Envelope] = {}
         self._params_envelopes: dict[tuple[Any, ...], _Envelope] = {}
         self._last_context: tuple[tuple[Any, ...], _Envelope] = ((_NOTHING,) * 7, _NO_ENVELOPE)
-        self._last_params = _NO_PARAMS
+        # The last cacheable LogEvent envelope: (url, what its params held, envelope).
+        self._last_params = ("", NO_ENVELOPE_VALUES, _NO_ENVELOPE)
         self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
@@ -360,14 +333,10 @@ class EventEncoder:
         headers are the default JSON ones and the values exact (see
         :func:`~optimizely_middleware.delivery.encoded.envelope_cache_key`)."""
         if headers is None:
-            # The SDK's LogEvents come from json.loads, so each has new value objects:
-            # the last envelope is matched by names, then value types, then values.
-            last = self._last_params
-            names = tuple(params)
-            if names == last.names and url == last.url:
-                values = last.values_of(params)
-                if tuple(map(type, values)) == last.types and values == last.values:
-                    return last.envelope
+            # The SDK's LogEvents come from json.loads, so each has new value objects.
+            last_url, last_values, last_envelope = self._last_params
+            if url == last_url and last_values.matches(params):
+                return last_envelope
         if not all(name.__class__ is str for name in params):
             return None
         cache_key = envelope_cache_key(params) if headers is None else None
@@ -377,7 +346,7 @@ class EventEncoder:
             if envelope is None:
                 envelope = self._new_params_envelope(url, dict(JSON_HEADERS), params)
                 _bounded_set(self._params_envelopes, cache_key, envelope)
-            self._last_params = _LastParams.of(url, params, envelope)  # one atomic assignment
+            self._last_params = (url, EnvelopeValues.of(params), envelope)  # one assignment
             return envelope
         return self._new_params_envelope(url, headers or dict(JSON_HEADERS), params)
 

@@ -15,7 +15,9 @@ from optimizely.event.log_event import LogEvent
 
 from optimizely_middleware.delivery.encoded import (
     JSON_HEADERS,
+    NO_ENVELOPE_VALUES,
     EncodedEvent,
+    EnvelopeValues,
     UnserializableEvent,
     merge_key,
     merged_body,
@@ -188,3 +190,16 @@ def test_the_merge_key_is_equal_exactly_for_equal_url_headers_and_envelope() -> 
         URL, dict(reversed(headers.items())), b"", b""
     )
     assert unmergeable_key() != unmergeable_key()
+
+
+def test_envelope_values_match_only_the_same_names_in_order_types_and_values() -> None:
+    kept = EnvelopeValues.of({"a": "1", "visitors": [{"v": 1}], "b": True})
+    assert kept.matches({"a": "1", "visitors": [{"v": 2}], "b": True})
+    assert not kept.matches({"a": "1", "visitors": [], "b": 1})  # True == 1
+    assert not kept.matches({"b": True, "a": "1", "visitors": []})  # another order
+    assert not kept.matches({"a": "2", "visitors": [], "b": True})
+    assert not kept.matches({"a": "1", "visitors": []})
+    one = EnvelopeValues.of({"a": "x", "visitors": []})  # one name: still a tuple of values
+    assert one.matches({"a": "x", "visitors": [{}]})
+    assert not one.matches({"a": "y", "visitors": [{}]})
+    assert not NO_ENVELOPE_VALUES.matches({"visitors": [{}]})
