@@ -270,21 +270,12 @@ class DeliveryEngine:
                 encoding = self._intake.abandon()
                 unconfirmed = self._posts.abandon()
             self._cond.notify_all()
-        if drained or encoding:
-            self._lose(DropReason.SHUTDOWN, drained + encoding, kept)
-        self._lose(DropReason.SHUTDOWN, unconfirmed)
+        self._ledger.lost_at_shutdown(
+            queued=drained, encoding=encoding, unconfirmed=unconfirmed, items=kept
+        )
         self._pool.join(deadline)
         with self._cond:
             delivered_events, delivered_posts = self._delivered_events, self._delivered_posts
-        if drained or encoding or unconfirmed:
-            logger.warning(
-                "%d Optimizely events were not delivered at shutdown: %d queued, %d still "
-                "being encoded at a hand-off, %d in a POST still unconfirmed.",
-                drained + encoding + unconfirmed,
-                drained,
-                encoding,
-                unconfirmed,
-            )
         if not already:
             self._ledger.close_report(
                 delivered_events=delivered_events, delivered_posts=delivered_posts

@@ -5,6 +5,7 @@ Usage::
     ledger = DropLedger(on_error=report, log_interval=10.0)
     ledger.record_lost_event(DropReason.QUEUE_FULL, 3, items)  # counted, logged, on_error(items)
     ledger.dropped()                                             # {"queue_full": 3}
+    ledger.lost_at_shutdown(queued=1, encoding=0, unconfirmed=2)  # counted, one warning
     ledger.close_report(delivered_events=97, delivered_posts=2)  # the closing line
 
 The dispatcher and the sender each keep one (``dispatcher.stats()`` merges
@@ -82,6 +83,23 @@ class DropLedger:
                 self.on_error(kept, reason.value)
             except Exception:
                 logger.exception("The on_error callback raised; ignored.")
+
+    def lost_at_shutdown(
+        self, *, queued: int, encoding: int, unconfirmed: int, items: Sequence[object] = ()
+    ) -> None:
+        """What a close gave up on: counted as ``shutdown`` (``items`` are the queued
+        ones, for on_error) and named in one warning, by where the events were."""
+        self.record_lost_event(DropReason.SHUTDOWN, queued + encoding, items)
+        self.record_lost_event(DropReason.SHUTDOWN, unconfirmed)
+        if queued or encoding or unconfirmed:
+            logger.warning(
+                "%d Optimizely events were not delivered at shutdown: %d queued, %d still "
+                "being encoded at a hand-off, %d in a POST still unconfirmed.",
+                queued + encoding + unconfirmed,
+                queued,
+                encoding,
+                unconfirmed,
+            )
 
     def dropped(self) -> dict[str, int]:
         """``{reason: events}`` so far."""

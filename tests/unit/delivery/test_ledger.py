@@ -58,3 +58,22 @@ def test_a_forked_child_counts_only_its_own_drops() -> None:
 def test_every_reason_says_why() -> None:
     for reason in DropReason:
         assert reason.why and str(reason) == reason.value
+
+
+def test_what_a_close_gave_up_on_is_counted_as_shutdown_and_named_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lost: list[tuple[list[object], str]] = []
+    ledger = DropLedger(on_error=lambda items, reason: lost.append((items, reason)))
+    with caplog.at_level(logging.WARNING, logger="optimizely_middleware.sender"):
+        ledger.lost_at_shutdown(queued=1, encoding=2, unconfirmed=3, items=["queued"])
+    assert ledger.dropped() == {"shutdown": 6}
+    assert lost == [(["queued"], "shutdown")]
+    assert (
+        "6 Optimizely events were not delivered at shutdown: 1 queued, 2 still being "
+        "encoded at a hand-off, 3 in a POST still unconfirmed." in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="optimizely_middleware.sender"):
+        DropLedger().lost_at_shutdown(queued=0, encoding=0, unconfirmed=0)
+    assert caplog.records == []
