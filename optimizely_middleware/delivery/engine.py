@@ -207,7 +207,7 @@ class DeliveryEngine:
                 return False
             threads = self._pool.retire()
             self._cond.notify_all()
-        return join_all(threads, timeout)
+        return join_all(threads, time.monotonic() + timeout)
 
     # -- flush, close, stats -------------------------------------------------------------
 

@@ -176,22 +176,20 @@ class WorkerPool:
             if self.idle == 0:
                 self._all_busy_since = self._clock()
 
-    def join(self, deadline: float | None) -> None:
+    def join(self, deadline: float | None) -> bool:
         """Join every worker, until ``deadline`` (``time.monotonic()``) at most."""
-        current = threading.current_thread()
-        for thread in list(self.threads):
-            if thread is current or thread.ident is None:
-                continue
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            thread.join(remaining)
+        return join_all(list(self.threads), deadline)
 
     def alive(self) -> int:
         return sum(1 for thread in self.threads if thread.is_alive())
 
 
-def join_all(threads: list[threading.Thread], timeout: float) -> bool:
-    """Join each started thread for up to ``timeout``; True if none is still alive."""
+def join_all(threads: list[threading.Thread], deadline: float | None) -> bool:
+    """Join each started thread (but the caller's own) until ``deadline``
+    (``time.monotonic()``; None: no limit); True if none of them is still alive."""
+    current = threading.current_thread()
     for thread in threads:
-        if thread.ident is not None:
-            thread.join(timeout)
-    return not any(thread.is_alive() for thread in threads)
+        if thread is current or thread.ident is None:
+            continue
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return not any(thread.is_alive() and thread is not current for thread in threads)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
-from optimizely_middleware.delivery.worker import ThreadingStamp, WorkerPool
+from optimizely_middleware.delivery.worker import ThreadingStamp, WorkerPool, join_all
 
 
 def test_a_thread_that_cannot_start_is_not_listed_and_the_next_wake_starts_one(
@@ -58,3 +59,26 @@ def test_a_patched_threading_lock_is_a_change_and_a_new_pid_is_not_its_business(
     assert not stamp.changed()  # a fork is the process hooks' one fork check's to notice
     monkeypatch.setattr(threading, "Lock", lambda: None)  # as gevent's patch_all does
     assert stamp.changed()
+
+
+def test_join_all_shares_one_deadline_and_skips_unstarted_threads_and_the_caller() -> None:
+    release = threading.Event()
+    blocked = [threading.Thread(target=release.wait) for _ in range(3)]
+    for thread in blocked:
+        thread.start()
+    unstarted = threading.Thread(target=lambda: None)
+    joined_from: list[float] = []
+    real_join = threading.Thread.join
+
+    class Recording(threading.Thread):
+        def join(self, timeout: float | None = None) -> None:
+            joined_from.append(-1.0 if timeout is None else timeout)
+            real_join(self, timeout)
+
+    for thread in blocked:
+        thread.__class__ = Recording
+    deadline = time.monotonic()  # already passed: each join gets 0 s, not a timeout each
+    assert not join_all([*blocked, unstarted, threading.current_thread()], deadline)
+    assert joined_from == [0.0, 0.0, 0.0]
+    release.set()
+    assert join_all(blocked, None)
