@@ -187,7 +187,7 @@ class RequestScopedEventDispatcher:
         hooks.check_fork()
         self._check_wiring()
         if self.outside_scope == "send":
-            self._count("outside_scope_sent", 1)
+            self._count(1, "outside_scope_sent", "handed_over")
             self._submit([item])
         elif self.outside_scope == "drop":
             self._lost.record_lost_event(DropReason.OUTSIDE_SCOPE, 1)
@@ -271,35 +271,40 @@ class RequestScopedEventDispatcher:
         if not events:
             return
         asubmit = getattr(self.sender, "asubmit", None)
-        if asubmit is None:
-            self._submit(events)
-            return
         try:
-            await asubmit(events)
+            if asubmit is None:
+                self.sender.submit(events)
+            else:
+                await asubmit(events)
         except Exception as exc:
             self._sender_raised(exc, events)
-            return
-        self._count("handed_over", len(events))
 
     def _end_scope(self, scope: RequestScope, failed: bool) -> list[Any] | None:
-        """Close ``scope`` and count it; the events to hand over, if any."""
+        """Close ``scope`` and count it; the events to hand over, if any, already
+        counted as handed over (:meth:`_sender_raised` takes them back)."""
         events = scope.close()
         if events is None:
             return None
         failed = failed or scope.failed
+        discard = failed and self.failed_requests == "discard"
+        collected = len(events)
         hooks.check_fork()
-        with self._lock:
+        with self._lock:  # one lock a request: this runs after every response
             self._open_scopes = max(0, self._open_scopes - 1)
-            self._counts["requests"] += 1
+            counts = self._counts
+            counts["requests"] += 1
+            counts["collected"] += collected
             if failed:
-                self._counts["failed_requests"] += 1
-            self._counts["collected"] += len(events)
-        self._lost.record_lost_event(DropReason.REQUEST_CAP, scope.overflowed)
+                counts["failed_requests"] += 1
+            if collected and not discard:
+                counts["handed_over"] += collected
+        if scope.overflowed:
+            self._lost.record_lost_event(DropReason.REQUEST_CAP, scope.overflowed)
         if self.request_end_listeners:
             self.request_end_listeners.notify(self, events, failed)
         if not events:
             return None
-        if failed and self.failed_requests == "discard":
+        if discard:
             self._lost.record_lost_event(DropReason.FAILED_REQUEST, len(events))
             logger.info("Discarded %d Optimizely events of a failed request.", len(events))
             return None
@@ -325,14 +330,15 @@ class RequestScopedEventDispatcher:
     # -- delivery ------------------------------------------------------------
 
     def _submit(self, events: list[Any]) -> None:
+        """Hand ``events``, already counted as handed over, to the sender."""
         try:
             self.sender.submit(events)
         except Exception as exc:
             self._sender_raised(exc, events)
-            return
-        self._count("handed_over", len(events))
 
     def _sender_raised(self, exc: Exception, events: list[Any]) -> None:
+        """``events`` were refused: no longer handed over, but lost (``sender_error``)."""
+        self._count(-len(events), "handed_over")
         self._lost.record_lost_event(DropReason.SENDER_ERROR, len(events))
         logger.error(
             "The event sender raised %s while taking %d events; they are dropped.",
@@ -376,9 +382,10 @@ class RequestScopedEventDispatcher:
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _count(self, key: str, n: int) -> None:
+    def _count(self, n: int, *keys: str) -> None:
         with self._lock:
-            self._counts[key] += n
+            for key in keys:
+                self._counts[key] += n
 
     def _warn_once(self, key: str, message: str, *, category: type[Warning] | None = None) -> None:
         """Log ``message`` once per ``key``; with ``category``, also ``warnings.warn`` it."""

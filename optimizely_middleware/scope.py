@@ -20,9 +20,7 @@ adapter applies (the dispatcher's ``failed_requests`` policy acts on it).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,7 +28,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
 
-__all__ = ["RequestScope", "ScopeBlock", "ScopeVar", "request_failed"]
+__all__ = ["RequestScope", "ScopeActivation", "ScopeBlock", "ScopeVar", "request_failed"]
 
 
 class ScopeOwner(Protocol):
@@ -121,18 +119,41 @@ class ScopeVar:
             return None
         return scope
 
-    @contextmanager
-    def activate(self, scope: RequestScope) -> Iterator[RequestScope]:
+    def activate(self, scope: RequestScope) -> ScopeActivation:
         """Make ``scope`` the active one for the duration of the block.
 
         The previous value is restored on exit, so nothing leaks into whatever
         runs next on the same thread or task.
         """
-        token = self._var.set(scope)
-        try:
-            yield scope
-        finally:
-            self._var.reset(token)
+        return ScopeActivation(self._var, scope)
+
+
+class ScopeActivation:
+    """The ``with`` block of :meth:`ScopeVar.activate`: sets the scope, then restores
+    what was there. Single use, like a ``contextmanager``'s block; a plain class,
+    since it runs once per request and once per WSGI body chunk.
+
+    Example::
+
+        with ScopeActivation(var, scope):
+            assert var.get() is scope
+    """
+
+    __slots__ = ("_scope", "_token", "_var")
+
+    def __init__(self, var: ContextVar[RequestScope | None], scope: RequestScope) -> None:
+        self._var = var
+        self._scope = scope
+        self._token: Token[RequestScope | None] | None = None
+
+    def __enter__(self) -> RequestScope:
+        self._token = self._var.set(self._scope)
+        return self._scope
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            self._var.reset(self._token)
+            self._token = None
 
 
 class ScopeBlock:

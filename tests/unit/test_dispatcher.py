@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import json
 import logging
 import os
@@ -283,6 +284,7 @@ def test_failed_request_events_can_be_discarded(sink: RecordingSink, datafile: s
     dispatcher.close_scope(scope, failed=True)  # what an adapter does for a 5xx
     assert sink.batches == []
     assert dispatcher.stats()["dropped"] == {"failed_request": 2}
+    assert dispatcher.stats()["handed_over"] == 0
 
 
 def test_per_request_cap_drops_the_excess_and_logs_once(
@@ -334,6 +336,32 @@ def test_a_sender_that_raises_is_a_counted_drop_not_a_crash(datafile: str, caplo
         client.track("purchase", "user-15")
     assert dispatcher.stats()["dropped"] == {"sender_error": 1}
     assert "user-15" not in caplog.text
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["close_scope", "aclose_scope"])
+def test_events_a_sender_refused_are_not_counted_as_handed_over(
+    datafile: str, asynchronous: bool
+) -> None:
+    class RefusingSink(RecordingSink):
+        def submit(self, events: Any) -> None:
+            if len(events) == 2:
+                raise RuntimeError("boom")
+            super().submit(events)
+
+    dispatcher = RequestScopedEventDispatcher(RefusingSink())
+    client = create_client(dispatcher, datafile=datafile)
+    for users in (["a", "b"], ["c"]):  # refused, then taken
+        scope = dispatcher.open_scope()
+        with dispatcher.activate(scope):
+            for user in users:
+                client.track("purchase", user)
+        if asynchronous:
+            anyio.run(functools.partial(dispatcher.aclose_scope, scope))
+        else:
+            dispatcher.close_scope(scope)
+    stats = dispatcher.stats()
+    assert (stats["collected"], stats["handed_over"]) == (3, 1)
+    assert stats["dropped"] == {"sender_error": 2}
 
 
 def test_request_end_listener_sees_each_request(

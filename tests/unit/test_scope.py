@@ -73,6 +73,16 @@ def test_activate_restores_previous_value() -> None:
     assert var.get() is None
 
 
+def test_activate_restores_previous_value_when_the_block_raises() -> None:
+    var = ScopeVar("test")
+    outer, inner = RequestScope(), RequestScope()
+    with var.activate(outer):
+        with pytest.raises(ZeroDivisionError), var.activate(inner):
+            raise ZeroDivisionError
+        assert var.get() is outer
+    assert var.get() is None
+
+
 def test_closed_scope_is_not_current() -> None:
     var = ScopeVar("test")
     scope = RequestScope()
