@@ -9,7 +9,9 @@ app by name:
 * ``BENCH_EVENT_URL``: the local event endpoint, ``http://127.0.0.1:<port>/v1/events``;
 * ``BENCH_DATAFILE``: path of the datafile;
 * ``BENCH_STATS_DIR``: where each server process writes ``stats-<pid>.json``
-  when it exits (events produced, pages served, the dispatcher's stats).
+  when it exits (events produced, pages served, the dispatcher's stats);
+* ``BENCH_FLUSH_INTERVAL`` (optional): the ``middleware`` variant's
+  ``EventSender(flush_interval=...)``, in seconds.
 
 Benchmark only: the SDK's event URLs are pointed at the local endpoint, and
 an audit hook refuses any socket connection or name lookup that is not on the
@@ -219,7 +221,10 @@ def build_variant(name: str, datafile: str, event_url: str | None = None) -> Var
 
         # A default EventSender, with endpoint= naming the local endpoint, so that
         # no event can leave this machine whichever URL the package builds.
-        sender = EventSender(endpoint=event_url)
+        options: dict[str, Any] = {}
+        if os.environ.get("BENCH_FLUSH_INTERVAL"):
+            options["flush_interval"] = float(os.environ["BENCH_FLUSH_INTERVAL"])
+        sender = EventSender(endpoint=event_url, **options)
         dispatcher = RequestScopedEventDispatcher(sender)
         client = create_client(dispatcher, datafile=datafile)
         variant = Variant(name, client, dispatcher=dispatcher)

@@ -157,6 +157,8 @@ def run_open(port: int, rate: float, seconds: float, connections: int, tag: str)
 def one_run(args: argparse.Namespace, label: str, run: int, work: Path) -> dict[str, Any]:
     """One run of one server (``label``, e.g. ``flask-1x16``); rows name it as "framework"."""
     framework, env = server_shape(label)
+    if args.flush_interval is not None:
+        env = {**env, "BENCH_FLUSH_INTERVAL": str(args.flush_interval)}
     endpoint = Endpoint("delay", args.endpoint_delay).start()
     servers: dict[str, Server] = {}
     phases: list[dict[str, Any]] = []
@@ -440,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fractions", default="0.5,0.8", help="open-loop rates, shares of the baseline's req/s"
     )
     parser.add_argument("--endpoint-delay", type=float, default=0.1, help="seconds (0.1)")
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        help="the middleware's EventSender(flush_interval=...) (default: the package's)",
+    )
     parser.add_argument("--datafile", type=Path, default=DEFAULT_DATAFILE)
     parser.add_argument("--json", type=Path, help="write every phase and the medians here")
     args = parser.parse_args(argv)
@@ -459,7 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         f"closed loop (wrk -t{args.wrk_threads} -c{args.connections}), open loop at "
         f"{', '.join(f'{f:.0%}' for f in args.fractions)} of the baseline's req/s "
         f"({args.open_connections} connections); endpoint answers in "
-        f"{args.endpoint_delay * 1000:.0f} ms",
+        f"{args.endpoint_delay * 1000:.0f} ms"
+        + (
+            ""
+            if args.flush_interval is None
+            else f"; the middleware's flush_interval {args.flush_interval:g} s"
+        ),
         flush=True,
     )
     runs: list[dict[str, Any]] = []

@@ -213,6 +213,19 @@ def test_page_wrk_measures_both_loops_and_counts_every_event(tmp_path: Path) -> 
         assert delivery["duplicates"] == 0, delivery
 
 
+@wrk_benchmark
+def test_page_wrk_passes_the_flush_interval_to_the_middleware_servers(tmp_path: Path) -> None:
+    # A minute's linger: a POST leaves only when it is full (2,000 events or 1 MB, about
+    # 1,800 of these), or at the stop; the default 0.1 s sends about ten a second while
+    # the load runs (40 POSTs for 10,674 events here).
+    args = ("--servers", "starlette", "--runs", "1", "--seconds", "1", "--warmup-seconds", "1")
+    args += ("--endpoint-delay", "0.01", "--flush-interval", "60")
+    data, _ = run_benchmark_to_json("page_wrk.py", *args, out=tmp_path / "wrk.json", timeout=230)
+    (delivery,) = data["deliveries"]
+    assert delivery["unique"] == delivery["produced"] > 0, delivery
+    assert delivery["posts"] <= delivery["produced"] // 1500 + 3, delivery
+
+
 # -- saturation: full CPU, the other core busy (benchmarks/saturation.py) -----------
 
 
