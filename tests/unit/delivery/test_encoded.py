@@ -19,6 +19,7 @@ from optimizely_middleware.delivery.encoded import (
     EncodedEvent,
     EnvelopeValues,
     UnserializableEvent,
+    body_of,
     merge_key,
     merged_body,
     post_headers,
@@ -32,6 +33,17 @@ URL = "http://h/v1/events"
 
 def encode(event: Any) -> EncodedEvent:
     return EventEncoder().encode(event)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 50])
+def test_body_is_the_envelope_around_the_visitors_joined_by_commas(count: int) -> None:
+    visitors = [b'{"visitor_id":"v%d"}' % i for i in range(count)]
+    body = body_of(b'{"account_id":"1","visitors":[', visitors, b"]}")
+    assert body == b'{"account_id":"1","visitors":[' + b",".join(visitors) + b"]}"
+    if count:
+        assert [v["visitor_id"] for v in json.loads(body)["visitors"]] == [
+            f"v{i}" for i in range(count)
+        ]
 
 
 def test_one_event_body_is_the_compact_json_of_its_params(datafile: str) -> None:
