@@ -172,7 +172,13 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once
         for line in stdout.splitlines()
         if line.startswith("| ") and "x)" in line
     }
-    assert set(table) == {"baseline", "scope-only", "package", "dispatcher"}
+    assert set(table) == {
+        "baseline",
+        "scope-only",
+        "package",
+        "dispatcher",
+        "dispatcher-scope-only",
+    }
     # Up to the response, the request thread, the whole process: each against the baseline.
     assert table["baseline"].count("(1.00x) | 1.00-1.00") == 3, table["baseline"]
     for row in table.values():
