@@ -70,7 +70,7 @@ from optimizely.project_config import ProjectConfig
 from optimizely_middleware import EventSender
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from page_variants import DiscardingSink
+from page_variants import DiscardingSink, forwarding_client
 
 ROOT = Path(__file__).resolve().parent.parent
 DATAFILE = (ROOT / "tests" / "data" / "datafile.json").read_text()
@@ -183,10 +183,6 @@ def handed_off_pool(items: str, pages: int = 200) -> list[Any] | None:
     """What a ``RequestScopedEventDispatcher`` hands its sender for ``pages`` requests
     of the benchmark page (3 events each), in the wiring ``items`` names; None when
     this version of the package hands over nothing in that wiring."""
-    from optimizely import optimizely
-    from optimizely.event.event_processor import ForwardingEventProcessor
-    from optimizely.notification_center import NotificationCenter
-
     import optimizely_middleware as om
 
     sink = KeepingSink()
@@ -194,13 +190,7 @@ def handed_off_pool(items: str, pages: int = 200) -> list[Any] | None:
     if items == "user-events":
         client = om.create_client(dispatcher, datafile=DATAFILE)
     else:
-        center = NotificationCenter()
-        client = optimizely.Optimizely(
-            DATAFILE,
-            event_dispatcher=dispatcher,
-            event_processor=ForwardingEventProcessor(dispatcher, notification_center=center),
-            notification_center=center,
-        )
+        client = forwarding_client(DATAFILE, dispatcher)
     from page_cpu import the_page
 
     for i in range(pages):

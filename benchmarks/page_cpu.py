@@ -101,18 +101,12 @@ class KeepingProcessor:
 def build(variant: str, datafile: str, endpoint_url: str) -> tuple[Callable[[str], None], Any]:
     """(page function, finisher) for ``variant``; the finisher flushes and returns counts."""
     from optimizely import optimizely
-    from optimizely.event.event_processor import ForwardingEventProcessor
     from optimizely.notification_center import NotificationCenter
+    from page_variants import forwarding_client
 
     if variant == "baseline":
         dropping = DroppingDispatcher()
-        center = NotificationCenter()
-        client = optimizely.Optimizely(
-            datafile,
-            event_dispatcher=dropping,
-            event_processor=ForwardingEventProcessor(dropping, notification_center=center),
-            notification_center=center,
-        )
+        client = forwarding_client(datafile, dropping)
         return (lambda uid: the_page(client, uid)), (lambda: {"events": dropping.events})
     if variant == "sdk-userevents":
         keeping = KeepingProcessor()

@@ -59,12 +59,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from optimizely import optimizely
-from optimizely.event.event_processor import ForwardingEventProcessor
-from optimizely.notification_center import NotificationCenter
 from page_cpu import DEFAULT_DATAFILE, the_page
 from page_procs import Endpoint, describe_machine
-from page_variants import DiscardingSink, build_variant, guard_loopback, point_sdk_at
+from page_variants import (
+    DiscardingSink,
+    build_variant,
+    forwarding_client,
+    guard_loopback,
+    point_sdk_at,
+)
 
 VARIANTS = ("baseline", "scope-only", "package", "dispatcher", "dispatcher-scope-only")
 # The targets, against the baseline: (variant, figure, at most).
@@ -160,13 +163,7 @@ def build(name: str, datafile: str, url: str) -> Variant:
         )
     if name == "dispatcher-scope-only":
         dispatcher = RequestScopedEventDispatcher(DiscardingSink())
-        center = NotificationCenter()
-        client = optimizely.Optimizely(
-            datafile,
-            event_dispatcher=dispatcher,
-            event_processor=ForwardingEventProcessor(dispatcher, notification_center=center),
-            notification_center=center,
-        )
+        client = forwarding_client(datafile, dispatcher)
         return client, dispatcher.request_scope, lambda: None, lambda: None, None
     clock = None
     if name == "scope-only":

@@ -173,20 +173,26 @@ class Variant:
         return result
 
 
+def forwarding_client(datafile: str, dispatcher: Any) -> optimizely.Optimizely:
+    """A client whose ``ForwardingEventProcessor`` hands each ``LogEvent`` it builds to
+    ``dispatcher`` on the calling thread (the baseline's wiring, and the dispatcher
+    wiring's)."""
+    center = NotificationCenter()
+    return optimizely.Optimizely(
+        datafile,
+        event_dispatcher=dispatcher,
+        event_processor=ForwardingEventProcessor(dispatcher, notification_center=center),
+        notification_center=center,
+    )
+
+
 def build_variant(name: str, datafile: str, event_url: str | None = None) -> Variant:
     """The client of variant ``name``; ``event_url`` defaults to ``BENCH_EVENT_URL``."""
     if name in ("middleware", "dispatcher"):
         event_url = event_url or os.environ["BENCH_EVENT_URL"]
     if name == "baseline":
         dropping = DroppingDispatcher()
-        center = NotificationCenter()
-        client = optimizely.Optimizely(
-            datafile,
-            event_dispatcher=dropping,
-            event_processor=ForwardingEventProcessor(dropping, notification_center=center),
-            notification_center=center,
-        )
-        variant = Variant(name, client, dropping=dropping)
+        variant = Variant(name, forwarding_client(datafile, dropping), dropping=dropping)
     elif name == "sdk-sync":
         center = NotificationCenter()
         client = optimizely.Optimizely(
@@ -234,14 +240,7 @@ def build_variant(name: str, datafile: str, event_url: str | None = None) -> Var
         # The wiring of an app that builds its client itself (docs/how-it-works.md):
         # the SDK builds each LogEvent and dispatch_event keeps it in the request.
         dispatcher = RequestScopedEventDispatcher(EventSender(endpoint=event_url))
-        center = NotificationCenter()
-        client = optimizely.Optimizely(
-            datafile,
-            event_dispatcher=dispatcher,
-            event_processor=ForwardingEventProcessor(dispatcher, notification_center=center),
-            notification_center=center,
-        )
-        variant = Variant(name, client, dispatcher=dispatcher)
+        variant = Variant(name, forwarding_client(datafile, dispatcher), dispatcher=dispatcher)
     else:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     _count_produced(variant)
