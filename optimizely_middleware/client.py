@@ -23,10 +23,11 @@ from optimizely.helpers import validator
 from optimizely.logger import adapt_logger
 from optimizely.notification_center import NotificationCenter
 
-from optimizely_middleware.dispatcher import BATCH_PROCESSOR_HINT, RequestScopedEventDispatcher
+from optimizely_middleware.dispatcher import RequestScopedEventDispatcher
 from optimizely_middleware.errors import ConfigurationError, WiringWarning
 from optimizely_middleware.processor import RequestScopedEventProcessor
 from optimizely_middleware.sdk_logging import SDKLogger
+from optimizely_middleware.wiring_hints import BATCH_PROCESSOR_HINT
 
 __all__ = ["check_client", "create_client", "datafile_text"]
 

@@ -14,14 +14,11 @@ Usage::
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import threading
-import warnings
 from collections import Counter
 from collections.abc import Callable
-from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal
 
 from optimizely_middleware.delivery.drops import DropReason
@@ -35,6 +32,7 @@ from optimizely_middleware.request_listeners import (
     remove_request_end_listener,
 )
 from optimizely_middleware.scope import RequestScope, ScopeBlock, ScopeVar
+from optimizely_middleware.wiring_hints import WiringHints, called_by_forwarding_processor
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -62,17 +60,14 @@ RequestEndListener = Callable[["RequestScopedEventDispatcher", "list[Any]", bool
 # Called with (dispatcher, scope) when a WSGI body is returned with its scope still open.
 UnreadBodyListener = Callable[["RequestScopedEventDispatcher", RequestScope], None]
 
-# The SDK's BatchEventProcessor runs dispatch_event on a thread of this name.
-SDK_EVENT_THREAD_NAME = "EventThread"
-
-BATCH_PROCESSOR_HINT = (
-    "The Optimizely client calls dispatch_event from a thread that sees no request "
-    "scope, so events are not tied to requests. This happens when the client was "
-    "built with Optimizely(datafile, event_dispatcher=dispatcher), which adds the "
-    "SDK's BatchEventProcessor. Build it with "
-    "optimizely_middleware.create_client(dispatcher, datafile=...) instead, or pass "
-    "event_processor=ForwardingEventProcessor(dispatcher, notification_center=nc) "
-    "together with notification_center=nc."
+# What stats() reports of the dispatcher itself, in this order.
+_STATS_KEYS = (
+    "requests",
+    "failed_requests",
+    "open_scopes",
+    "collected",
+    "handed_over",
+    "outside_scope_sent",
 )
 
 
@@ -135,7 +130,7 @@ class RequestScopedEventDispatcher:
         self.request_end_listeners: Listeners[RequestEndListener] = Listeners("request ends")
         #: Told of each WSGI body returned with its scope still open (the testing kit listens).
         self.unread_body_listeners: Listeners[UnreadBodyListener] = Listeners("unread bodies")
-        self._warned: set[str] = set()
+        self._hints = WiringHints()
         # The dispatcher's policies say why in their own words (once), not per event.
         self._lost = DropLedger(log=False)
         self.after_fork_in_child()
@@ -161,8 +156,8 @@ class RequestScopedEventDispatcher:
         # The SDK's ForwardingEventProcessor catches what dispatch_event raises
         # and logs the whole event at ERROR: raising from there reaches nobody.
         # Its frame is the one way to tell it from any other caller.
-        caller = sys._getframe(1).f_code
-        self._outside_scope(event, can_raise=caller is not _forwarding_process_code())
+        forwarded = called_by_forwarding_processor(sys._getframe(1))
+        self._outside_scope(event, can_raise=not forwarded)
 
     def collect(self, item: object) -> None:
         """Keep ``item`` (a ``PendingUserEvent`` or ``LogEvent``) for the current request;
@@ -185,13 +180,13 @@ class RequestScopedEventDispatcher:
 
     def _outside_scope(self, item: object, *, can_raise: bool) -> None:
         hooks.check_fork()
-        self._check_wiring()
+        self._hints.event_outside_scope(self._open_scopes)
         if self.outside_scope == "send":
             self._count(1, "outside_scope_sent", "handed_over")
             self._submit([item])
         elif self.outside_scope == "drop":
             self._lost.record_lost_event(DropReason.OUTSIDE_SCOPE, 1)
-            self._warn_once(
+            self._hints.warn_once(
                 "outside_scope",
                 "An Optimizely event arrived outside any request scope and was dropped "
                 "(outside_scope='drop'); further drops are counted in stats() only.",
@@ -206,25 +201,11 @@ class RequestScopedEventDispatcher:
             if can_raise:
                 raise EventOutsideScopeError(message)
             logger.error("%s It is dropped and counted in stats().", message)
-            self._warn_once(
+            self._hints.warn_once(
                 "raise_swallowed",
                 "outside_scope='raise' cannot reach your code through the SDK's "
                 "ForwardingEventProcessor, which catches the error (and would log the "
                 "event's payload). Build the client with create_client() to get the error.",
-                category=WiringWarning,
-            )
-
-    def _check_wiring(self) -> None:
-        thread_name = threading.current_thread().name
-        if thread_name == SDK_EVENT_THREAD_NAME:
-            self._warn_once("event_thread", BATCH_PROCESSOR_HINT, category=WiringWarning)
-        elif self._open_scopes > 0:
-            self._warn_once(
-                "unscoped_while_serving",
-                "An Optimizely event arrived outside any request scope while requests "
-                f"are being served (thread {thread_name!r}). If it belongs to a request, "
-                "the thread does not carry the request's context: run it with "
-                "contextvars.copy_context().run(...). " + BATCH_PROCESSOR_HINT,
                 category=WiringWarning,
             )
 
@@ -271,11 +252,11 @@ class RequestScopedEventDispatcher:
         if not events:
             return
         asubmit = getattr(self.sender, "asubmit", None)
+        if asubmit is None:
+            self._submit(events)
+            return
         try:
-            if asubmit is None:
-                self.sender.submit(events)
-            else:
-                await asubmit(events)
+            await asubmit(events)
         except Exception as exc:
             self._sender_raised(exc, events)
 
@@ -364,18 +345,10 @@ class RequestScopedEventDispatcher:
         sender_stats = dict(self.sender.stats())
         hooks.check_fork()
         with self._lock:
-            counts = dict(self._counts)
-            open_scopes = self._open_scopes
+            counts = {**self._counts, "open_scopes": self._open_scopes}
         dropped = Counter(self._lost.dropped())
         dropped.update(sender_stats.pop("dropped", {}) or {})
-        merged: dict[str, Any] = {
-            "requests": counts.get("requests", 0),
-            "failed_requests": counts.get("failed_requests", 0),
-            "open_scopes": open_scopes,
-            "collected": counts.get("collected", 0),
-            "handed_over": counts.get("handed_over", 0),
-            "outside_scope_sent": counts.get("outside_scope_sent", 0),
-        }
+        merged: dict[str, Any] = {key: counts.get(key, 0) for key in _STATS_KEYS}
         merged.update(sender_stats)
         merged["dropped"] = dict(dropped)
         return merged
@@ -386,20 +359,3 @@ class RequestScopedEventDispatcher:
         with self._lock:
             for key in keys:
                 self._counts[key] += n
-
-    def _warn_once(self, key: str, message: str, *, category: type[Warning] | None = None) -> None:
-        """Log ``message`` once per ``key``; with ``category``, also ``warnings.warn`` it."""
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        logger.warning(message)
-        if category is not None:
-            warnings.warn(message, category, stacklevel=4)
-
-
-@functools.cache
-def _forwarding_process_code() -> CodeType:
-    """The code of the SDK's ``ForwardingEventProcessor.process`` (imported on first use)."""
-    from optimizely.event.event_processor import ForwardingEventProcessor
-
-    return ForwardingEventProcessor.process.__code__

@@ -22,7 +22,15 @@ ROOT = Path(optimizely_middleware.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "process", "sdk_logging", "wire"),
     ("delivery",),
-    ("scope", "request_listeners", "processor", "dispatcher", "client", "settings"),
+    (
+        "scope",
+        "request_listeners",
+        "processor",
+        "wiring_hints",
+        "dispatcher",
+        "client",
+        "settings",
+    ),
     ("integrations",),
     ("flask", "starlette", "starlette_extension", "fastapi", "django"),
     ("testing", "devserver"),
