@@ -35,9 +35,15 @@ everything.
 
 One encoder serves every thread that ends a request: ``encode`` takes no
 lock. Its caches are dicts of immutable values, bounded in size, whose
-``get`` and item assignment are atomic, and the last event context's
-envelope, replaced by one assignment; two threads that miss at once both
-build the same value, and either may be kept.
+``get`` and item assignment are atomic, and the last envelopes seen (of an
+event context, of a ``LogEvent`` payload), each replaced by one assignment;
+two threads that miss at once both build the same value, and either may be
+kept.
+
+A ``LogEvent`` of the SDK's shape (default headers, ``visitors`` last) is
+written whole in one ``orjson`` call; when its bytes begin with the envelope
+of the ``LogEvent`` before, the visitors are the bytes between that envelope
+and the closing ``]}``, and nothing else is looked at.
 """
 
 from __future__ import annotations
@@ -64,7 +70,12 @@ from optimizely_middleware.delivery.encoded import (
     unmergeable_key,
 )
 from optimizely_middleware.delivery.encoding_guard import fast_path_problem
-from optimizely_middleware.delivery.visitor_json import compact_json, strict_json, visitor_json
+from optimizely_middleware.delivery.visitor_json import (
+    compact_json,
+    plain_json,
+    strict_json,
+    visitor_json,
+)
 from optimizely_middleware.sdk_logging import SDKLogger
 
 if TYPE_CHECKING:
@@ -93,6 +104,10 @@ class _Envelope(NamedTuple):
 
 _NOTHING: Final = object()  # no event context value is this object
 _NO_ENVELOPE: Final = _Envelope(None, "", {}, b"", b"")
+_NO_PREFIX: Final = b"\xff"  # no JSON begins with it
+# A payload whose last key is ``visitors`` ends with this, after its visitors.
+_LAST_LIST_SUFFIX: Final = b"]}"
+_CLOSE: Final = ord("]")  # right after the prefix: the visitors list is empty
 
 
 class PendingUserEvent(NamedTuple):
@@ -184,6 +199,8 @@ class EventEncoder:
         self._last_context: tuple[tuple[Any, ...], _Envelope] = ((_NOTHING,) * 7, _NO_ENVELOPE)
         # The last cacheable LogEvent envelope: (url, what its params held, envelope).
         self._last_params = ("", NO_ENVELOPE_VALUES, _NO_ENVELOPE)
+        # The last LogEvent envelope as the payload's bytes begin: (url, prefix, envelope).
+        self._last_payload = ("", _NO_PREFIX, _NO_ENVELOPE)
         self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
@@ -291,8 +308,26 @@ class EventEncoder:
             raw_headers = getattr(event, "headers", None)
         except Exception as exc:
             raise UnserializableEvent(f"{type(exc).__name__} while reading the event") from None
+        whole: bytes | None = None
         if not raw_headers or raw_headers == JSON_HEADERS:
             headers: dict[str, str] | None = None  # the shared JSON headers
+            if params.__class__ is dict and params and next(reversed(params)) == "visitors":
+                # The SDK's own shape, visitors last: one C call writes the whole
+                # payload, and an envelope seen last time is recognised by its bytes.
+                whole = plain_json(params)
+                if whole is not None:
+                    last_url, last_prefix, last = self._last_payload
+                    start = len(last_prefix)
+                    if url == last_url and whole.startswith(last_prefix) and whole[start] != _CLOSE:
+                        return EncodedEvent(
+                            last.key,
+                            url,
+                            last.headers,
+                            last.prefix,
+                            whole[start:-2],
+                            last.suffix,
+                            item,
+                        )
         else:
             headers = post_headers(event)
         try:
@@ -313,7 +348,14 @@ class EventEncoder:
                     b"",
                     item,
                 )
-            if len(visitors) == 1:
+            if (
+                whole is not None
+                and envelope.suffix == _LAST_LIST_SUFFIX
+                and whole.startswith(envelope.prefix)
+            ):
+                self._last_payload = (url, envelope.prefix, envelope)  # one assignment
+                encoded = whole[len(envelope.prefix) : -2]
+            elif len(visitors) == 1:
                 encoded = compact_json(visitors[0])
             else:
                 encoded = b",".join([compact_json(visitor) for visitor in visitors])

@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - orjson ships wheels for every mainstream platform
     orjson = None  # type: ignore[assignment]
 
-__all__ = ["canonical_json", "compact_json", "strict_json", "visitor_json"]
+__all__ = ["canonical_json", "compact_json", "plain_json", "strict_json", "visitor_json"]
 
 
 # The keys EventBatch.get_event_params drops when their value is None.
@@ -87,6 +87,15 @@ if orjson is not None:
             strict_json(value)  # orjson writes NaN and infinities as null: this refuses them
         return data
 
+    def plain_json(value: Any) -> bytes | None:
+        """:func:`compact_json` in one C call, or None when that cannot be sure of its
+        answer (orjson refuses the value, or wrote a ``null`` that may have been NaN)."""
+        try:
+            data: bytes = orjson.dumps(value, default=_refuse, option=_OPTIONS)
+        except TypeError:
+            return None
+        return None if b"null" in data else data
+
 else:  # pragma: no cover
 
     def _dumps_payload(obj: Any) -> bytes:
@@ -95,6 +104,13 @@ else:  # pragma: no cover
     def compact_json(value: Any) -> bytes:
         """Compact JSON of a plain value, as the stdlib writes it (see above)."""
         return strict_json(value).encode()
+
+    def plain_json(value: Any) -> bytes | None:
+        """:func:`compact_json`, or None when the value has no JSON form."""
+        try:
+            return compact_json(value)
+        except (TypeError, ValueError, RecursionError):
+            return None
 
 
 def visitor_json(event: Any, logger: Any) -> bytes | None:

@@ -215,3 +215,38 @@ def test_envelope_values_match_only_the_same_names_in_order_types_and_values() -
     assert one.matches({"a": "x", "visitors": [{}]})
     assert not one.matches({"a": "y", "visitors": [{}]})
     assert not NO_ENVELOPE_VALUES.matches({"visitors": [{}]})
+
+
+def test_a_log_event_after_its_envelope_is_known_is_split_by_its_bytes() -> None:
+    # The SDK's shape (visitors last) is written in one call; the envelope seen last
+    # is recognised by the bytes the payload begins with, and only when they are equal.
+    envelope = {"account_id": "1", "revision": "42", "anonymize_ip": True}
+
+    def event(visitors: list[Any], url: str = URL, **changes: Any) -> LogEvent:
+        return LogEvent(url, {**envelope, **changes, "visitors": visitors})
+
+    encoder = EventEncoder()
+    first = encoder.encode(event([{"v": 1}]))
+    cases: list[tuple[LogEvent, bool]] = [  # (event, merges with the first)
+        (event([{"v": 2}]), True),
+        (event([{"v": 3}, {"v": [4, "é"]}]), True),
+        (event([]), False),  # nothing to merge: sent alone
+        (event([[]]), True),  # a visitor that is a list
+        (event([{"v": "null"}]), True),  # "null" in a value: the careful path, same key
+        (event([{"v": 5}], revision="420"), False),
+        (event([{"v": 6}], anonymize_ip=1), False),
+        (event([{"v": 7}], url=URL + "x"), False),
+        (LogEvent(URL, {"visitors": [{"v": 8}], **envelope}), False),
+        (LogEvent(URL, {**envelope, "visitors": [{"v": 9}], "z": [1]}), False),
+    ]
+    for case, merges in cases:
+        encoded = encoder.encode(case)
+        assert json.loads(merged_body([encoded])) == case.params
+        assert list(json.loads(merged_body([encoded]))) == list(case.params)
+        assert (encoded.key == first.key) is merges
+        if merges and case.params["visitors"]:
+            both = {**envelope, "visitors": [{"v": 1}, *case.params["visitors"]]}
+            assert json.loads(merged_body([first, encoded])) == both
+        encoder.encode(event([{"v": 1}]))  # the first envelope is the last one seen again
+    with pytest.raises(UnserializableEvent):
+        encoder.encode(event([{"v": float("nan")}]))
