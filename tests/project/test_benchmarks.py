@@ -3,7 +3,8 @@
 Tiny runs (a few dozen requests or pages, one run): the page latency
 benchmark's baseline and middleware variants on both frameworks (real
 gunicorn and uvicorn servers, the real event endpoint process and load
-generator), both per-page CPU benchmarks, the wrk benchmark, the saturation
+generator), the three per-page CPU benchmarks (one of them running this tree
+beside itself), the wrk benchmark, the saturation
 benchmark and the delivery engine's ceiling. No timing is asserted, only the
 report's content: what was counted and delivered.
 """
@@ -191,6 +192,31 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once
     )
     for target in ("package, up to the response", "package, whole process", "dispatcher, whole"):
         assert re.search(rf"^(PASS|MISS)  {target}", stdout, re.M), target
+
+
+@pytest.mark.timeout(120)
+def test_page_cpu_ab_runs_another_tree_beside_this_one_and_delivers_each_event_once() -> None:
+    rounds, pages = 1, 20
+    stdout = run_benchmark(
+        "page_cpu_ab.py",
+        *(str(ROOT), "--rounds", str(rounds), "--pages", str(pages)),
+        timeout=100,
+    )
+    # The other tree runs as a package of its own, renamed.
+    dispatcher = "dispatcher.RequestScopedEventDispatcher"
+    assert f"# before: optimizely_middleware_before.{dispatcher}" in stdout, stdout
+    assert f"# after: optimizely_middleware.{dispatcher}" in stdout, stdout
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in stdout.splitlines()
+        if line.startswith("| ") and "x (" in line
+    }
+    assert set(rows) == {"dispatcher", "package"}, stdout
+    for row in rows.values():  # the hand-off and the whole process, after / before
+        assert len(re.findall(r"\| \d+\.\d{3}x \(\d+\.\d\d-\d+\.\d\d\)", row)) == 2, row
+    # Two packages, two wirings, 3 events a page, the warm-up round included.
+    delivered = 2 * 2 * 3 * pages * (rounds + 1)
+    assert f"PASS  {delivered}/{delivered} events delivered, 0 repeated" in stdout, stdout
 
 
 # -- closed and open loop with wrk (benchmarks/page_wrk.py) -----------------------
