@@ -3,11 +3,13 @@
 ``page_cpu.py`` gives each variant a process of its own. This one runs them
 side by side in one process, alternating short blocks (``--pages`` pages,
 then ``flush``), so a machine whose speed drifts from second to second
-(a busy VM host) moves every variant alike; each block's ratio is taken
-against the baseline block just before it, and the median over rounds is
-reported. Same page as ``page_cpu.py`` (3 events), same baseline (the SDK
-with a ``ForwardingEventProcessor`` whose dispatcher drops each
-``LogEvent``). The variants split the package's cost:
+(a busy VM host) moves every variant alike; the order of the blocks turns
+by one place each round, so each variant follows each of the others in
+turn; each block's ratio is taken against the baseline block of the same
+round, and the median over rounds is reported. Same page as
+``page_cpu.py`` (3 events), same baseline (the SDK with a
+``ForwardingEventProcessor`` whose dispatcher drops each ``LogEvent``).
+The variants split the package's cost:
 
 * ``scope-only``: the package's request path (scope, processor, hand-off)
   into a sink that throws the hand-off away: nothing is ever built or sent;
@@ -238,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_gc:
             gc.disable()
         for round_ in range(args.rounds + 1):  # round 0 warms up
-            for name, (client, scope, flush, _, clock) in variants.items():
+            # Each variant takes each place in the round in turn: what a block leaves
+            # behind (a sender's threads, garbage) falls on every variant alike.
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                client, scope, flush, _, clock = variants[name]
                 response = thread = 0.0
                 started = time.process_time()
                 for i in range(args.pages):
