@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from optimizely.event.log_event import LogEvent
 
 from optimizely_middleware.delivery.encoded import (
@@ -20,12 +22,14 @@ from optimizely_middleware.delivery.encoded import (
     EnvelopeValues,
     UnserializableEvent,
     body_of,
+    envelope_parts,
     merge_key,
     merged_body,
     post_headers,
     unmergeable_key,
 )
 from optimizely_middleware.delivery.encoding import EventEncoder
+from optimizely_middleware.delivery.visitor_json import canonical_json, strict_json
 from tests.support.events import compact, conversion, impression, log_event, project_config
 
 URL = "http://h/v1/events"
@@ -250,3 +254,54 @@ def test_a_log_event_after_its_envelope_is_known_is_split_by_its_bytes() -> None
         encoder.encode(event([{"v": 1}]))  # the first envelope is the last one seen again
     with pytest.raises(UnserializableEvent):
         encoder.encode(event([{"v": float("nan")}]))
+
+
+# A few envelopes that differ in one value, its type or their order, and visitors
+# that may hold nulls, "null" in a string, or nothing at all.
+envelope_values = st.none() | st.booleans() | st.integers(-2, 2) | st.sampled_from([0.0, -0.0, 1.5])
+envelope_values |= st.sampled_from(["1", "null", "é", '"visitors":['])
+envelopes = st.dictionaries(st.sampled_from(["account_id", "revision", "a"]), envelope_values)
+visitor_values = st.none() | st.booleans() | st.integers() | st.text(max_size=6) | st.just("null")
+visitors = st.lists(
+    st.dictionaries(st.sampled_from(["visitor_id", "v"]), visitor_values), max_size=3
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(envelopes, min_size=1, max_size=3),
+    st.lists(
+        st.tuples(st.integers(0, 2), visitors, st.booleans(), st.sampled_from([URL, URL + "2"])),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_one_encoder_merges_log_events_exactly_when_their_envelopes_are_written_alike(
+    kinds: list[dict[str, Any]], events: list[tuple[int, list[Any], bool, str]]
+) -> None:
+    encoder = EventEncoder()  # one encoder: what it saw last must never leak into the next
+    seen: list[tuple[LogEvent, EncodedEvent]] = []
+    for kind, visitor_list, visitors_last, url in events:
+        envelope = kinds[kind % len(kinds)]
+        params = (
+            {**envelope, "visitors": visitor_list}
+            if visitors_last
+            else {"visitors": visitor_list, **envelope}
+        )
+        event = LogEvent(url, params)
+        encoded = encoder.encode(event)
+        assert canonical_json(json.loads(merged_body([encoded]))) == canonical_json(params)
+        assert list(json.loads(merged_body([encoded]))) == list(params)
+        for other_event, other in seen:
+            mergeable = bool(params["visitors"]) and bool(other_event.params["visitors"])
+            alike = mergeable and (
+                url == other_event.url
+                and envelope_parts(params, strict_json)
+                == envelope_parts(other_event.params, strict_json)
+            )
+            assert (encoded.key == other.key) is alike
+            if alike:
+                both = [*other_event.params["visitors"], *params["visitors"]]
+                merged = json.loads(merged_body([other, encoded]))
+                assert canonical_json(merged) == canonical_json({**params, "visitors": both})
+        seen.append((event, encoded))
