@@ -35,21 +35,15 @@ everything.
 
 One encoder serves every thread that ends a request: ``encode`` takes no
 lock. Its caches are dicts of immutable values, bounded in size, whose
-``get`` and item assignment are atomic, and the last envelopes seen (of an
-event context, of a ``LogEvent`` payload), each replaced by one assignment;
-two threads that miss at once both build the same value, and either may be
-kept.
-
-A ``LogEvent`` of the SDK's shape (default headers, ``visitors`` last) is
-written whole in one ``orjson`` call; when its bytes begin with the envelope
-of the ``LogEvent`` before, the visitors are the bytes between that envelope
-and the closing ``]}``, and nothing else is looked at.
+``get`` and item assignment are atomic, and the last event context's
+envelope, replaced by one assignment; two threads that miss at once both
+build the same value, and either may be kept. ``LogEvent``s are encoded by
+:mod:`~optimizely_middleware.delivery.log_event_encoding`, on the same terms.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from optimizely.event.event_factory import EventFactory
@@ -58,24 +52,19 @@ from optimizely.event.user_event import UserEvent
 from optimizely.helpers.enums import NotificationTypes
 
 from optimizely_middleware.delivery.encoded import (
-    JSON_HEADERS,
-    NO_ENVELOPE_VALUES,
     EncodedEvent,
-    EnvelopeValues,
     UnserializableEvent,
-    envelope_cache_key,
     envelope_parts,
     merge_key,
-    post_headers,
-    unmergeable_key,
 )
 from optimizely_middleware.delivery.encoding_guard import fast_path_problem
-from optimizely_middleware.delivery.visitor_json import (
-    compact_json,
-    plain_json,
-    strict_json,
-    visitor_json,
+from optimizely_middleware.delivery.log_event_encoding import (
+    NO_ENVELOPE,
+    Envelope,
+    LogEventEncoder,
+    bounded_set,
 )
+from optimizely_middleware.delivery.visitor_json import strict_json, visitor_json
 from optimizely_middleware.sdk_logging import SDKLogger
 
 if TYPE_CHECKING:
@@ -87,27 +76,7 @@ __all__ = ["EventEncoder", "PendingUserEvent", "log_event_of"]
 
 logger = logging.getLogger("optimizely_middleware")
 
-# Entries per envelope cache: far more event contexts (revisions, regions) and
-# LogEvent envelopes than one process sees; past it the cache starts again.
-_ENVELOPE_CACHE_SIZE: Final = 256
-
-
-class _Envelope(NamedTuple):
-    """Everything an event shares with the events it may be merged with."""
-
-    key: Hashable
-    url: str
-    headers: dict[str, str]
-    prefix: bytes
-    suffix: bytes
-
-
 _NOTHING: Final = object()  # no event context value is this object
-_NO_ENVELOPE: Final = _Envelope(None, "", {}, b"", b"")
-_NO_PREFIX: Final = b"\xff"  # no JSON begins with it
-# A payload whose last key is ``visitors`` ends with this, after its visitors.
-_LAST_LIST_SUFFIX: Final = b"]}"
-_CLOSE: Final = ord("]")  # right after the prefix: the visitors list is empty
 
 
 class PendingUserEvent(NamedTuple):
@@ -194,13 +163,10 @@ class EventEncoder:
 
     def __init__(self, *, sdk_logger: Logger | None = None) -> None:
         self._sdk_logger: Logger = sdk_logger or SDKLogger()
-        self._contexts: dict[tuple[Any, ...], _Envelope] = {}
-        self._params_envelopes: dict[tuple[Any, ...], _Envelope] = {}
-        self._last_context: tuple[tuple[Any, ...], _Envelope] = ((_NOTHING,) * 7, _NO_ENVELOPE)
-        # The last cacheable LogEvent envelope: (url, what its params held, envelope).
-        self._last_params = ("", NO_ENVELOPE_VALUES, _NO_ENVELOPE)
-        # The last LogEvent envelope as the payload's bytes begin: (url, prefix, envelope).
-        self._last_payload = ("", _NO_PREFIX, _NO_ENVELOPE)
+        self._contexts: dict[tuple[Any, ...], Envelope] = {}
+        self._last_context: tuple[tuple[Any, ...], Envelope] = ((_NOTHING,) * 7, NO_ENVELOPE)
+        #: The ``LogEvent`` encoder, with its own envelope caches.
+        self.log_events = LogEventEncoder()
         self._fast_path = self._run_guard()
 
     # -- public ----------------------------------------------------------------
@@ -213,7 +179,7 @@ class EventEncoder:
                 if encoded is not None:
                     return encoded
             return self._encode_via_sdk(item)
-        return self._encode_log_event(item, item)
+        return self.log_events.encode(item, item)
 
     @property
     def fast_path(self) -> bool:
@@ -260,9 +226,9 @@ class EventEncoder:
                 center.send_notifications(NotificationTypes.LOG_EVENT, log_event)
             except Exception:
                 logger.warning("A LOG_EVENT listener raised; the event is sent anyway.")
-        return self._encode_log_event(log_event, item, kind)
+        return self.log_events.encode(log_event, item, kind)
 
-    def _context_envelope(self, context: Any) -> _Envelope:
+    def _context_envelope(self, context: Any) -> Envelope:
         # Events from one ProjectConfig carry the very same value objects: the same
         # objects are the same serialisation, checked without building a key.
         seen, last = self._last_context
@@ -294,110 +260,10 @@ class EventEncoder:
             url = EventFactory.EVENT_ENDPOINTS.get(region, EventFactory.EVENT_ENDPOINTS["US"])
             headers = dict(EventFactory.HTTP_HEADERS)
             key = merge_key(url, headers, prefix, suffix)
-            envelope = _Envelope(key, url, headers, prefix, suffix)
-            _bounded_set(self._contexts, cache_key, envelope)
+            envelope = Envelope(key, url, headers, prefix, suffix)
+            bounded_set(self._contexts, cache_key, envelope)
         self._last_context = (values, envelope)  # one atomic assignment
         return envelope
-
-    # -- LogEvents ----------------------------------------------------------------
-
-    def _encode_log_event(self, event: Any, item: object, kind: str = "LogEvent") -> EncodedEvent:
-        try:
-            url = str(event.url)
-            params = event.params
-            raw_headers = getattr(event, "headers", None)
-        except Exception as exc:
-            raise UnserializableEvent(f"{type(exc).__name__} while reading the event") from None
-        whole: bytes | None = None
-        if not raw_headers or raw_headers == JSON_HEADERS:
-            headers: dict[str, str] | None = None  # the shared JSON headers
-            if params.__class__ is dict and params and next(reversed(params)) == "visitors":
-                # The SDK's own shape, visitors last: one C call writes the whole
-                # payload, and an envelope seen last time is recognised by its bytes.
-                whole = plain_json(params)
-                if whole is not None:
-                    last_url, last_prefix, last = self._last_payload
-                    start = len(last_prefix)
-                    if url == last_url and whole.startswith(last_prefix) and whole[start] != _CLOSE:
-                        return EncodedEvent(
-                            last.key,
-                            url,
-                            last.headers,
-                            last.prefix,
-                            whole[start:-2],
-                            last.suffix,
-                            item,
-                        )
-        else:
-            headers = post_headers(event)
-        try:
-            visitors: Any = params.get("visitors") if isinstance(params, dict) else None
-            envelope = (
-                self._params_envelope(url, headers, params)
-                if isinstance(visitors, list) and visitors
-                else None
-            )
-            if envelope is None:
-                # Not a mergeable payload: send it as it is, on its own.
-                return EncodedEvent(
-                    unmergeable_key(),
-                    url,
-                    headers if headers is not None else dict(JSON_HEADERS),
-                    b"",
-                    compact_json(params),
-                    b"",
-                    item,
-                )
-            if (
-                whole is not None
-                and envelope.suffix == _LAST_LIST_SUFFIX
-                and whole.startswith(envelope.prefix)
-            ):
-                self._last_payload = (url, envelope.prefix, envelope)  # one assignment
-                encoded = whole[len(envelope.prefix) : -2]
-            elif len(visitors) == 1:
-                encoded = compact_json(visitors[0])
-            else:
-                encoded = b",".join([compact_json(visitor) for visitor in visitors])
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise UnserializableEvent(
-                f"the payload of this {kind} has no JSON form ({type(exc).__name__})"
-            ) from None
-        return EncodedEvent(
-            envelope.key, url, envelope.headers, envelope.prefix, encoded, envelope.suffix, item
-        )
-
-    def _params_envelope(
-        self, url: str, headers: dict[str, str] | None, params: dict[Any, Any]
-    ) -> _Envelope | None:
-        """The envelope of ``params`` (a non-empty visitors list), or None when a
-        top-level name is not a str (the payload is then sent alone). Cached when the
-        headers are the default JSON ones and the values exact (see
-        :func:`~optimizely_middleware.delivery.encoded.envelope_cache_key`)."""
-        if headers is None:
-            # The SDK's LogEvents come from json.loads, so each has new value objects.
-            last_url, last_values, last_envelope = self._last_params
-            if url == last_url and last_values.matches(params):
-                return last_envelope
-        if not all(name.__class__ is str for name in params):
-            return None
-        cache_key = envelope_cache_key(params) if headers is None else None
-        if cache_key is not None:
-            cache_key = (url, *cache_key)
-            envelope = self._params_envelopes.get(cache_key)
-            if envelope is None:
-                envelope = self._new_params_envelope(url, dict(JSON_HEADERS), params)
-                _bounded_set(self._params_envelopes, cache_key, envelope)
-            self._last_params = (url, EnvelopeValues.of(params), envelope)  # one assignment
-            return envelope
-        return self._new_params_envelope(url, headers or dict(JSON_HEADERS), params)
-
-    @staticmethod
-    def _new_params_envelope(
-        url: str, headers: dict[str, str], params: dict[str, Any]
-    ) -> _Envelope:
-        prefix, suffix = envelope_parts(params, strict_json)
-        return _Envelope(merge_key(url, headers, prefix, suffix), url, headers, prefix, suffix)
 
     # -- the guard ---------------------------------------------------------------
 
@@ -418,11 +284,3 @@ class EventEncoder:
                 problem,
             )
         return problem is None
-
-
-def _bounded_set(cache: dict[Any, _Envelope], key: Any, value: _Envelope) -> None:
-    """Store ``value`` in ``cache``, starting the cache again when it is full. Both steps
-    are atomic dict operations, so threads may race here: at worst one rebuilds."""
-    if len(cache) >= _ENVELOPE_CACHE_SIZE:
-        cache.clear()
-    cache[key] = value

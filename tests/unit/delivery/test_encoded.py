@@ -176,8 +176,8 @@ def test_each_encoder_has_its_own_envelope_cache() -> None:
     params = {"account_id": "1", "visitors": [{"v": 1}]}
     first, second = EventEncoder(), EventEncoder()
     first.encode(LogEvent(URL, params))
-    assert len(first._params_envelopes) == 1
-    assert second._params_envelopes == {}
+    assert len(first.log_events._params_envelopes) == 1
+    assert second.log_events._params_envelopes == {}
 
 
 def test_an_item_that_is_not_a_log_event_is_unserialisable() -> None:
@@ -305,3 +305,29 @@ def test_one_encoder_merges_log_events_exactly_when_their_envelopes_are_written_
                 merged = json.loads(merged_body([other, encoded]))
                 assert canonical_json(merged) == canonical_json({**params, "visitors": both})
         seen.append((event, encoded))
+
+
+def test_log_events_of_several_envelopes_are_split_by_their_bytes_in_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A process with several projects: each envelope, once seen, is known by its bytes.
+    envelopes = [{"account_id": "1", "revision": r} for r in ("42", "4200", "43")]
+    encoder = EventEncoder()
+    first = [encoder.encode(LogEvent(URL, {**e, "visitors": [{"v": 0}]})) for e in envelopes]
+    assert len({encoded.key for encoded in first}) == 3
+
+    def by_value(*args: Any) -> None:
+        raise AssertionError("an envelope seen before was matched by value")
+
+    monkeypatch.setattr(encoder.log_events, "_params_envelope", by_value)
+    for n in range(1, 10):
+        envelope = envelopes[n % 3]
+        params = {**envelope, "visitors": [{"v": n}]}
+        encoded = encoder.encode(LogEvent(URL, params))
+        assert encoded.key == first[n % 3].key
+        assert json.loads(merged_body([first[n % 3], encoded])) == {
+            **envelope,
+            "visitors": [{"v": 0}, {"v": n}],
+        }
+    with pytest.raises(AssertionError, match="matched by value"):  # another URL: not known
+        encoder.encode(LogEvent(URL + "x", {**envelopes[0], "visitors": [{"v": 1}]}))
