@@ -73,23 +73,10 @@ if orjson is not None:
     def _dumps_payload(obj: Any) -> bytes:
         return orjson.dumps(obj, default=_payload_dict, option=_OPTIONS)
 
-    def compact_json(value: Any) -> bytes:
-        """Compact JSON of a plain value (a ``LogEvent``'s visitor, or its whole params), as
-        the stdlib writes it; ValueError/TypeError/RecursionError when it has no JSON form
-        (NaN, sets, ...)."""
-        try:
-            data: bytes = orjson.dumps(value, default=_refuse, option=_OPTIONS)
-        except TypeError:
-            # What orjson refuses but the stdlib writes: integers past 64 bits,
-            # non-str keys, more than 254 levels.
-            return strict_json(value).encode()
-        if b"null" in data:
-            strict_json(value)  # orjson writes NaN and infinities as null: this refuses them
-        return data
-
     def plain_json(value: Any) -> bytes | None:
-        """:func:`compact_json` in one C call, or None when that cannot be sure of its
-        answer (orjson refuses the value, or wrote a ``null`` that may have been NaN)."""
+        """Compact JSON of a plain value in one C call, or None when orjson cannot be sure
+        of it: it refuses the value (integers past 64 bits, non-str keys, more than 254
+        levels), or it wrote a ``null``, which may have been NaN or an infinity."""
         try:
             data: bytes = orjson.dumps(value, default=_refuse, option=_OPTIONS)
         except TypeError:
@@ -101,16 +88,22 @@ else:  # pragma: no cover
     def _dumps_payload(obj: Any) -> bytes:
         return strict_json(obj).encode()  # the caller checks the input is plain
 
-    def compact_json(value: Any) -> bytes:
-        """Compact JSON of a plain value, as the stdlib writes it (see above)."""
-        return strict_json(value).encode()
-
     def plain_json(value: Any) -> bytes | None:
-        """:func:`compact_json`, or None when the value has no JSON form."""
+        """Compact JSON of a plain value, or None when it has no JSON form."""
         try:
-            return compact_json(value)
+            return strict_json(value).encode()
         except (TypeError, ValueError, RecursionError):
             return None
+
+
+def compact_json(value: Any) -> bytes:
+    """Compact JSON of a plain value (a ``LogEvent``'s visitor, or its whole params), as
+    the stdlib writes it; ValueError/TypeError/RecursionError when it has no JSON form
+    (NaN, sets, ...)."""
+    data = plain_json(value)
+    if data is None:
+        return strict_json(value).encode()  # the stdlib decides, and refuses NaN
+    return data
 
 
 def visitor_json(event: Any, logger: Any) -> bytes | None:
