@@ -34,13 +34,14 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from page_cpu import DEFAULT_DATAFILE, the_page
-from page_procs import Endpoint, describe_machine
+from page_cpu import DEFAULT_DATAFILE
+from page_cpu_interleaved import run_block
+from page_procs import Endpoint, delivered_once, describe_machine, format_load
 from page_variants import build_variant, forwarding_client, guard_loopback, point_sdk_at
 
 PACKAGE = "optimizely_middleware"
@@ -70,25 +71,8 @@ def build(package: ModuleType, wiring: str, datafile: str, url: str) -> tuple[An
     return package.create_client(dispatcher, datafile=datafile), dispatcher
 
 
-def block(client: Any, dispatcher: Any, pages: int, tag: str) -> tuple[float, float]:
-    """One block: (hand-off µs/page on this thread, whole process µs/page)."""
-    handoff = 0.0
-    started = time.process_time()
-    for i in range(pages):
-        with dispatcher.request_scope():
-            the_page(client, f"{tag}-{i}")
-            page_done = time.thread_time()
-        handoff += time.thread_time() - page_done
-    dispatcher.flush(30)
-    whole = time.process_time() - started
-    return 1e6 * handoff / pages, 1e6 * whole / pages
-
-
-def baseline_block(client: Any, pages: int, tag: str) -> float:
-    started = time.process_time()
-    for i in range(pages):
-        the_page(client, f"{tag}-{i}")
-    return 1e6 * (time.process_time() - started) / pages
+def no_flush() -> None:
+    """The baseline delivers nothing: nothing to wait for."""
 
 
 def median_ratio(numerators: list[float], denominators: list[float]) -> tuple[float, float, float]:
@@ -147,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             base: list[float] = []
             for round_ in range(args.rounds + 1):  # round 0 warms up
                 order = ["before", "after"] if round_ % 2 else ["after", "before"]
-                base_us = baseline_block(baseline, args.pages, f"base-{round_}")
+                base_tag = f"base-{round_}"
+                *_, base_us = run_block(baseline, nullcontext, no_flush, args.pages, base_tag)
                 for name in order:
                     client, dispatcher = clients[name]
-                    handoff, whole = block(client, dispatcher, args.pages, f"{name}-{round_}")
+                    tag = f"{name}-{round_}"
+                    scope, flush = dispatcher.request_scope, dispatcher.flush
+                    response, thread, whole = run_block(client, scope, flush, args.pages, tag)
                     if round_:
-                        spent[name]["handoff"].append(handoff)
+                        spent[name]["handoff"].append(thread - response)
                         spent[name]["whole"].append(whole)
                 if round_:
                     base.append(base_us)
@@ -171,16 +158,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{median_ratio(after['whole'], base)[0]:.2f}x |",
                 flush=True,
             )
-        counts = endpoint.settled_counts()
         expected = 2 * 3 * args.pages * (args.rounds + 1) * len(wirings)
-        unique, repeated = counts.get("unique_uuids", 0), counts.get("duplicate_uuids", 0)
-        once = unique == counts.get("events", 0) == expected and repeated == 0
-        load_after = os.getloadavg()
+        once, unique, repeated = delivered_once(endpoint.settled_counts(), expected)
         print(
             f"\n{'PASS' if once else 'MISS'}  {unique}/{expected} events delivered, "
-            f"{repeated} repeated\n# load average before "
-            f"{' '.join(f'{x:.2f}' for x in load_before)}, after "
-            f"{' '.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs"
+            f"{repeated} repeated\n# load average before {format_load(load_before)}, "
+            f"after {format_load(os.getloadavg())}; {os.cpu_count()} CPUs"
         )
         return 0 if once else 1
     finally:

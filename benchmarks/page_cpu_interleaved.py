@@ -62,7 +62,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from page_cpu import DEFAULT_DATAFILE, the_page
-from page_procs import Endpoint, describe_machine
+from page_procs import Endpoint, delivered_once, describe_machine, format_load
 from page_variants import (
     DiscardingSink,
     build_variant,
@@ -180,6 +180,30 @@ def build(name: str, datafile: str, url: str) -> Variant:
     return client, dispatcher.request_scope, dispatcher.flush, lambda: dispatcher.close(10), clock
 
 
+def run_block(
+    client: Any,
+    scope: Callable[[], AbstractContextManager[Any]],
+    flush: Callable[[], Any],
+    pages: int,
+    tag: str,
+) -> tuple[float, float, float]:
+    """One block of ``pages`` pages, each inside ``scope()``, then ``flush()``: µs per
+    page up to the response, on the request thread (the scope's hand-off included),
+    and in the whole process until ``flush`` has returned."""
+    response = thread = 0.0
+    started = time.process_time()
+    for i in range(pages):
+        begin = time.thread_time()
+        with scope():
+            the_page(client, f"{tag}-{i}")
+            answered = time.thread_time()
+        response += answered - begin
+        thread += time.thread_time() - begin
+    flush()
+    whole = time.process_time() - started
+    return 1e6 * response / pages, 1e6 * thread / pages, 1e6 * whole / pages
+
+
 def ratio_rows(
     names: list[str], figures: dict[str, dict[str, list[float]]]
 ) -> dict[str, dict[str, tuple[float, float, float, float]]]:
@@ -245,27 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
                 client, scope, flush, _, clock = variants[name]
-                response = thread = 0.0
-                started = time.process_time()
-                for i in range(args.pages):
-                    begin = time.thread_time()
-                    with scope():
-                        the_page(client, f"{name}-{round_}-{i}")
-                        answered = time.thread_time()
-                    response += answered - begin
-                    thread += time.thread_time() - begin
-                flush()
-                whole = time.process_time() - started
+                spent = run_block(client, scope, flush, args.pages, f"{name}-{round_}")
                 jobs = clock.take() if clock else {}
                 if args.no_gc:
                     gc.collect()
                 if round_:
-                    for figure, spent in (
-                        ("response", response),
-                        ("thread", thread),
-                        ("process", whole),
-                    ):
-                        figures[figure][name].append(1e6 * spent / args.pages)
+                    for figure, us_per_page in zip(FIGURES, spent, strict=True):
+                        figures[figure][name].append(us_per_page)
                     if jobs:
                         worker[name].append(
                             tuple(
@@ -278,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         load_after = os.getloadavg()
         print(
             f"\n# medians of {args.rounds} rounds; load average before "
-            f"{' '.join(f'{x:.2f}' for x in load_before)}, after "
-            f"{' '.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs"
+            f"{format_load(load_before)}, after {format_load(load_after)}; {os.cpu_count()} CPUs"
         )
         print(
             "\n| variant | "
@@ -311,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n# endpoint: {counts.get('visitors', 0)} events in {counts.get('posts', 0)} POSTs")
         delivering = [n for n in names if n in ("package", "dispatcher")]
         expected = 3 * args.pages * (args.rounds + 1) * len(delivering)
-        unique, repeated = counts.get("unique_uuids", 0), counts.get("duplicate_uuids", 0)
-        once = unique == counts.get("events", 0) == expected and repeated == 0
+        once, unique, repeated = delivered_once(counts, expected)
         print(
             f"{'PASS' if once else 'MISS'}  {', '.join(delivering) or 'nothing'}: "
             f"{unique}/{expected} events delivered, {repeated} repeated"

@@ -21,6 +21,18 @@ HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def delivered_once(counts: dict[str, int], expected: int) -> tuple[bool, int, int]:
+    """From an endpoint's ``counts``: (each of ``expected`` events arrived exactly once,
+    unique event uuids, repeated ones)."""
+    unique, repeated = counts.get("unique_uuids", 0), counts.get("duplicate_uuids", 0)
+    return unique == counts.get("events", 0) == expected and repeated == 0, unique, repeated
+
+
+def format_load(load: tuple[float, ...]) -> str:
+    """A load average as the reports print it: ``0.52 0.61 0.89``."""
+    return " ".join(f"{x:.2f}" for x in load)
+
+
 def describe_machine() -> str:
     """One header line: CPUs, load average, Python, and which package code is measured.
 
@@ -30,7 +42,7 @@ def describe_machine() -> str:
     """
     import importlib.util
 
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = format_load(os.getloadavg())
     spec = importlib.util.find_spec("optimizely_middleware")
     where = Path(spec.origin).resolve().parent.parent if spec and spec.origin else None
     commit = "unknown"

@@ -194,17 +194,7 @@ def build_variant(name: str, datafile: str, event_url: str | None = None) -> Var
         dropping = DroppingDispatcher()
         variant = Variant(name, forwarding_client(datafile, dropping), dropping=dropping)
     elif name == "sdk-sync":
-        center = NotificationCenter()
-        client = optimizely.Optimizely(
-            datafile,
-            event_dispatcher=EventDispatcher,  # type: ignore[arg-type]
-            event_processor=ForwardingEventProcessor(
-                EventDispatcher,  # type: ignore[arg-type]
-                notification_center=center,
-            ),
-            notification_center=center,
-        )
-        variant = Variant(name, client)
+        variant = Variant(name, forwarding_client(datafile, EventDispatcher))
     elif name == "sdk-default":
         client = optimizely.Optimizely(datafile, event_dispatcher=EventDispatcher)  # type: ignore[arg-type]
         variant = Variant(name, client, close_client=True)
