@@ -4,8 +4,8 @@ Tiny runs (a few dozen requests or pages, one run): the page latency
 benchmark's baseline and middleware variants on both frameworks (real
 gunicorn and uvicorn servers, the real event endpoint process and load
 generator), the three per-page CPU benchmarks (one of them running this tree
-beside itself), the wrk benchmark, the saturation
-benchmark and the delivery engine's ceiling. No timing is asserted, only the
+beside itself), the thread wake-ups benchmark, the wrk benchmark, the
+saturation benchmark and the delivery engine's ceiling. No timing is asserted, only the
 report's content: what was counted and delivered.
 """
 
@@ -217,6 +217,31 @@ def test_page_cpu_ab_runs_another_tree_beside_this_one_and_delivers_each_event_o
     # Two packages, two wirings, 3 events a page, the warm-up round included.
     delivered = 2 * 2 * 3 * pages * (rounds + 1)
     assert f"PASS  {delivered}/{delivered} events delivered, 0 repeated" in stdout, stdout
+
+
+@pytest.mark.timeout(60)
+def test_thread_wakeups_reports_each_load_and_helper_and_the_sleepers_wakeups() -> None:
+    stdout = run_benchmark(
+        "thread_wakeups.py",
+        *("--rounds", "1", "--seconds", "0.3", "--period", "0.01", "--loads", "page,spin"),
+        timeout=50,
+    )
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[3:-1]
+        for line in stdout.splitlines()
+        if line.startswith("| ") and "x)" in line
+    }
+    assert set(rows) == {
+        (load, helper) for load in ("page", "spin") for helper in ("none", "blocked", "sleeper")
+    }, stdout
+    for (load, helper), cells in rows.items():
+        if helper == "none":
+            assert cells[0].strip().endswith("(1.000x)"), cells
+        # Only the sleeper wakes up: wake-ups a second, CPU, switches and lateness per wake.
+        measured = [cell.strip() != "-" for cell in cells[2:]]
+        assert measured == [helper == "sleeper"] * 4, (load, helper, cells)
+        if helper == "sleeper":
+            assert float(cells[2]) > 0, cells
 
 
 # -- closed and open loop with wrk (benchmarks/page_wrk.py) -----------------------
