@@ -24,6 +24,13 @@ The variants split the package's cost:
   hand-off away: what keeping a page's ``LogEvent`` objects in its scope costs
   before anything is encoded or sent.
 
+Two more on request (``--variants``), ``package-no-io`` and
+``dispatcher-no-io``: those wirings with a transport that sends nothing (it
+waits as long as the endpoint would answer, then reports 200), so the
+sender's threads take batches and wait as usual but make no system call
+for them: what those threads cost beyond their I/O. Their events are
+counted as delivered by the sender but never reach the endpoint.
+
 Three figures per variant, each a median over rounds of the block's ratio
 to the baseline block: *up to the response* (``thread_time`` of the page
 inside the request scope), *request thread* (the same plus the scope's
@@ -72,6 +79,7 @@ from page_variants import (
 )
 
 VARIANTS = ("baseline", "scope-only", "package", "dispatcher", "dispatcher-scope-only")
+ON_REQUEST = ("package-no-io", "dispatcher-no-io")
 # The issue's targets, against the baseline: (variant, figure, at most).
 TARGETS = (
     ("package", "response", 0.60),
@@ -145,16 +153,35 @@ class Unavailable(Exception):
     """A diagnostic variant that this version of the engine cannot be set up for."""
 
 
-def build(name: str, datafile: str, url: str) -> Variant:
-    """(client, scope factory, flush, close, worker clock) for ``name``."""
+class NoIOTransport:
+    """Sends nothing: waits ``delay`` seconds (the endpoint's answer time), then 200."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
+        from optimizely_middleware.delivery.transport import TransportResponse
+
+        time.sleep(self.delay)
+        return TransportResponse(200, {})
+
+    def close(self) -> None:
+        pass
+
+
+def build(name: str, datafile: str, url: str, delay: float = 0.1) -> Variant:
+    """(client, scope factory, flush, close, worker clock) for ``name``; ``delay`` is
+    the endpoint's answer time, which the ``-no-io`` variants' transport waits."""
     from optimizely_middleware import EventSender, RequestScopedEventDispatcher, create_client
 
     if name == "baseline":  # the page benchmark's baseline client
         client = build_variant("baseline", datafile).client
         return client, nullcontext, lambda: None, lambda: None, None
-    if name == "dispatcher":  # the SDK builds LogEvents; the package delivers them
+    if name in ("dispatcher", "dispatcher-no-io"):  # the SDK builds LogEvents; the package sends
         built = build_variant("dispatcher", datafile, url)
         dispatcher = built.dispatcher
+        if name == "dispatcher-no-io":
+            dispatcher.sender.transport = NoIOTransport(delay)
         clock = WorkerClock.attach(dispatcher.sender)
         return (
             built.client,
@@ -170,12 +197,14 @@ def build(name: str, datafile: str, url: str) -> Variant:
     clock = None
     if name == "scope-only":
         dispatcher = RequestScopedEventDispatcher(DiscardingSink())
-    elif name == "package":
-        sender = EventSender(endpoint=url)
+    elif name in ("package", "package-no-io"):
+        no_io = NoIOTransport(delay) if name == "package-no-io" else None
+        sender = EventSender(endpoint=url, transport=no_io)
         clock = WorkerClock.attach(sender)
         dispatcher = RequestScopedEventDispatcher(sender)
     else:
-        raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        known = ", ".join(VARIANTS + ON_REQUEST)
+        raise SystemExit(f"unknown variant {name!r}; choose from {known}")
     client = create_client(dispatcher, datafile=datafile)
     return client, dispatcher.request_scope, dispatcher.flush, lambda: dispatcher.close(10), clock
 
@@ -229,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="measured rounds (20); medians")
     parser.add_argument("--pages", type=int, default=300, help="pages per block (300)")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"of {', '.join(VARIANTS + ON_REQUEST)} (the first {len(VARIANTS)} by default)",
+    )
     parser.add_argument("--endpoint-delay", type=float, default=0.1, help="seconds (0.1)")
     parser.add_argument("--no-gc", action="store_true", help="no cyclic GC inside the blocks")
     args = parser.parse_args(argv)
@@ -252,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         datafile = DEFAULT_DATAFILE.read_text()
         for name in list(names):
             try:
-                variants[name] = build(name, datafile, endpoint.url)
+                variants[name] = build(name, datafile, endpoint.url, args.endpoint_delay)
             except Unavailable as why:
                 print(f"# {name}: not measured ({why})", flush=True)
                 names.remove(name)

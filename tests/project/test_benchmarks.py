@@ -195,6 +195,24 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once
 
 
 @pytest.mark.timeout(120)
+def test_page_cpu_interleaved_no_io_variants_send_nothing_to_the_endpoint() -> None:
+    rounds, pages = 1, 20
+    variants = "baseline,package,package-no-io,dispatcher-no-io"
+    stdout = run_benchmark(
+        "page_cpu_interleaved.py",
+        *("--variants", variants, "--rounds", str(rounds), "--pages", str(pages)),
+        *("--endpoint-delay", "0"),
+        timeout=100,
+    )
+    rows = {line.split("|")[1].strip() for line in stdout.splitlines() if "x) |" in line}
+    assert rows == set(variants.split(",")), stdout
+    # Only the package's events reach the endpoint, each once.
+    delivered = 3 * pages * (rounds + 1)
+    assert f"# endpoint: {delivered} events in" in stdout, stdout
+    assert f"PASS  package: {delivered}/{delivered} events delivered, 0 repeated" in stdout
+
+
+@pytest.mark.timeout(120)
 def test_page_cpu_ab_runs_another_tree_beside_this_one_and_delivers_each_event_once() -> None:
     rounds, pages = 1, 20
     stdout = run_benchmark(
