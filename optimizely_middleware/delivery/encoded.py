@@ -33,13 +33,17 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "ENVELOPE_CACHE_SIZE",
     "JSON_HEADERS",
+    "NO_ENVELOPE",
     "NO_ENVELOPE_VALUES",
     "EncodedEvent",
+    "Envelope",
     "EnvelopeValues",
     "ItemEncoder",
     "UnserializableEvent",
     "body_of",
+    "bounded_set",
     "envelope_cache_key",
     "envelope_parts",
     "merge_key",
@@ -102,6 +106,31 @@ def merge_key(url: str, headers: Mapping[str, str], prefix: bytes, suffix: bytes
     else:
         headers_key = tuple(sorted(headers.items()))
     return (url, headers_key, prefix, suffix)
+
+
+class Envelope(NamedTuple):
+    """Everything an event shares with the events it may be merged with."""
+
+    key: Hashable
+    url: str
+    headers: dict[str, str]
+    prefix: bytes
+    suffix: bytes
+
+
+NO_ENVELOPE: Final = Envelope(None, "", {}, b"", b"")
+
+# Entries per envelope cache: far more event contexts (revisions, regions) and
+# LogEvent envelopes than one process sees; past it the cache starts again.
+ENVELOPE_CACHE_SIZE: Final = 256
+
+
+def bounded_set(cache: dict[Any, Envelope], key: Any, value: Envelope) -> None:
+    """Store ``value`` in ``cache``, starting the cache again when it is full. Both steps
+    are atomic dict operations, so threads may race here: at worst one rebuilds."""
+    if len(cache) >= ENVELOPE_CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 def unmergeable_key() -> Hashable:

@@ -52,18 +52,16 @@ from optimizely.event.user_event import UserEvent
 from optimizely.helpers.enums import NotificationTypes
 
 from optimizely_middleware.delivery.encoded import (
+    NO_ENVELOPE,
     EncodedEvent,
+    Envelope,
     UnserializableEvent,
+    bounded_set,
     envelope_parts,
     merge_key,
 )
 from optimizely_middleware.delivery.encoding_guard import fast_path_problem
-from optimizely_middleware.delivery.log_event_encoding import (
-    NO_ENVELOPE,
-    Envelope,
-    LogEventEncoder,
-    bounded_set,
-)
+from optimizely_middleware.delivery.log_event_encoding import LogEventEncoder
 from optimizely_middleware.delivery.visitor_json import strict_json, visitor_json
 from optimizely_middleware.sdk_logging import SDKLogger
 

@@ -1,4 +1,4 @@
-"""The SDK's ``LogEvent`` into POST-ready bytes, and the envelopes every encoding shares.
+"""The SDK's ``LogEvent`` into POST-ready bytes.
 
 Usage (the :class:`~optimizely_middleware.delivery.encoding.EventEncoder` owns one)::
 
@@ -25,15 +25,17 @@ and the last envelopes are replaced by one assignment each.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from optimizely_middleware.delivery.encoded import (
     JSON_HEADERS,
+    NO_ENVELOPE,
     NO_ENVELOPE_VALUES,
     EncodedEvent,
+    Envelope,
     EnvelopeValues,
     UnserializableEvent,
+    bounded_set,
     envelope_cache_key,
     envelope_parts,
     merge_key,
@@ -42,38 +44,16 @@ from optimizely_middleware.delivery.encoded import (
 )
 from optimizely_middleware.delivery.visitor_json import compact_json, plain_json, strict_json
 
-__all__ = ["ENVELOPE_CACHE_SIZE", "Envelope", "LogEventEncoder", "bounded_set"]
+__all__ = ["LogEventEncoder"]
 
-# Entries per envelope cache: far more event contexts (revisions, regions) and
-# LogEvent envelopes than one process sees; past it the cache starts again.
-ENVELOPE_CACHE_SIZE: Final = 256
 # How many envelope lengths a payload's first bytes are looked up by, after the last one.
 _KNOWN_LENGTHS: Final = 8
 
 
-class Envelope(NamedTuple):
-    """Everything an event shares with the events it may be merged with."""
-
-    key: Hashable
-    url: str
-    headers: dict[str, str]
-    prefix: bytes
-    suffix: bytes
-
-
-NO_ENVELOPE: Final = Envelope(None, "", {}, b"", b"")
 _NO_PREFIX: Final = b"\xff"  # no JSON begins with it
 # A payload whose last key is ``visitors`` ends with this, after its visitors.
 _LAST_LIST_SUFFIX: Final = b"]}"
 _CLOSE: Final = ord("]")  # right after the prefix: the visitors list is empty
-
-
-def bounded_set(cache: dict[Any, Envelope], key: Any, value: Envelope) -> None:
-    """Store ``value`` in ``cache``, starting the cache again when it is full. Both steps
-    are atomic dict operations, so threads may race here: at worst one rebuilds."""
-    if len(cache) >= ENVELOPE_CACHE_SIZE:
-        cache.clear()
-    cache[key] = value
 
 
 class LogEventEncoder:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from optimizely_middleware.delivery import log_event_encoding
+from optimizely_middleware.delivery import encoded as encoded_module
 from optimizely_middleware.delivery.encoded import EncodedEvent, merged_body
 from optimizely_middleware.delivery.encoding import EventEncoder, PendingUserEvent
 from optimizely_middleware.delivery.visitor_json import canonical_json
@@ -55,7 +55,7 @@ def test_threads_sharing_an_encoder_each_get_the_sdks_payload(
 ) -> None:
     # A cache of two entries for three event contexts: lookups, misses and
     # resets interleave between the threads all the time.
-    monkeypatch.setattr(log_event_encoding, "ENVELOPE_CACHE_SIZE", 2)
+    monkeypatch.setattr(encoded_module, "ENVELOPE_CACHE_SIZE", 2)
     items = real_items()
     log_events = [sdk_log_event([item]) for item in items]
     expected = [canonical_json([e.url, e.headers, e.params]) for e in log_events]
