@@ -110,7 +110,7 @@ class LogEventEncoder:
                     url,
                     headers if headers is not None else dict(JSON_HEADERS),
                     b"",
-                    compact_json(params),
+                    whole if whole is not None else compact_json(params),
                     b"",
                     item,
                 )
