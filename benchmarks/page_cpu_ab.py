@@ -41,7 +41,7 @@ from typing import Any
 
 from page_cpu import DEFAULT_DATAFILE
 from page_cpu_interleaved import run_block
-from page_procs import Endpoint, delivered_once, describe_machine, format_load
+from page_procs import Endpoint, delivered_once, describe_machine, format_load, median_ratio
 from page_variants import build_variant, forwarding_client, guard_loopback, point_sdk_at
 
 PACKAGE = "optimizely_middleware"
@@ -73,11 +73,6 @@ def build(package: ModuleType, wiring: str, datafile: str, url: str) -> tuple[An
 
 def no_flush() -> None:
     """The baseline delivers nothing: nothing to wait for."""
-
-
-def median_ratio(numerators: list[float], denominators: list[float]) -> tuple[float, float, float]:
-    ratios = [a / b for a, b in zip(numerators, denominators, strict=True) if b]
-    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def main(argv: list[str] | None = None) -> int:

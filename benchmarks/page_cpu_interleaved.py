@@ -69,7 +69,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from page_cpu import DEFAULT_DATAFILE, the_page
-from page_procs import Endpoint, delivered_once, describe_machine, format_load
+from page_procs import Endpoint, delivered_once, describe_machine, format_load, median_ratio
 from page_variants import (
     DiscardingSink,
     build_variant,
@@ -242,14 +242,9 @@ def ratio_rows(
     for name in names:
         rows[name] = {}
         for figure, per_variant in figures.items():
-            ratios = [
-                a / b for a, b in zip(per_variant[name], per_variant["baseline"], strict=True) if b
-            ]
             rows[name][figure] = (
                 statistics.median(per_variant[name]),
-                statistics.median(ratios),
-                min(ratios),
-                max(ratios),
+                *median_ratio(per_variant[name], per_variant["baseline"]),
             )
     return rows
 

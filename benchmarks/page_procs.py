@@ -10,6 +10,7 @@ import os
 import selectors
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +27,13 @@ def delivered_once(counts: dict[str, int], expected: int) -> tuple[bool, int, in
     unique event uuids, repeated ones)."""
     unique, repeated = counts.get("unique_uuids", 0), counts.get("duplicate_uuids", 0)
     return unique == counts.get("events", 0) == expected and repeated == 0, unique, repeated
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> tuple[float, float, float]:
+    """(median, lowest, highest) of the ratios of paired figures, each block's against the
+    one it is compared with in the same round; pairs whose denominator is 0 are left out."""
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True) if b]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def format_load(load: tuple[float, ...]) -> str:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from page_procs import describe_machine, format_load
+from page_procs import describe_machine, format_load, median_ratio
 
 LOADS = ("page", "spin", "spin-release")
 HELPERS = ("none", "blocked", "sleeper")
@@ -105,9 +105,9 @@ def make_load(name: str) -> Callable[[int], None]:
     """One iteration of load ``name``."""
     if name == "page":
         from page_cpu import DEFAULT_DATAFILE, the_page
-        from page_variants import DroppingDispatcher, forwarding_client
+        from page_variants import build_variant
 
-        client = forwarding_client(DEFAULT_DATAFILE.read_text(), DroppingDispatcher())
+        client = build_variant("baseline", DEFAULT_DATAFILE.read_text()).client
         return lambda i: the_page(client, f"user-{i}")
     release = name == "spin-release"
 
@@ -208,10 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for load, helper in cells:
         mine, alone = blocks[(load, helper)], blocks[(load, "none")]
-        main_x = statistics.median(b.main_us / a.main_us for b, a in zip(mine, alone, strict=True))
-        whole_x = statistics.median(
-            b.whole_us / a.whole_us for b, a in zip(mine, alone, strict=True)
-        )
+        main_x, *_ = median_ratio([b.main_us for b in mine], [a.main_us for a in alone])
+        whole_x, *_ = median_ratio([b.whole_us for b in mine], [a.whole_us for a in alone])
         print(
             f"| {load} | {helper} "
             f"| {statistics.median(b.main_us for b in mine):.1f} ({main_x:.3f}x) "
