@@ -160,19 +160,32 @@ def test_page_cpu_counts_three_events_per_page_and_each_delivered_once(
     assert f"PASS  package: {expected}/{expected} events delivered, 0 repeated" in stdout
 
 
-@pytest.mark.timeout(120)
-def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once() -> None:
-    rounds, pages = 1, 20
-    stdout = run_benchmark(
-        "page_cpu_interleaved.py",
-        *("--rounds", str(rounds), "--pages", str(pages), "--endpoint-delay", "0"),
-        timeout=100,
-    )
-    table = {
+# -- benchmarks that run blocks of pages in one process ------------------------------
+
+BLOCK_ROUNDS, BLOCK_PAGES = 1, 20
+# One delivering variant's events: 3 a page, the warm-up round included.
+BLOCK_EVENTS = 3 * BLOCK_PAGES * (BLOCK_ROUNDS + 1)
+
+
+def run_blocks(script: str, *args: str) -> str:
+    """``script``'s smallest run: one round (and the warm-up) of a few pages per block."""
+    blocks = ("--rounds", str(BLOCK_ROUNDS), "--pages", str(BLOCK_PAGES))
+    return run_benchmark(script, *args, *blocks, timeout=100)
+
+
+def table_rows(stdout: str, marker: str) -> dict[str, str]:
+    """The report's table rows that hold ``marker``, by their first cell."""
+    return {
         line.split("|")[1].strip(): line
         for line in stdout.splitlines()
-        if line.startswith("| ") and "x)" in line
+        if line.startswith("| ") and marker in line
     }
+
+
+@pytest.mark.timeout(120)
+def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once() -> None:
+    stdout = run_blocks("page_cpu_interleaved.py", "--endpoint-delay", "0")
+    table = table_rows(stdout, "x)")
     assert set(table) == {
         "baseline",
         "scope-only",
@@ -184,8 +197,7 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once
     assert table["baseline"].count("(1.00x) | 1.00-1.00") == 3, table["baseline"]
     for row in table.values():
         assert len(re.findall(r"\d+ \(\d+\.\d\dx\) \| \d+\.\d\d-\d+\.\d\d", row)) == 3, row
-    # Two delivering variants, 3 events a page, the warm-up round included.
-    delivered = 2 * 3 * pages * (rounds + 1)
+    delivered = 2 * BLOCK_EVENTS  # two delivering variants
     assert f"# endpoint: {delivered} events in" in stdout, stdout
     assert (
         f"PASS  package, dispatcher: {delivered}/{delivered} events delivered, 0 repeated" in stdout
@@ -196,44 +208,27 @@ def test_page_cpu_interleaved_reports_every_variant_and_delivers_each_event_once
 
 @pytest.mark.timeout(120)
 def test_page_cpu_interleaved_no_io_variants_send_nothing_to_the_endpoint() -> None:
-    rounds, pages = 1, 20
     variants = "baseline,package,package-no-io,dispatcher-no-io"
-    stdout = run_benchmark(
-        "page_cpu_interleaved.py",
-        *("--variants", variants, "--rounds", str(rounds), "--pages", str(pages)),
-        *("--endpoint-delay", "0"),
-        timeout=100,
-    )
-    rows = {line.split("|")[1].strip() for line in stdout.splitlines() if "x) |" in line}
-    assert rows == set(variants.split(",")), stdout
+    stdout = run_blocks("page_cpu_interleaved.py", "--variants", variants, "--endpoint-delay", "0")
+    assert set(table_rows(stdout, "x) |")) == set(variants.split(",")), stdout
     # Only the package's events reach the endpoint, each once.
-    delivered = 3 * pages * (rounds + 1)
+    delivered = BLOCK_EVENTS
     assert f"# endpoint: {delivered} events in" in stdout, stdout
     assert f"PASS  package: {delivered}/{delivered} events delivered, 0 repeated" in stdout
 
 
 @pytest.mark.timeout(120)
 def test_page_cpu_ab_runs_another_tree_beside_this_one_and_delivers_each_event_once() -> None:
-    rounds, pages = 1, 20
-    stdout = run_benchmark(
-        "page_cpu_ab.py",
-        *(str(ROOT), "--rounds", str(rounds), "--pages", str(pages)),
-        timeout=100,
-    )
+    stdout = run_blocks("page_cpu_ab.py", str(ROOT))
     # The other tree runs as a package of its own, renamed.
     dispatcher = "dispatcher.RequestScopedEventDispatcher"
     assert f"# before: optimizely_middleware_before.{dispatcher}" in stdout, stdout
     assert f"# after: optimizely_middleware.{dispatcher}" in stdout, stdout
-    rows = {
-        line.split("|")[1].strip(): line
-        for line in stdout.splitlines()
-        if line.startswith("| ") and "x (" in line
-    }
+    rows = table_rows(stdout, "x (")
     assert set(rows) == {"dispatcher", "package"}, stdout
     for row in rows.values():  # the hand-off and the whole process, after / before
         assert len(re.findall(r"\| \d+\.\d{3}x \(\d+\.\d\d-\d+\.\d\d\)", row)) == 2, row
-    # Two packages, two wirings, 3 events a page, the warm-up round included.
-    delivered = 2 * 2 * 3 * pages * (rounds + 1)
+    delivered = 2 * 2 * BLOCK_EVENTS  # two packages, two wirings
     assert f"PASS  {delivered}/{delivered} events delivered, 0 repeated" in stdout, stdout
 
 
